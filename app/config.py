@@ -1,0 +1,129 @@
+"""One settings object, built explicitly and passed in; nothing reads the environment at import."""
+
+from __future__ import annotations
+
+import secrets
+import warnings
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_SECRET_BYTES = 32
+PLACEHOLDER_SECRETS = {"changethis", "secret", "change-me", "changeme"}
+
+
+class ConfigError(ValueError):
+    """The configuration cannot run a service; the message says what to set."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    app_env: Literal["development", "test", "production"] = "production"
+    database_url: str = "sqlite://data/jobs-gateway.sqlite3"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    jwt_secret: str | None = None
+    jwt_algorithm: Literal["HS256", "HS384", "HS512", "RS256", "ES256"] = "HS256"
+    jwt_public_key: str | None = None
+    jwt_private_key: str | None = None  # only for `jobs-gateway token` with RS256/ES256
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway_seconds: int = Field(default=30, ge=0)
+
+    scheduler_timezone: str = "UTC"
+    embedded_worker: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: str = "INFO"
+    migrate_on_start: bool = False
+
+    # Engine: a run's lease lives lease_ttl_seconds and is renewed every heartbeat_seconds.
+    lease_ttl_seconds: float = Field(default=15.0, gt=0)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    # A queued run must be picked up within this, else its lease lapses and the run is dropped.
+    queued_lease_ttl_seconds: float = Field(default=60.0, gt=0)
+    job_timeout_seconds: float = Field(default=300.0, gt=0)
+    misfire_grace_seconds: float = Field(default=300.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    worker_poll_delay: float = Field(default=0.05, gt=0)
+    worker_max_jobs: int = Field(default=10, ge=1)
+    reconcile_interval_seconds: float = Field(default=30.0, gt=0)
+    run_retention_days: int = Field(default=30, ge=1)
+    # `metadata-sync` reads this JSON catalogue: an http(s) URL or a file path.
+    metadata_source_url: str = str(Path(__file__).parent / "data" / "sample_catalogue.json")
+    # `cleanup-orphaned-files` deletes files here that no stored_file row references.
+    files_dir: Path = Path("data/files")
+    # Files younger than this are never orphans: they may be mid-upload.
+    orphan_min_age_seconds: float = Field(default=3600.0, ge=0)
+    # Extra modules that register job types, comma-separated in the environment.
+    job_type_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("scheduler_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("job_type_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper_level(cls, value: str) -> str:
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _keys_present(self) -> Settings:
+        if self.heartbeat_seconds >= self.lease_ttl_seconds:
+            raise ValueError("HEARTBEAT_SECONDS must be shorter than LEASE_TTL_SECONDS")
+        if self.jwt_algorithm.startswith("HS"):
+            self._check_secret()
+        elif not self.jwt_public_key:
+            raise ConfigError(f"JWT_ALGORITHM={self.jwt_algorithm} needs JWT_PUBLIC_KEY (PEM).")
+        return self
+
+    def _check_secret(self) -> None:
+        secret = self.jwt_secret
+        if secret is None and self.app_env != "production":
+            # Development without a secret: tokens from another process will not verify,
+            # which is safe; `make run` writes a persistent secret into .env instead.
+            self.jwt_secret = secrets.token_urlsafe(48)
+            warnings.warn("JWT_SECRET is unset: using a random secret for this process", stacklevel=2)
+            return
+        if secret is None:
+            raise ConfigError(
+                "JWT_SECRET is not set. Set JWT_SECRET to a random string of at least "
+                f"{MIN_SECRET_BYTES} bytes (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`), "
+                "or APP_ENV=development for a throwaway secret."
+            )
+        if len(secret.encode()) < MIN_SECRET_BYTES or secret.lower() in PLACEHOLDER_SECRETS:
+            raise ConfigError(f"JWT_SECRET must be a random string of at least {MIN_SECRET_BYTES} bytes.")
+
+    @cached_property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.scheduler_timezone)
+
+    def sqlite_path(self) -> Path | None:
+        """The file behind a SQLite DATABASE_URL, so that its folder can be created."""
+        prefix = "sqlite://"
+        if not self.database_url.startswith(prefix):
+            return None
+        rest = self.database_url[len(prefix) :]
+        return None if rest.startswith(":memory:") else Path(rest)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read settings from the environment and `.env`; overrides win (tests pass them)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

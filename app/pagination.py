@@ -1,0 +1,48 @@
+"""Page bounds shared by every paginated listing, whichever transport asks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from app.errors import Invalid
+
+T = TypeVar("T")
+
+
+def _as_int(value: int | str, message: str, code: str) -> int:
+    # Query strings arrive as text; parsing here keeps one message, naming the bounds, for every transport.
+    if isinstance(value, bool):
+        raise Invalid(message, code=code)
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value.strip(), 10)
+    except ValueError as exc:
+        raise Invalid(message, code=code) from exc
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    limit: int
+    offset: int
+
+    @classmethod
+    def build(cls, limit: int | str | None, offset: int | str | None, *, default: int, maximum: int) -> PageRequest:
+        limit_msg = f"limit must be an integer between 1 and {maximum}"
+        offset_msg = "offset must be an integer of 0 or more"
+        lim = default if limit is None else _as_int(limit, limit_msg, "invalid_limit")
+        off = 0 if offset is None else _as_int(offset, offset_msg, "invalid_offset")
+        if not 1 <= lim <= maximum:
+            raise Invalid(limit_msg, code="invalid_limit")
+        if off < 0:
+            raise Invalid(offset_msg, code="invalid_offset")
+        return cls(limit=lim, offset=off)
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
