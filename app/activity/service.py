@@ -1,0 +1,42 @@
+"""The audit log of management operations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+
+from app.activity.models import Activity
+from app.errors import Invalid
+from app.pagination import Page, PageRequest
+
+EVENTS = ("jobs.update", "jobs.start", "jobs.stop", "jobs.trigger", "jobs.create", "jobs.delete")
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+
+async def record(
+    *,
+    event: str,
+    actor: str,
+    job_id: str | None,
+    details: dict[str, Any] | None = None,
+    using_db: BaseDBAsyncClient | None = None,
+) -> Activity:
+    """Write one entry; pass `using_db` to make it part of the caller's transaction."""
+    return await Activity.create(event=event, actor=actor, job_id=job_id, details=details or {}, using_db=using_db)
+
+
+async def list_entries(
+    *, limit: int | str | None, offset: int | str | None, event: str | None = None, job_id: str | None = None
+) -> Page[Activity]:
+    page = PageRequest.build(limit, offset, default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
+    if event is not None and event not in EVENTS:
+        raise Invalid(f"event must be one of: {', '.join(EVENTS)}", code="invalid_event")
+    query = Activity.all()
+    if event is not None:
+        query = query.filter(event=event)
+    if job_id is not None:
+        query = query.filter(job_id=job_id)
+    rows = await query.order_by("-id").offset(page.offset).limit(page.limit)
+    return Page(items=list(rows), total=await query.count(), limit=page.limit, offset=page.offset)

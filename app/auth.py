@@ -1,0 +1,77 @@
+"""Bearer tokens: verifying them and, for development, issuing them. No HTTP here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+
+from app.config import Settings
+from app.errors import Forbidden, Unauthenticated
+
+ADMIN_PERMISSION = "settings.update"
+
+
+@dataclass(frozen=True)
+class Principal:
+    sub: str
+    permissions: frozenset[str]
+
+    @property
+    def actor(self) -> str:
+        """How this user appears in `triggeredBy` and the activity log."""
+        return f"user:{self.sub}"
+
+
+def _verification_key(settings: Settings) -> str:
+    key = settings.jwt_secret if settings.jwt_algorithm.startswith("HS") else settings.jwt_public_key
+    assert key is not None  # Settings refuses to build without one
+    return key
+
+
+def decode_token(token: str, settings: Settings) -> Principal:
+    """Verify signature, algorithm, expiry and the required claims; raise Unauthenticated otherwise."""
+    try:
+        claims = jwt.decode(
+            token,
+            _verification_key(settings),
+            # Only the configured algorithm: never `none`, never HS-with-a-public-key confusion.
+            algorithms=[settings.jwt_algorithm],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            leeway=settings.jwt_leeway_seconds,
+            options={"require": ["exp", "sub"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthenticated("Token has expired", code="token_expired") from exc
+    except jwt.InvalidTokenError as exc:
+        raise Unauthenticated(f"Invalid token: {exc}", code="invalid_token") from exc
+    permissions = claims.get("permissions", [])
+    if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
+        raise Unauthenticated("Invalid token: permissions must be an array of strings", code="invalid_token")
+    return Principal(sub=claims["sub"], permissions=frozenset(permissions))
+
+
+def require_permission(principal: Principal, permission: str = ADMIN_PERMISSION) -> Principal:
+    if permission not in principal.permissions:
+        raise Forbidden(f"Permission '{permission}' is required")
+    return principal
+
+
+def issue_token(settings: Settings, *, sub: str, permissions: list[str], ttl: timedelta) -> str:
+    """Sign a token with the configured key (HS secret, or JWT_PRIVATE_KEY for RS/ES)."""
+    if settings.jwt_algorithm.startswith("HS"):
+        key = settings.jwt_secret
+    else:
+        key = settings.jwt_private_key
+        if not key:
+            raise ValueError(f"JWT_PRIVATE_KEY is needed to sign {settings.jwt_algorithm} tokens")
+    now = datetime.now(UTC)
+    claims: dict[str, object] = {"sub": sub, "permissions": permissions, "iat": now, "exp": now + ttl}
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    assert key is not None
+    return jwt.encode(claims, key, algorithm=settings.jwt_algorithm)

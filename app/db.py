@@ -1,0 +1,74 @@
+"""Database wiring: the tortoise config, migrations, and a check that the schema is current."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tortoise import Tortoise
+from tortoise.migrations.api import migrate as tortoise_migrate
+from tortoise.migrations.executor import MigrationExecutor
+
+from app.config import Settings
+
+MODEL_MODULES = ["app.jobs.models", "app.runs.models", "app.activity.models", "app.data.models"]
+APP_LABEL = "models"
+
+
+def tortoise_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "connections": {"default": settings.database_url},
+        "apps": {
+            APP_LABEL: {
+                "models": MODEL_MODULES,
+                "default_connection": "default",
+                "migrations": "app.migrations",
+            }
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+def ensure_sqlite_dir(settings: Settings) -> None:
+    path = settings.sqlite_path()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+async def migrate(settings: Settings) -> None:
+    """Apply every pending migration, then release the connections it opened."""
+    ensure_sqlite_dir(settings)
+    try:
+        await tortoise_migrate(config=tortoise_config(settings))
+    finally:
+        await Tortoise.close_connections()
+
+
+async def pending_migrations(settings: Settings) -> list[str]:
+    """Names of migrations not yet applied; empty when the schema is current."""
+    ensure_sqlite_dir(settings)
+    config = tortoise_config(settings)
+    await Tortoise.init(config=config, init_connections=False)
+    try:
+        executor = MigrationExecutor(Tortoise.get_connection("default"), config["apps"])
+        steps = await executor.plan(None)
+        return [f"{s.migration.app_label}.{s.migration.name}" for s in steps if not s.backward]
+    finally:
+        await Tortoise.close_connections()
+
+
+class SchemaBehind(RuntimeError):
+    """The database lacks migrations this code needs."""
+
+
+async def ensure_current(settings: Settings) -> None:
+    """Apply migrations when MIGRATE_ON_START says so; otherwise refuse to run on a stale schema."""
+    if settings.migrate_on_start:
+        await migrate(settings)
+        return
+    pending = await pending_migrations(settings)
+    if pending:
+        raise SchemaBehind(
+            f"The database at {settings.database_url} is behind: {', '.join(pending)} not applied. "
+            "Run `make migrate` (or `jobs-gateway migrate`), or set MIGRATE_ON_START=true."
+        )

@@ -1,0 +1,125 @@
+"""Jobs: lookup, listing, enable/disable (start/stop) and built-in registration."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
+
+from app import events
+from app.activity import service as activity_service
+from app.errors import Invalid, NotFound
+from app.jobs import scheduler
+from app.jobs.builtin import BUILTIN_JOBS
+from app.jobs.models import Job
+from app.runs import lease
+from app.runs.models import Run
+from app.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+JOB_ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+JOB_ID_MAX = 64
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A job row plus what only Redis knows: whether a run holds its lease."""
+
+    job: Job
+    running: bool
+
+
+def validate_job_id(job_id: str) -> str:
+    if len(job_id) > JOB_ID_MAX or not JOB_ID_PATTERN.fullmatch(job_id):
+        raise Invalid(
+            f"Invalid job ID format: use lowercase letters and digits in words joined by single hyphens, "
+            f"at most {JOB_ID_MAX} characters",
+            code="invalid_job_id",
+        )
+    return job_id
+
+
+async def get_or_raise(*, job_id: str) -> Job:
+    job = await Job.get_or_none(id=validate_job_id(job_id))
+    if job is None:
+        raise NotFound(f"Job '{job_id}' not found", code="job_not_found")
+    return job
+
+
+async def _running(rt: Runtime, job_ids: list[str]) -> set[str]:
+    try:
+        held = await lease.holders(rt.redis, job_ids)
+    except RedisError:
+        # Reads keep working without Redis: an open run record is the best evidence left.
+        log.warning("Redis unavailable; reporting running from open run records")
+        open_ids = await Run.filter(job_id__in=job_ids, completed_at__isnull=True).values_list("job_id", flat=True)
+        return {str(j) for j in open_ids}
+    return {job_id for job_id, token in held.items() if token is not None}
+
+
+async def list_jobs(rt: Runtime) -> list[JobState]:
+    jobs = await Job.all().order_by("id")
+    running = await _running(rt, [j.id for j in jobs])
+    return [JobState(job=j, running=j.id in running) for j in jobs]
+
+
+async def get(rt: Runtime, *, job_id: str) -> JobState:
+    job = await get_or_raise(job_id=job_id)
+    return JobState(job=job, running=bool(await _running(rt, [job.id])))
+
+
+async def set_enabled(rt: Runtime, *, job_id: str, enabled: bool, actor: str, event: str = "jobs.update") -> JobState:
+    """Enable (schedule the next fire) or disable (remove the pending fire). Idempotent; always audited."""
+    job = await get_or_raise(job_id=job_id)
+    was_enabled = job.enabled
+    async with in_transaction() as conn:
+        await Job.filter(id=job.id).using_db(conn).update(enabled=enabled)
+        await activity_service.record(
+            event=event,
+            actor=actor,
+            job_id=job.id,
+            details={"enabled": enabled, "previous": was_enabled},
+            using_db=conn,
+        )
+    job.enabled = enabled
+    try:
+        await scheduler.reconcile_job(rt, job)
+    except RedisError:
+        # The row is the truth; the periodic reconcile enqueues or removes the fire once Redis is back.
+        log.warning("Redis unavailable while rescheduling %s", job.id, exc_info=True)
+    if was_enabled != enabled:
+        await events.publish(rt.redis, "job.enabled" if enabled else "job.disabled", job.id, enabled=enabled)
+    return await get(rt, job_id=job.id)
+
+
+async def start(rt: Runtime, *, job_id: str, actor: str) -> JobState:
+    return await set_enabled(rt, job_id=job_id, enabled=True, actor=actor, event="jobs.start")
+
+
+async def stop(rt: Runtime, *, job_id: str, actor: str) -> JobState:
+    return await set_enabled(rt, job_id=job_id, enabled=False, actor=actor, event="jobs.stop")
+
+
+async def register_builtin_jobs() -> None:
+    """Insert the built-in jobs that are missing. Never touches an existing row, so a persisted
+    `enabled: false` survives restarts; safe when several processes start at once."""
+    for spec in BUILTIN_JOBS:
+        if await Job.exists(id=spec.id):
+            continue
+        try:
+            await Job.create(
+                id=spec.id,
+                name=spec.name,
+                description=spec.description,
+                type=spec.type,
+                schedule=spec.schedule,
+                builtin=True,
+                enabled=True,
+            )
+        except IntegrityError:
+            pass  # another process inserted it first

@@ -1,0 +1,37 @@
+"""Every arq enqueue goes through here, so that no route or service touches arq's keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from arq.connections import ArqRedis
+from arq.constants import default_queue_name, job_key_prefix
+
+RUN_FUNCTION = "run_job"
+FIRE_FUNCTION = "fire_job"
+
+
+def fire_id(job_id: str, fire_at: datetime) -> str:
+    """Deterministic per (job, fire time): every reconciler enqueues the same id, arq keeps one."""
+    return f"fire:{job_id}:{int(fire_at.timestamp() * 1000)}"
+
+
+async def enqueue_run(redis: ArqRedis, *, job_id: str, token: str, triggered_by: str) -> None:
+    await redis.enqueue_job(RUN_FUNCTION, job_id, token, triggered_by, _job_id=f"run:{token}")
+
+
+async def enqueue_fire(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> bool:
+    """Enqueue the fire deferred to its time; False when arq already holds that id."""
+    job = await redis.enqueue_job(
+        FIRE_FUNCTION, job_id, fire_at.isoformat(), _job_id=fire_id(job_id, fire_at), _defer_until=fire_at
+    )
+    return job is not None
+
+
+async def cancel_fire(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> None:
+    """Drop a fire that has not started. A fire that slips through still checks the job before it runs."""
+    arq_id = fire_id(job_id, fire_at)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(default_queue_name, arq_id)
+        pipe.delete(job_key_prefix + arq_id)
+        await pipe.execute()

@@ -1,0 +1,59 @@
+"""The running lease: one Redis key per job, held by exactly one run token at a time.
+
+It is the single truth for `running`, shared by every API instance and worker. Renewal and release
+compare the token first (in one Lua script), so a stale holder can never extend or drop a newer lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+
+KEY_PREFIX = "jg:lease:"
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def key(job_id: str) -> str:
+    return KEY_PREFIX + job_id
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+async def acquire(redis: Redis, job_id: str, token: str, ttl: float) -> bool:
+    return bool(await redis.set(key(job_id), token, nx=True, px=_ms(ttl)))
+
+
+async def renew(redis: Redis, job_id: str, token: str, ttl: float) -> bool:
+    return bool(await redis.eval(_RENEW, 1, key(job_id), token, str(_ms(ttl))))  # type: ignore[misc]
+
+
+async def release(redis: Redis, job_id: str, token: str) -> bool:
+    return bool(await redis.eval(_RELEASE, 1, key(job_id), token))  # type: ignore[misc]
+
+
+async def holder(redis: Redis, job_id: str) -> str | None:
+    value = await redis.get(key(job_id))
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def holders(redis: Redis, job_ids: Sequence[str]) -> dict[str, str | None]:
+    """The token holding each job's lease, in one round trip."""
+    if not job_ids:
+        return {}
+    values = await redis.mget([key(j) for j in job_ids])
+    return {j: (v.decode() if isinstance(v, bytes) else v) for j, v in zip(job_ids, values, strict=True)}

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from tortoise import fields
+from tortoise.models import Model
+
+
+class Run(Model):
+    """One execution of a job: the spec's log entry.
+
+    `job_id` is a plain column, not a foreign key, so that the runs of a deleted job stay readable.
+    `fire_at` is set for scheduled fires. (job_id, fire_at) is unique, which makes
+    "this fire already ran" durable whatever arq's own dedupe forgets.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    job_id = fields.CharField(max_length=64)
+    token = fields.CharField(max_length=64, unique=True)
+    attempt = fields.IntField(default=1)
+    triggered_by = fields.CharField(max_length=100)
+    fire_at = fields.DatetimeField(null=True)
+    started_at = fields.DatetimeField()
+    completed_at = fields.DatetimeField(null=True)
+    duration_ms = fields.IntField(null=True)
+    result = fields.CharField(max_length=16, null=True)
+    details = fields.TextField(null=True)
+
+    class Meta:
+        table = "job_run"
+        unique_together = (("job_id", "fire_at"),)
+        indexes = (("job_id", "id"), ("completed_at", "id"))

@@ -1,0 +1,138 @@
+"""Runs: the trigger path, the run record's life (begin, complete, lost) and the run logs.
+
+Every write to a run is fenced: it only applies while the run is still open (`completed_at IS NULL`)
+and, for completion, only by the attempt that owns the run's token. A stale worker changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import datetime
+
+from redis.exceptions import RedisError
+from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Q
+from tortoise.queryset import QuerySet
+from tortoise.transactions import in_transaction
+
+from app import events, queue
+from app.activity import service as activity_service
+from app.errors import Conflict, Unavailable
+from app.jobs import service as jobs_service
+from app.jobs.models import Job
+from app.pagination import Page, PageRequest
+from app.runs import lease
+from app.runs.models import Run
+from app.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+JOB_LOGS_DEFAULT, JOB_LOGS_MAX = 50, 100
+ALL_LOGS_DEFAULT, ALL_LOGS_MAX = 100, 200
+SUCCESS, ERROR = "success", "error"
+WORKER_LOST = "worker lost"
+WORKER_SHUT_DOWN = "worker shut down"
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+async def list_for_job(*, job_id: str, limit: int | str | None, offset: int | str | None) -> Page[Run]:
+    await jobs_service.get_or_raise(job_id=job_id)
+    page = PageRequest.build(limit, offset, default=JOB_LOGS_DEFAULT, maximum=JOB_LOGS_MAX)
+    return await _page(Run.filter(job_id=job_id), page)
+
+
+async def list_all(*, limit: int | str | None, offset: int | str | None) -> Page[Run]:
+    page = PageRequest.build(limit, offset, default=ALL_LOGS_DEFAULT, maximum=ALL_LOGS_MAX)
+    return await _page(Run.all(), page)
+
+
+async def _page(query: QuerySet[Run], page: PageRequest) -> Page[Run]:
+    # Newest first: ids grow with start time, and (job_id, id) is indexed.
+    rows = await query.order_by("-id").offset(page.offset).limit(page.limit)
+    return Page(items=list(rows), total=await query.count(), limit=page.limit, offset=page.offset)
+
+
+async def trigger(rt: Runtime, *, job_id: str, actor: str) -> str:
+    """Run the job now, whatever its schedule or enabled flag. Conflict while it is running."""
+    job = await jobs_service.get_or_raise(job_id=job_id)
+    token = new_token()
+    try:
+        if not await lease.acquire(rt.redis, job.id, token, rt.settings.queued_lease_ttl_seconds):
+            raise Conflict("Job is already running", code="already_running")
+        try:
+            await queue.enqueue_run(rt.redis, job_id=job.id, token=token, triggered_by=actor)
+        except BaseException:
+            await lease.release(rt.redis, job.id, token)
+            raise
+    except RedisError as exc:
+        raise Unavailable("The job queue (Redis) is unavailable; try again shortly") from exc
+    await activity_service.record(event="jobs.trigger", actor=actor, job_id=job.id, details={"token": token})
+    await events.publish(rt.redis, "run.queued", job.id, running=True, triggeredBy=actor)
+    return token
+
+
+async def begin(
+    rt: Runtime, *, job: Job, token: str, triggered_by: str, fire_at: datetime | None, attempt: int
+) -> Run | None:
+    """Write the run record as the handler starts; None when this token or fire already has one."""
+    try:
+        run = await Run.create(
+            job_id=job.id,
+            token=token,
+            attempt=attempt,
+            triggered_by=triggered_by,
+            fire_at=fire_at,
+            started_at=rt.now(),
+        )
+    except IntegrityError:
+        return None
+    await events.publish(rt.redis, "run.started", job.id, running=True, runId=run.id, triggeredBy=triggered_by)
+    return run
+
+
+async def complete(rt: Runtime, *, run: Run, result: str, details: str) -> bool:
+    """Close the run and the job's last-run fields, then release the lease. False if it was already closed."""
+    done_at = rt.now()
+    duration = max(0, int((done_at - run.started_at).total_seconds() * 1000))
+    async with in_transaction() as conn:
+        closed = (
+            await Run.filter(id=run.id, completed_at__isnull=True, attempt=run.attempt)
+            .using_db(conn)
+            .update(completed_at=done_at, duration_ms=duration, result=result, details=details)
+        )
+        if closed:
+            # A slower, older run must not overwrite the outcome of a newer one.
+            newer = Q(last_run_at__isnull=True) | Q(last_run_at__lte=run.started_at)
+            await (
+                Job.filter(newer, id=run.job_id)
+                .using_db(conn)
+                .update(last_run_at=run.started_at, last_result=result, last_duration_ms=duration)
+            )
+    await lease.release(rt.redis, run.job_id, run.token)
+    if closed:
+        await events.publish(
+            rt.redis, "run.finished", run.job_id, running=False, runId=run.id, result=result, duration=duration
+        )
+    return bool(closed)
+
+
+async def reap_lost(rt: Runtime) -> int:
+    """Close open runs whose lease has lapsed: their worker is gone. Safe to run anywhere, any number of times."""
+    settle = rt.now().timestamp() - rt.settings.heartbeat_seconds
+    open_runs = await Run.filter(completed_at__isnull=True).order_by("id").limit(500)
+    if not open_runs:
+        return 0
+    holders = await lease.holders(rt.redis, sorted({r.job_id for r in open_runs}))
+    reaped = 0
+    for run in open_runs:
+        # A run younger than a heartbeat may not have renewed yet; its lease is fresh anyway.
+        if holders.get(run.job_id) == run.token or run.started_at.timestamp() > settle:
+            continue
+        if await complete(rt, run=run, result=ERROR, details=WORKER_LOST):
+            log.warning("run %s of %s lost its worker", run.id, run.job_id)
+            reaped += 1
+    return reaped
