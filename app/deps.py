@@ -1,0 +1,37 @@
+"""FastAPI dependencies shared by every REST route."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.auth import Principal, decode_token, require_permission
+from app.errors import Unauthenticated
+from app.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` value; Unauthenticated for anything else."""
+    if not authorization:
+        raise Unauthenticated("Authorization header with a Bearer token is required", code="missing_token")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Authorization must use the Bearer scheme", code="invalid_token")
+    return token.strip()
+
+
+def current_admin(request: Request, runtime: RuntimeDep) -> Principal:
+    principal = decode_token(bearer_token(request.headers.get("authorization")), runtime.settings)
+    return require_permission(principal)
+
+
+AdminDep = Annotated[Principal, Depends(current_admin)]

@@ -1,0 +1,93 @@
+"""The ASGI application: REST routes, error translation and the lifespan that wires the stores."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from arq import Worker
+from fastapi import FastAPI
+from redis.exceptions import RedisError
+from tortoise.contrib.fastapi import RegisterTortoise
+
+from app import db, rest_errors
+from app.activity.routes import router as activity_router
+from app.config import Settings, get_settings
+from app.job_types import registry
+from app.jobs import scheduler
+from app.jobs import service as jobs_service
+from app.jobs.routes import router as jobs_router
+from app.logs import configure_logging
+from app.runs.routes import router as runs_router
+from app.runtime import Runtime, connect_redis
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Settings are read when it starts (not at import) unless passed in."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = settings or get_settings()
+        configure_logging(s)
+        await db.ensure_current(s)
+        registry.load(s.job_type_modules)
+        async with RegisterTortoise(app, config=db.tortoise_config(s), generate_schemas=False):
+            redis = await connect_redis(s)
+            rt = Runtime(settings=s, redis=redis)
+            app.state.runtime = rt
+            await jobs_service.register_builtin_jobs()
+            await _reconcile(rt)
+            worker, worker_task = None, None
+            if s.embedded_worker:
+                worker, worker_task = await _start_worker(rt)
+            try:
+                yield
+            finally:
+                if worker is not None and worker_task is not None:
+                    await _stop_worker(worker, worker_task, s.shutdown_grace_seconds)
+                await redis.aclose()
+
+    app = FastAPI(
+        title="jobs-gateway",
+        description="Manage background jobs and scheduled tasks.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    rest_errors.install(app)
+    app.include_router(runs_router)
+    app.include_router(jobs_router)
+    app.include_router(activity_router)
+    return app
+
+
+async def _reconcile(rt: Runtime) -> None:
+    """Every instance reconciles at start-up, so that nextRun is true before the first request."""
+    try:
+        await scheduler.reconcile_all(rt)
+    except RedisError:
+        log.warning("Redis unavailable at start-up; the schedule is reconciled once it is back")
+
+
+async def _start_worker(rt: Runtime) -> tuple[Worker, asyncio.Task[None]]:
+    from workers.settings import build_embedded_worker
+
+    worker = build_embedded_worker(rt)
+    return worker, asyncio.create_task(worker.async_run())
+
+
+async def _stop_worker(worker: Worker, task: asyncio.Task[None], grace: float) -> None:
+    from workers.settings import stop_embedded_worker
+
+    await stop_embedded_worker(worker, grace)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+app = create_app()

@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from app.data.models import RefreshToken
+from app.job_types.registry import RunContext, job_type
+from app.timefmt import utcnow
+
+
+@job_type("cleanup_expired_tokens", "Removes expired refresh tokens from the database")
+async def cleanup_expired_tokens(ctx: RunContext) -> str:
+    deleted = await RefreshToken.filter(expires_at__lt=utcnow()).delete()
+    return f"Deleted {deleted} expired refresh tokens"

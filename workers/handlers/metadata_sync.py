@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.data.models import Game
+from app.job_types.registry import RunContext, job_type
+from app.timefmt import utcnow
+
+
+class CatalogueGame(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    id: str = Field(min_length=1, max_length=100)
+    title: str = Field(min_length=1, max_length=300)
+    platform: str | None = None
+    release_year: int | None = Field(default=None, alias="releaseYear")
+
+
+class Catalogue(BaseModel):
+    games: list[CatalogueGame]
+
+
+async def _fetch(source: str) -> Any:
+    if source.startswith(("http://", "https://")):
+        async with httpx.AsyncClient(timeout=30) as client:
+            response = await client.get(source)
+            response.raise_for_status()
+            return response.json()
+    text = await asyncio.to_thread(Path(source).read_text, encoding="utf-8")
+    return json.loads(text)
+
+
+@job_type("metadata_sync", "Pulls the JSON game catalogue from METADATA_SOURCE_URL and upserts it")
+async def metadata_sync(ctx: RunContext) -> str:
+    try:
+        catalogue = Catalogue.model_validate(await _fetch(ctx.settings.metadata_source_url))
+    except ValidationError as exc:
+        raise ValueError(
+            f"catalogue is malformed: {exc.error_count()} errors, first: {exc.errors()[0]['msg']}"
+        ) from exc
+    now = utcnow()
+    created = 0
+    for item in catalogue.games:
+        extra = item.model_extra or {}
+        _, was_created = await Game.update_or_create(
+            defaults={
+                "title": item.title,
+                "platform": item.platform,
+                "release_year": item.release_year,
+                "data": extra,
+                "synced_at": now,
+            },
+            external_id=item.id,
+        )
+        created += was_created
+    return f"Synced {len(catalogue.games)} games ({created} new)"

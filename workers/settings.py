@@ -1,0 +1,107 @@
+"""arq worker configuration, built from Settings for the CLI worker and the embedded one alike."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from arq import Worker
+from arq.worker import func
+from tortoise import Tortoise
+
+from app import db
+from app.config import Settings, get_settings
+from app.job_types import registry
+from app.jobs import scheduler
+from app.jobs import service as jobs_service
+from app.logs import configure_logging
+from app.runs import service as runs_service
+from app.runtime import Runtime, redis_settings
+from workers.tasks import fire_job, run_job
+
+log = logging.getLogger(__name__)
+
+# Our own per-job timeout ends runs; arq's is only a backstop far beyond any sane job.
+ARQ_TIMEOUT_SECONDS = 7 * 24 * 3600
+
+
+async def _every(seconds: float, step: Callable[[], Awaitable[object]], name: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; will retry", name)
+
+
+async def on_startup(ctx: dict[str, Any]) -> None:
+    if "runtime" not in ctx:  # a standalone `arq workers.WorkerSettings` process
+        settings = get_settings()
+        configure_logging(settings)
+        await db.ensure_current(settings)
+        await Tortoise.init(config=db.tortoise_config(settings), _enable_global_fallback=True)
+        registry.load(settings.job_type_modules)
+        ctx["runtime"] = Runtime(settings=settings, redis=ctx["redis"])
+        ctx["owns_db"] = True
+    rt: Runtime = ctx["runtime"]
+    await jobs_service.register_builtin_jobs()
+    await scheduler.reconcile_all(rt)
+    ctx["loops"] = [
+        asyncio.create_task(_every(rt.settings.heartbeat_seconds, lambda: runs_service.reap_lost(rt), "reaper")),
+        asyncio.create_task(
+            _every(rt.settings.reconcile_interval_seconds, lambda: scheduler.reconcile_all(rt), "reconcile")
+        ),
+    ]
+
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    for task in ctx.get("loops", []):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if ctx.get("owns_db"):
+        await Tortoise.close_connections()
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    # max_tries=1: arq must never silently re-run a lost run; the run wrapper records it instead.
+    options = {"timeout": ARQ_TIMEOUT_SECONDS, "max_tries": 1, "keep_result": 0}
+    return {
+        "functions": [func(run_job, **options), func(fire_job, **options)],  # type: ignore[arg-type]
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "redis_settings": redis_settings(settings),
+        "poll_delay": settings.worker_poll_delay,
+        "max_jobs": settings.worker_max_jobs,
+        "keep_result": 0,
+        "max_tries": 1,
+        "job_timeout": ARQ_TIMEOUT_SECONDS,
+        "job_completion_wait": settings.shutdown_grace_seconds,
+        "health_check_interval": 30,
+    }
+
+
+def build_embedded_worker(rt: Runtime) -> Worker:
+    """A worker living inside the API process, sharing its runtime and database."""
+    return Worker(**worker_options(rt.settings), ctx={"runtime": rt}, handle_signals=False)
+
+
+async def stop_embedded_worker(worker: Worker, grace: float) -> None:
+    """Stop taking runs, let running ones finish within `grace`, then cancel (they record `worker shut down`)."""
+    worker.allow_pick_jobs = False
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace):
+            while any(not t.done() for t in worker.tasks.values()):  # noqa: ASYNC110 - arq offers no event
+                await asyncio.sleep(0.05)
+    await worker.close()
+
+
+def settings_class() -> type:
+    """`arq workers.WorkerSettings` reads this: the environment is read when arq asks, not at import."""
+    settings = get_settings()
+    return type("WorkerSettings", (), worker_options(settings))

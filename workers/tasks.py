@@ -1,0 +1,60 @@
+"""The arq functions. They receive ids, never ORM objects, and leave every rule to the service layer."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from app import events
+from app.jobs import scheduler
+from app.jobs.models import Job
+from app.runs import lease
+from app.runs import service as runs_service
+from app.runtime import Runtime
+from workers.runner import execute
+
+log = logging.getLogger(__name__)
+SKIPPED_FIRES_KEY = "jg:stats:skipped-fires"
+
+
+async def run_job(ctx: dict[str, Any], job_id: str, token: str, triggered_by: str) -> None:
+    """A manual trigger: the lease was taken by the API when it accepted the request."""
+    rt: Runtime = ctx["runtime"]
+    if await lease.holder(rt.redis, job_id) != token:
+        log.warning("run %s of %s dropped: its lease lapsed before a worker took it", token, job_id)
+        return
+    job = await Job.get_or_none(id=job_id)
+    run = None
+    if job is not None:
+        run = await runs_service.begin(
+            rt, job=job, token=token, triggered_by=triggered_by, fire_at=None, attempt=ctx.get("job_try", 1)
+        )
+    if job is None or run is None:
+        # Deleted meanwhile, or a redelivery of a run that already began: never execute twice.
+        await lease.release(rt.redis, job_id, token)
+        return
+    await execute(rt, job, run)
+
+
+async def fire_job(ctx: dict[str, Any], job_id: str, fire_at_iso: str) -> None:
+    """A scheduled fire: claim it (at most once), schedule the next one, then run unless still running."""
+    rt: Runtime = ctx["runtime"]
+    fire_at = datetime.fromisoformat(fire_at_iso)
+    job = await scheduler.claim_fire(rt, job_id=job_id, fire_at=fire_at)
+    if job is None:
+        return
+    token = runs_service.new_token()
+    if not await lease.acquire(rt.redis, job.id, token, rt.settings.lease_ttl_seconds):
+        # Overlap policy `forbid`: the next fire is already scheduled by claim_fire.
+        await rt.redis.hincrby(SKIPPED_FIRES_KEY, job.id, 1)  # type: ignore[misc]
+        log.info("fire %s of %s skipped: the previous run is still going", fire_at_iso, job.id)
+        await events.publish(rt.redis, "fire.skipped", job.id, fireAt=fire_at_iso)
+        return
+    run = await runs_service.begin(
+        rt, job=job, token=token, triggered_by="scheduler", fire_at=fire_at, attempt=ctx.get("job_try", 1)
+    )
+    if run is None:
+        await lease.release(rt.redis, job.id, token)
+        return
+    await execute(rt, job, run)
