@@ -1,0 +1,137 @@
+"""Real components for every test: a redis-server started for the session, SQLite files per test
+(copied from one migrated template), the app with its embedded arq worker, and signed tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import redis as sync_redis
+from fastapi import FastAPI
+from tortoise import Tortoise
+
+from app import db
+from app.auth import ADMIN_PERMISSION, issue_token
+from app.config import Settings, get_settings
+from app.main import create_app
+from app.runtime import Runtime, connect_redis
+from tests.support.servers import RedisServer
+
+SECRET = "test-secret-" + "x" * 40
+TEST_JOB_TYPES = "tests.support.job_types"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Migrate once per session; each test copies the file, which is far faster than migrating."""
+    path = tmp_path_factory.mktemp("template") / "template.sqlite3"
+    settings = make_settings(database_url=f"sqlite://{path}", redis_url="redis://127.0.0.1:1/0")
+    asyncio.run(db.migrate(settings))
+    return path
+
+
+def make_settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "app_env": "test",
+        "jwt_secret": SECRET,
+        "embedded_worker": True,
+        "worker_poll_delay": 0.01,
+        "heartbeat_seconds": 0.5,
+        "lease_ttl_seconds": 1.5,
+        "shutdown_grace_seconds": 2.0,
+        "job_type_modules": [TEST_JOB_TYPES],
+        "log_level": "INFO",
+    }
+    base.update(overrides)
+    return get_settings(_env_file=None, **base)
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, sqlite_template: Path) -> str:
+    path = tmp_path / "jobs.sqlite3"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite://{path}"
+
+
+@pytest.fixture
+def settings_factory(database_url: str, redis_server: RedisServer) -> Callable[..., Settings]:
+    sync_redis.Redis.from_url(redis_server.url).flushdb()
+
+    def factory(**overrides: Any) -> Settings:
+        return make_settings(database_url=database_url, redis_url=redis_server.url, **overrides)
+
+    return factory
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings]) -> Settings:
+    return settings_factory()
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The real app with its lifespan (tortoise, Redis, embedded worker) and an in-process client."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield app, client
+
+
+@pytest_asyncio.fixture
+async def app_client(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    async with running_app(settings) as pair:
+        yield pair
+
+
+@pytest_asyncio.fixture
+async def client(app_client: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return app_client[1]
+
+
+@pytest_asyncio.fixture
+async def runtime(app_client: tuple[FastAPI, httpx.AsyncClient]) -> Runtime:
+    rt: Runtime = app_client[0].state.runtime
+    return rt
+
+
+@pytest_asyncio.fixture
+async def orm(settings: Settings) -> AsyncIterator[Runtime]:
+    """The ORM and Redis without the HTTP app or a worker, for service-level tests."""
+    await Tortoise.init(config=db.tortoise_config(settings), _enable_global_fallback=True)
+    redis = await connect_redis(settings)
+    try:
+        yield Runtime(settings=settings, redis=redis)
+    finally:
+        await redis.aclose()
+        await Tortoise.close_connections()
+
+
+def make_token(
+    settings: Settings | None = None,
+    *,
+    sub: str = "5",
+    permissions: list[str] | None = None,
+    ttl: timedelta = timedelta(minutes=5),
+) -> str:
+    s = settings or make_settings()
+    return issue_token(s, sub=sub, permissions=[ADMIN_PERMISSION] if permissions is None else permissions, ttl=ttl)
+
+
+@pytest.fixture
+def auth(settings: Settings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(settings)}"}

@@ -1,0 +1,37 @@
+"""Job types that tests (and their worker processes, via JOB_TYPE_MODULES) can run."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import Field
+
+from app.job_types.registry import Payload, RunContext, job_type
+
+
+class SleepPayload(Payload):
+    seconds: float = Field(default=0.0, ge=0)
+    summary: str = "slept"
+
+
+@job_type("test_sleep", "Sleeps for `seconds`, then returns `summary`", SleepPayload)
+async def sleep_handler(ctx: RunContext) -> str:
+    payload: SleepPayload = ctx.payload
+    await asyncio.sleep(payload.seconds)
+    return payload.summary
+
+
+class FailPayload(Payload):
+    message: str = "boom"
+
+
+@job_type("test_fail", "Raises RuntimeError(message)", FailPayload)
+async def fail_handler(ctx: RunContext) -> str:
+    payload: FailPayload = ctx.payload
+    raise RuntimeError(payload.message)
+
+
+@job_type("test_block", "Blocks until cancelled; for timeout and shutdown tests")
+async def block_handler(ctx: RunContext) -> str:
+    await asyncio.Event().wait()
+    return "unreachable"
