@@ -22,6 +22,12 @@ from app.jobs.routes import router as jobs_router
 from app.logs import configure_logging
 from app.runs.routes import router as runs_router
 from app.runtime import Runtime, connect_redis
+from workers.settings import (
+    build_embedded_worker,
+    start_background_loops,
+    stop_background_loops,
+    stop_embedded_worker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +47,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.runtime = rt
             await jobs_service.register_builtin_jobs()
             await _reconcile(rt)
-            worker, worker_task = None, None
-            if s.embedded_worker:
-                worker, worker_task = await _start_worker(rt)
+            loops = start_background_loops(rt)
+            worker = await build_embedded_worker(rt) if s.embedded_worker else None
+            worker_task = asyncio.create_task(worker.async_run()) if worker else None
             try:
                 yield
             finally:
+                await stop_background_loops(loops)
                 if worker is not None and worker_task is not None:
                     await _stop_worker(worker, worker_task, s.shutdown_grace_seconds)
                 await redis.aclose()
@@ -72,16 +79,7 @@ async def _reconcile(rt: Runtime) -> None:
         log.warning("Redis unavailable at start-up; the schedule is reconciled once it is back")
 
 
-async def _start_worker(rt: Runtime) -> tuple[Worker, asyncio.Task[None]]:
-    from workers.settings import build_embedded_worker
-
-    worker = build_embedded_worker(rt)
-    return worker, asyncio.create_task(worker.async_run())
-
-
 async def _stop_worker(worker: Worker, task: asyncio.Task[None], grace: float) -> None:
-    from workers.settings import stop_embedded_worker
-
     await stop_embedded_worker(worker, grace)
     task.cancel()
     try:

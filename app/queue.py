@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name, job_key_prefix
 
 RUN_FUNCTION = "run_job"
 FIRE_FUNCTION = "fire_job"
+FIRE_EXPIRY = timedelta(days=1)
 
 
 def fire_id(job_id: str, fire_at: datetime) -> str:
@@ -22,10 +23,23 @@ async def enqueue_run(redis: ArqRedis, *, job_id: str, token: str, triggered_by:
 
 async def enqueue_fire(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> bool:
     """Enqueue the fire deferred to its time; False when arq already holds that id."""
+    # arq's default expiry is "defer time + 1 day" measured from now, which goes negative (and Redis
+    # rejects it) for a catch-up fire more than a day old; count the day from whichever is later.
+    ahead = max(fire_at - datetime.now(UTC), timedelta(0))
     job = await redis.enqueue_job(
-        FIRE_FUNCTION, job_id, fire_at.isoformat(), _job_id=fire_id(job_id, fire_at), _defer_until=fire_at
+        FIRE_FUNCTION,
+        job_id,
+        fire_at.isoformat(),
+        _job_id=fire_id(job_id, fire_at),
+        _defer_until=fire_at,
+        _expires=ahead + FIRE_EXPIRY,
     )
     return job is not None
+
+
+async def fire_pending(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> bool:
+    """Whether arq still holds this fire (queued or running)."""
+    return bool(await redis.exists(job_key_prefix + fire_id(job_id, fire_at)))
 
 
 async def cancel_fire(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> None:

@@ -21,9 +21,10 @@ from tortoise import Tortoise
 from app import db
 from app.auth import ADMIN_PERMISSION, issue_token
 from app.config import Settings, get_settings
+from app.job_types import registry
 from app.main import create_app
 from app.runtime import Runtime, connect_redis
-from tests.support.servers import RedisServer
+from tests.support.servers import PostgresCluster, RedisServer, postgres_unavailable_reason
 
 SECRET = "test-secret-" + "x" * 40
 TEST_JOB_TYPES = "tests.support.job_types"
@@ -33,6 +34,41 @@ TEST_JOB_TYPES = "tests.support.job_types"
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # One backend per session: tortoise caches dialect-specific SQL on the models, so a process
+    # (like the service itself) talks to one kind of database.
+    parser.addoption("--backend", choices=["sqlite", "postgres"], default="sqlite", help="database for the tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The PostgreSQL pass runs only the tests marked `postgres`."""
+    if config.getoption("--backend") != "postgres":
+        return
+    selected = [i for i in items if i.get_closest_marker("postgres")]
+    config.hook.pytest_deselected(items=[i for i in items if not i.get_closest_marker("postgres")])
+    items[:] = selected
+
+
+@pytest.fixture(scope="session")
+def db_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.config.getoption("--backend"))
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[tuple[PostgresCluster, str]]:
+    """A throwaway cluster and a migrated template database that each test clones."""
+    reason = postgres_unavailable_reason()
+    if reason is not None:
+        pytest.fail(f"PostgreSQL is needed by the postgres-marked tests: {reason}")
+    with PostgresCluster() as cluster:
+        url = cluster.create_database("jg_template")
+        asyncio.run(db.migrate(make_settings(database_url=url, redis_url="redis://127.0.0.1:1/0")))
+        yield cluster, "jg_template"
+
+
+_pg_counter = iter(range(1_000_000))
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +97,15 @@ def make_settings(**overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def database_url(tmp_path: Path, sqlite_template: Path) -> str:
+def database_url(tmp_path: Path, db_backend: str, request: pytest.FixtureRequest) -> str:
+    """A fresh, migrated database per test: a copied SQLite file, or a clone of the PostgreSQL template."""
+    if db_backend == "postgres":
+        cluster, template = request.getfixturevalue("postgres_template")
+        name = f"jg_test_{next(_pg_counter)}"
+        cluster.psql(f"CREATE DATABASE {name} TEMPLATE {template}")
+        return cluster.url(name)
     path = tmp_path / "jobs.sqlite3"
-    shutil.copyfile(sqlite_template, path)
+    shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
     return f"sqlite://{path}"
 
 
@@ -113,6 +155,7 @@ async def runtime(app_client: tuple[FastAPI, httpx.AsyncClient]) -> Runtime:
 async def orm(settings: Settings) -> AsyncIterator[Runtime]:
     """The ORM and Redis without the HTTP app or a worker, for service-level tests."""
     await Tortoise.init(config=db.tortoise_config(settings), _enable_global_fallback=True)
+    registry.load(settings.job_type_modules)
     redis = await connect_redis(settings)
     try:
         yield Runtime(settings=settings, redis=redis)

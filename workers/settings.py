@@ -19,7 +19,7 @@ from app.jobs import scheduler
 from app.jobs import service as jobs_service
 from app.logs import configure_logging
 from app.runs import service as runs_service
-from app.runtime import Runtime, redis_settings
+from app.runtime import Runtime, connect_redis, redis_settings
 from workers.tasks import fire_job, run_job
 
 log = logging.getLogger(__name__)
@@ -39,19 +39,9 @@ async def _every(seconds: float, step: Callable[[], Awaitable[object]], name: st
             log.exception("%s failed; will retry", name)
 
 
-async def on_startup(ctx: dict[str, Any]) -> None:
-    if "runtime" not in ctx:  # a standalone `arq workers.WorkerSettings` process
-        settings = get_settings()
-        configure_logging(settings)
-        await db.ensure_current(settings)
-        await Tortoise.init(config=db.tortoise_config(settings), _enable_global_fallback=True)
-        registry.load(settings.job_type_modules)
-        ctx["runtime"] = Runtime(settings=settings, redis=ctx["redis"])
-        ctx["owns_db"] = True
-    rt: Runtime = ctx["runtime"]
-    await jobs_service.register_builtin_jobs()
-    await scheduler.reconcile_all(rt)
-    ctx["loops"] = [
+def start_background_loops(rt: Runtime) -> list[asyncio.Task[None]]:
+    """The reaper and the periodic reconcile: idempotent, so every process may run them."""
+    return [
         asyncio.create_task(_every(rt.settings.heartbeat_seconds, lambda: runs_service.reap_lost(rt), "reaper")),
         asyncio.create_task(
             _every(rt.settings.reconcile_interval_seconds, lambda: scheduler.reconcile_all(rt), "reconcile")
@@ -59,13 +49,30 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     ]
 
 
-async def on_shutdown(ctx: dict[str, Any]) -> None:
-    for task in ctx.get("loops", []):
+async def stop_background_loops(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    if ctx.get("owns_db"):
-        await Tortoise.close_connections()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def on_startup(ctx: dict[str, Any]) -> None:
+    """Start-up of a standalone `arq workers.WorkerSettings` process (the embedded worker has none:
+    the API's lifespan does this work)."""
+    settings = get_settings()
+    configure_logging(settings)
+    await db.ensure_current(settings)
+    await Tortoise.init(config=db.tortoise_config(settings), _enable_global_fallback=True)
+    registry.load(settings.job_type_modules)
+    rt = Runtime(settings=settings, redis=ctx["redis"])
+    ctx["runtime"] = rt
+    await jobs_service.register_builtin_jobs()
+    await scheduler.reconcile_all(rt)
+    ctx["loops"] = start_background_loops(rt)
+
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    await stop_background_loops(ctx.get("loops", []))
+    await Tortoise.close_connections()
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
@@ -86,9 +93,15 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def build_embedded_worker(rt: Runtime) -> Worker:
-    """A worker living inside the API process, sharing its runtime and database."""
-    return Worker(**worker_options(rt.settings), ctx={"runtime": rt}, handle_signals=False)
+async def build_embedded_worker(rt: Runtime) -> Worker:
+    """A worker living inside the API process, sharing its runtime, database and start-up work.
+
+    Its pool is connected here, not lazily in arq's poll task: arq leaks a pool whose creation is
+    cancelled by an early shutdown.
+    """
+    options = {**worker_options(rt.settings), "on_startup": None, "on_shutdown": None}
+    pool = await connect_redis(rt.settings)
+    return Worker(**options, redis_pool=pool, ctx={"runtime": rt}, handle_signals=False)
 
 
 async def stop_embedded_worker(worker: Worker, grace: float) -> None:
@@ -98,6 +111,11 @@ async def stop_embedded_worker(worker: Worker, grace: float) -> None:
         async with asyncio.timeout(grace):
             while any(not t.done() for t in worker.tasks.values()):  # noqa: ASYNC110 - arq offers no event
                 await asyncio.sleep(0.05)
+    # arq's close() cancels its poll loop without awaiting it and then closes the pool, which can
+    # strand a WATCH pipeline mid-reset (a leaked connection); finish the loop first.
+    if worker.main_task is not None:
+        worker.main_task.cancel()
+        await asyncio.gather(worker.main_task, return_exceptions=True)
     await worker.close()
 
 

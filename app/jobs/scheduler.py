@@ -22,17 +22,23 @@ def schedule_of(job: Job, rt: Runtime) -> Schedule:
     return validate_schedule(job.schedule, job.timezone or rt.settings.scheduler_timezone)
 
 
-def _desired_fire(job: Job, rt: Runtime, now: datetime) -> datetime:
-    """The fire to keep enqueued: the current one while still due, else one missed fire within
-    the grace window, else the next one."""
-    grace = timedelta(seconds=rt.settings.misfire_grace_seconds)
+def _replacement(schedule: Schedule, current: datetime, now: datetime, grace: timedelta) -> datetime:
+    """For a fire that can no longer run on time: the latest fire missed within the grace window
+    (run once, however many were missed), else the next one. Never a burst of catch-up runs."""
+    return catch_up(schedule, current - timedelta(microseconds=1), now, grace) or schedule.next_after(now)
+
+
+async def _desired_fire(job: Job, rt: Runtime, now: datetime) -> datetime:
+    """The fire to keep enqueued for an enabled job."""
     current = job.next_run_at
-    if current is not None and current > now - grace:
-        return current
     schedule = schedule_of(job, rt)
-    # Catch-up only replaces a fire that was really pending; a newly enabled job starts from now.
-    missed = catch_up(schedule, current, now, grace) if current is not None else None
-    return missed or schedule.next_after(now)
+    if current is None:
+        # Newly enabled: start from now, no catch-up for a time the job was not scheduled.
+        return schedule.next_after(now)
+    if current > now or await queue.fire_pending(rt.redis, job_id=job.id, fire_at=current):
+        return current
+    # Due, yet arq no longer holds it: Redis lost it while no worker ran.
+    return _replacement(schedule, current, now, timedelta(seconds=rt.settings.misfire_grace_seconds))
 
 
 async def reconcile_job(rt: Runtime, job: Job) -> datetime | None:
@@ -42,14 +48,18 @@ async def reconcile_job(rt: Runtime, job: Job) -> datetime | None:
             await queue.cancel_fire(rt.redis, job_id=job.id, fire_at=job.next_run_at)
             await Job.filter(id=job.id, enabled=False, next_run_at=job.next_run_at).update(next_run_at=None)
         return None
-    desired = _desired_fire(job, rt, rt.now())
-    if desired != job.next_run_at:
-        moved = await Job.filter(id=job.id, enabled=True, next_run_at=job.next_run_at).update(next_run_at=desired)
-        if not moved:
-            return None  # someone else changed the row meanwhile; they reconcile it
-        job.next_run_at = desired
+    desired = await _desired_fire(job, rt, rt.now())
+    if desired != job.next_run_at and not await _move(job, desired):
+        return None  # someone else changed the row meanwhile; they reconcile it
     await queue.enqueue_fire(rt.redis, job_id=job.id, fire_at=desired)
     return desired
+
+
+async def _move(job: Job, fire: datetime) -> bool:
+    moved = await Job.filter(id=job.id, enabled=True, next_run_at=job.next_run_at).update(next_run_at=fire)
+    if moved:
+        job.next_run_at = fire
+    return bool(moved)
 
 
 async def reconcile_all(rt: Runtime) -> int:
@@ -67,15 +77,22 @@ async def reconcile_all(rt: Runtime) -> int:
 async def claim_fire(rt: Runtime, *, job_id: str, fire_at: datetime) -> Job | None:
     """Advance the job past this fire and enqueue the next; returns the job only to the one caller that wins.
 
-    A fire that is stale (job gone, disabled, rescheduled) or already claimed returns None.
+    A fire that is stale (job gone, disabled, rescheduled) or already claimed returns None. So does a
+    fire that comes due later than the grace window (every worker was down): the latest missed fire
+    within the window is enqueued in its place, to run once.
     """
     job = await Job.get_or_none(id=job_id)
     if job is None or not job.enabled or job.next_run_at != fire_at:
         return None
-    following = schedule_of(job, rt).next_after(max(rt.now(), fire_at))
-    won = await Job.filter(id=job_id, enabled=True, next_run_at=fire_at).update(next_run_at=following)
-    if not won:
+    now = rt.now()
+    schedule = schedule_of(job, rt)
+    grace = timedelta(seconds=rt.settings.misfire_grace_seconds)
+    late = now - fire_at > grace
+    following = _replacement(schedule, fire_at, now, grace) if late else schedule.next_after(max(now, fire_at))
+    if not await _move(job, following):
         return None
-    job.next_run_at = following
     await queue.enqueue_fire(rt.redis, job_id=job_id, fire_at=following)
+    if late:
+        log.info("fire %s of %s skipped: %s late, past the grace window", fire_at, job_id, now - fire_at)
+        return None
     return job

@@ -30,6 +30,7 @@ def error_of(response: httpx.Response) -> str:
     return str(body["error"])
 
 
+@pytest.mark.postgres
 async def test_list_returns_builtin_jobs_in_spec_shape(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     response = await client.get("/api/jobs", headers=auth)
     assert response.status_code == 200
@@ -77,6 +78,7 @@ async def test_unknown_job_is_404_on_every_route(
     assert error_of(response) == "job_not_found"
 
 
+@pytest.mark.postgres
 async def test_disable_then_enable(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     off = await client.patch("/api/jobs/metadata-sync", headers=auth, json={"enabled": False})
     assert off.status_code == 200
@@ -127,6 +129,7 @@ async def test_start_and_stop(client: httpx.AsyncClient, auth: dict[str, str]) -
     assert job["enabled"] is True and ISO_MS.match(job["nextRun"])
 
 
+@pytest.mark.postgres
 async def test_stopped_state_survives_a_restart_and_is_seen_by_another_instance(
     settings: Settings, auth: dict[str, str]
 ) -> None:

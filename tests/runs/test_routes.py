@@ -14,6 +14,7 @@ from tests.factories import make_job, wait_for_logs, wait_until
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
+@pytest.mark.postgres
 async def test_trigger_runs_the_job_and_records_it(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     await make_job(id="quick", payload={"seconds": 0.05, "summary": "Synced 150 games"})
     response = await client.post("/api/jobs/quick/trigger", headers=auth)
@@ -51,6 +52,7 @@ async def test_trigger_while_running_is_409_and_running_is_reported(
     assert (await client.post("/api/jobs/slow/trigger", headers=auth)).status_code == 200
 
 
+@pytest.mark.postgres
 async def test_concurrent_triggers_give_one_run(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     await make_job(id="racy", payload={"seconds": 0.3})
     responses = await asyncio.gather(*(client.post("/api/jobs/racy/trigger", headers=auth) for _ in range(100)))
@@ -68,6 +70,7 @@ async def test_disabled_job_can_still_be_triggered(client: httpx.AsyncClient, au
     assert entry["result"] == "success"
 
 
+@pytest.mark.postgres
 async def test_failing_handler_is_recorded_as_error_without_a_trace(
     client: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:
@@ -86,6 +89,7 @@ async def test_timeout_ends_the_run_as_error(client: httpx.AsyncClient, auth: di
     assert (entry["result"], entry["details"]) == ("error", "Timed out after 0.3 s")
 
 
+@pytest.mark.postgres
 async def test_logs_are_newest_first_and_paginated(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     await make_job(id="many")
     for _ in range(3):

@@ -1,0 +1,57 @@
+# Two commands on a fresh Debian/Ubuntu machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run migrate test test-fast lint format system-deps clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# A development .env the first time: a random JWT secret that survives restarts.
+.env:
+	@printf 'APP_ENV=development\nJWT_SECRET=%s\nMIGRATE_ON_START=true\n' \
+		"$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))')" > .env
+	@echo "wrote .env with a random development JWT_SECRET"
+
+run: install .env
+	$(BIN)/jobs-gateway run
+
+migrate: install
+	$(BIN)/jobs-gateway migrate
+
+# redis-server and PostgreSQL's server binaries must be on the machine: the tests start both.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "missing:$$missing -- install with: sudo apt-get install$$missing"; exit 1; fi; \
+	fi
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The whole suite on SQLite, then the postgres-marked tests on a throwaway PostgreSQL cluster.
+test: install system-deps lint
+	$(BIN)/pytest
+	$(BIN)/pytest --backend postgres
+
+test-fast: install
+	$(BIN)/pytest -x -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
