@@ -115,7 +115,14 @@ async def complete(rt: Runtime, *, run: Run, result: str, details: str) -> bool:
     await lease.release(rt.redis, run.job_id, run.token)
     if closed:
         await events.publish(
-            rt.redis, "run.finished", run.job_id, running=False, runId=run.id, result=result, duration=duration
+            rt.redis,
+            "run.finished",
+            run.job_id,
+            running=False,
+            runId=run.id,
+            result=result,
+            duration=duration,
+            details=details,
         )
     return bool(closed)
 

@@ -1,0 +1,147 @@
+"""The built-in job types do real work on the tables and files the service owns."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from app.data.models import Game, RefreshToken, StoredFile
+from app.job_types import registry
+from app.job_types.registry import RunContext
+from app.runs.models import Run
+from app.runtime import Runtime
+from app.timefmt import utcnow
+
+
+pytestmark = pytest.mark.postgres
+
+
+def context(rt: Runtime, **settings: object) -> RunContext:
+    return RunContext(
+        job_id="x",
+        run_id=1,
+        payload=registry.Payload(),
+        settings=rt.settings.model_copy(update=settings),
+        log=logging.getLogger("test"),
+    )
+
+
+async def run(type_name: str, ctx: RunContext) -> str:
+    return await registry.get(type_name).handler(ctx)
+
+
+async def test_cleanup_expired_tokens_deletes_only_expired_ones(orm: Runtime) -> None:
+    now = utcnow()
+    await RefreshToken.create(user_id="1", token_hash="old", expires_at=now - timedelta(minutes=1))
+    await RefreshToken.create(user_id="1", token_hash="older", expires_at=now - timedelta(days=9))
+    await RefreshToken.create(user_id="2", token_hash="fresh", expires_at=now + timedelta(hours=1))
+    assert await run("cleanup_expired_tokens", context(orm)) == "Deleted 2 expired refresh tokens"
+    assert await RefreshToken.all().values_list("token_hash", flat=True) == ["fresh"]
+
+
+async def test_cleanup_job_logs_prunes_completed_runs_past_retention(orm: Runtime) -> None:
+    now = utcnow()
+    old, recent = now - timedelta(days=31), now - timedelta(days=29)
+    await Run.create(job_id="a", token="t1", triggered_by="user:1", started_at=old, completed_at=old, result="error")
+    await Run.create(job_id="a", token="t2", triggered_by="scheduler", started_at=recent, completed_at=recent)
+    await Run.create(job_id="a", token="t3", triggered_by="scheduler", started_at=old)  # still open: kept
+    summary = await run("cleanup_job_logs", context(orm, run_retention_days=30))
+    assert summary == "Deleted 1 run logs older than 30 days"
+    assert sorted(await Run.all().values_list("token", flat=True)) == ["t2", "t3"]
+
+
+async def test_cleanup_orphaned_files_keeps_referenced_young_and_outside_files(orm: Runtime, tmp_path: Path) -> None:
+    root = tmp_path / "files"
+    (root / "covers").mkdir(parents=True)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"keep me")
+    files = {"covers/kept.png": b"12", "covers/orphan.png": b"1234", "orphan.txt": b"123", "young.txt": b"1"}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    old = time.time() - 7200
+    for name in ("covers/kept.png", "covers/orphan.png", "orphan.txt"):
+        os.utime(root / name, (old, old))
+    (root / "link").symlink_to(outside)
+    await StoredFile.create(path="covers/kept.png")
+    summary = await run("cleanup_orphaned_files", context(orm, files_dir=root, orphan_min_age_seconds=3600))
+    assert summary == "Deleted 2 orphaned files (7 bytes)"
+    remaining = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink())
+    assert remaining == ["covers/kept.png", "link", "young.txt"]
+    assert outside.read_bytes() == b"keep me"
+
+
+async def test_cleanup_orphaned_files_with_no_folder_deletes_nothing(orm: Runtime, tmp_path: Path) -> None:
+    assert await run("cleanup_orphaned_files", context(orm, files_dir=tmp_path / "nope")) == (
+        "Deleted 0 orphaned files (0 bytes)"
+    )
+
+
+async def test_metadata_sync_upserts_the_bundled_sample_catalogue(orm: Runtime) -> None:
+    assert await run("metadata_sync", context(orm)) == "Synced 5 games (5 new)"
+    assert await run("metadata_sync", context(orm)) == "Synced 5 games (0 new)"
+    hades = await Game.get(external_id="g-1002")
+    assert (hades.title, hades.platform, hades.release_year, hades.data) == (
+        "Hades",
+        "pc",
+        2020,
+        {"genres": ["roguelike", "action"]},
+    )
+
+
+@pytest.fixture
+def catalogue_server() -> Iterator[tuple[str, dict[str, object]]]:
+    """A loopback HTTP server serving whatever catalogue the test puts in the dict."""
+    state: dict[str, object] = {"body": {"games": []}, "status": 200}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(state["body"]).encode()
+            self.send_response(int(str(state["status"])))
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/catalogue.json", state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_metadata_sync_over_http_updates_changed_games(
+    orm: Runtime, catalogue_server: tuple[str, dict[str, object]]
+) -> None:
+    url, state = catalogue_server
+    state["body"] = {"games": [{"id": "a", "title": "Alpha"}, {"id": "b", "title": "Beta", "releaseYear": 2001}]}
+    assert await run("metadata_sync", context(orm, metadata_source_url=url)) == "Synced 2 games (2 new)"
+    state["body"] = {"games": [{"id": "a", "title": "Alpha Remastered"}]}
+    assert await run("metadata_sync", context(orm, metadata_source_url=url)) == "Synced 1 games (0 new)"
+    assert (await Game.get(external_id="a")).title == "Alpha Remastered"
+
+
+async def test_metadata_sync_fails_clearly_on_a_bad_catalogue_or_http_error(
+    orm: Runtime, catalogue_server: tuple[str, dict[str, object]]
+) -> None:
+    url, state = catalogue_server
+    state["body"] = {"games": [{"title": "no id"}]}
+    with pytest.raises(ValueError, match="catalogue is malformed"):
+        await run("metadata_sync", context(orm, metadata_source_url=url))
+    state["status"] = 503
+    with pytest.raises(Exception, match="503"):
+        await run("metadata_sync", context(orm, metadata_source_url=url))
+    assert await Game.all().count() == 0
