@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run migrate test test-fast lint format system-deps clean
+.PHONY: install run migrate test test-fast lint format system-deps clean schema
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -55,3 +55,7 @@ test-fast: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The checked-in SDL; tests/graphql/test_schema_file.py fails when it is out of date.
+schema: install
+	$(BIN)/python -m app.schema_export > schema.graphql

@@ -17,6 +17,7 @@ ADMIN_PERMISSION = "settings.update"
 class Principal:
     sub: str
     permissions: frozenset[str]
+    expires_at: float = float("inf")  # epoch seconds; a live connection ends then
 
     @property
     def actor(self) -> str:
@@ -50,7 +51,7 @@ def decode_token(token: str, settings: Settings) -> Principal:
     permissions = claims.get("permissions", [])
     if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
         raise Unauthenticated("Invalid token: permissions must be an array of strings", code="invalid_token")
-    return Principal(sub=claims["sub"], permissions=frozenset(permissions))
+    return Principal(sub=claims["sub"], permissions=frozenset(permissions), expires_at=float(claims["exp"]))
 
 
 def require_permission(principal: Principal, permission: str = ADMIN_PERMISSION) -> Principal:

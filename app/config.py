@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(default=10, ge=1)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     run_retention_days: int = Field(default=30, ge=1)
+    graphql_introspection: bool = True
+    graphql_max_query_bytes: int = Field(default=20_000, ge=100)
     # `metadata-sync` reads this JSON catalogue: an http(s) URL or a file path.
     metadata_source_url: str = str(Path(__file__).parent / "data" / "sample_catalogue.json")
     # `cleanup-orphaned-files` deletes files here that no stored_file row references.

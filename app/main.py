@@ -12,13 +12,14 @@ from fastapi import FastAPI
 from redis.exceptions import RedisError
 from tortoise.contrib.fastapi import RegisterTortoise
 
-from app import db, rest_errors
+from app import db, graphql, rest_errors
 from app.activity.routes import router as activity_router
 from app.config import Settings, get_settings
 from app.job_types import registry
 from app.jobs import scheduler
 from app.jobs import service as jobs_service
 from app.jobs.routes import router as jobs_router
+from app.live import Hub
 from app.logs import configure_logging
 from app.runs.routes import router as runs_router
 from app.runtime import Runtime, connect_redis
@@ -45,6 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis = await connect_redis(s)
             rt = Runtime(settings=s, redis=redis)
             app.state.runtime = rt
+            hub = Hub(redis, lambda job_id: jobs_service.find(rt, job_id=job_id))
+            hub.start()
+            app.state.hub = hub
             await jobs_service.register_builtin_jobs()
             await _reconcile(rt)
             loops = start_background_loops(rt)
@@ -54,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 await stop_background_loops(loops)
+                await hub.stop()
                 if worker is not None and worker_task is not None:
                     await _stop_worker(worker, worker_task, s.shutdown_grace_seconds)
                 await redis.aclose()
@@ -68,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs_router)
     app.include_router(jobs_router)
     app.include_router(activity_router)
+    app.include_router(graphql.router(), prefix="/graphql", include_in_schema=False)
     return app
 
 

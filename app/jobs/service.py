@@ -73,6 +73,14 @@ async def get(rt: Runtime, *, job_id: str) -> JobState:
     return JobState(job=job, running=bool(await _running(rt, [job.id])))
 
 
+async def find(rt: Runtime, *, job_id: str) -> JobState | None:
+    """The job's current state, or None when it does not exist (a live stream ends then)."""
+    job = await Job.get_or_none(id=job_id)
+    if job is None:
+        return None
+    return JobState(job=job, running=bool(await _running(rt, [job.id])))
+
+
 async def set_enabled(rt: Runtime, *, job_id: str, enabled: bool, actor: str, event: str = "jobs.update") -> JobState:
     """Enable (schedule the next fire) or disable (remove the pending fire). Idempotent; always audited."""
     job = await get_or_raise(job_id=job_id)

@@ -21,7 +21,6 @@ from app.runs.models import Run
 from app.runtime import Runtime
 from app.timefmt import utcnow
 
-
 pytestmark = pytest.mark.postgres
 
 

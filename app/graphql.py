@@ -1,0 +1,134 @@
+"""The GraphQL API: the schema merged from each domain, its limits, and the FastAPI router."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import ClassVar
+
+from graphql import GraphQLError
+from graphql.validation import NoSchemaIntrospectionCustomRule
+from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocket
+from strawberry import Schema
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter, SchemaExtension
+from strawberry.fastapi import GraphQLRouter
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
+from strawberry.tools import merge_types
+from strawberry.types.unset import UnsetType
+
+from app.activity.graphql import ActivityQuery
+from app.errors import AppError
+from app.graphql_context import Context, connection_token
+from app.graphql_errors import AppErrors, is_unexpected
+from app.jobs.graphql import JobMutation, JobQuery, JobSubscription
+from app.runs.graphql import RunQuery
+
+MAX_DEPTH = 10
+MAX_ALIASES = 15
+MAX_TOKENS = 2_000
+# 4403 is the code graphql-transport-ws uses for "Forbidden"; an expired token ends the socket with it.
+EXPIRED_CLOSE_CODE = 4403
+
+
+class RequestLimits(SchemaExtension):
+    """Refuse oversized documents before parsing, and introspection when the settings turn it off."""
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context
+        settings = context.context.runtime.settings
+        query = context.query or ""
+        if len(query.encode()) > settings.graphql_max_query_bytes:
+            raise GraphQLError(
+                f"Query is larger than {settings.graphql_max_query_bytes} bytes",
+                extensions={"code": "BAD_USER_INPUT"},
+            )
+        if not settings.graphql_introspection:
+            context.validation_rules = (*context.validation_rules, NoSchemaIntrospectionCustomRule)
+        yield
+
+
+Query = merge_types("Query", (JobQuery, RunQuery, ActivityQuery))
+Mutation = merge_types("Mutation", (JobMutation,))
+Subscription = merge_types("Subscription", (JobSubscription,))
+
+
+class JobsSchema(Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: object = None) -> None:
+        # Expected errors (bad input, auth, not found, conflicts) are answers, not incidents: log the rest.
+        for error in errors:
+            if is_unexpected(error):
+                super().process_errors([error], execution_context)  # type: ignore[arg-type]
+
+
+schema = JobsSchema(
+    query=Query,
+    mutation=Mutation,
+    subscription=Subscription,
+    extensions=[
+        RequestLimits,
+        # Token counting happens in the parser, before validation; depth and aliases are validation rules.
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        AppErrors,
+    ],
+)
+
+
+async def get_context(connection: HTTPConnection) -> Context:
+    state = connection.app.state
+    return Context(state.runtime, state.hub, connection.headers.get("authorization"))
+
+
+class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+    """The legacy `graphql-ws` protocol, closing a refused connection with 4403 like graphql-transport-ws.
+
+    strawberry sends `connection_error` and then closes with 1011; the close code is the only change.
+    """
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        websocket = self.websocket
+        close = websocket.close
+
+        async def forbidden_close(code: int, reason: str) -> None:
+            await close(EXPIRED_CLOSE_CODE if code == 1011 else code, "Forbidden" if code == 1011 else reason)
+
+        websocket.close = forbidden_close  # type: ignore[method-assign]
+        try:
+            await super().handle_connection_init(message)
+        finally:
+            websocket.close = close  # type: ignore[method-assign]
+
+
+class Router(GraphQLRouter[Context, None]):
+    """Websockets authenticate in `connection_init` (or the upgrade header) and end when the token does."""
+
+    graphql_ws_handler_class = LegacyWSHandler
+    _expiries: ClassVar[set[asyncio.Task[None]]] = set()
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | None | dict[str, object]:
+        header = context.request.headers.get("authorization") if context.request is not None else None
+        try:
+            principal = context.authenticate(connection_token(context.connection_params, header))
+        except AppError as exc:
+            raise ConnectionRejectionError({"reason": exc.message}) from exc
+        if isinstance(context.request, WebSocket):
+            task = asyncio.create_task(_close_at(context.request, principal.expires_at))
+            self._expiries.add(task)
+            task.add_done_callback(self._expiries.discard)
+        return None
+
+
+async def _close_at(websocket: WebSocket, expires_at: float) -> None:
+    await asyncio.sleep(max(0.0, expires_at - time.time()))
+    with contextlib.suppress(Exception):  # the socket may be gone already
+        await websocket.close(EXPIRED_CLOSE_CODE, "Token expired")
+
+
+def router() -> Router:
+    return Router(schema, context_getter=get_context, graphql_ide="graphiql")

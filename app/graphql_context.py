@@ -1,0 +1,57 @@
+"""The GraphQL request context: runtime, caller and per-request loaders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from strawberry.fastapi import BaseContext
+
+from app.auth import Principal, decode_token, require_permission
+from app.deps import bearer_token
+from app.errors import AppError, Unauthenticated
+from app.live import Hub
+from app.runtime import Runtime
+
+
+class Context(BaseContext):
+    def __init__(self, runtime: Runtime, hub: Hub, authorization: str | None) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.hub = hub
+        self.authorization = authorization
+        self._principal: Principal | None = None
+        self.loaders: dict[str, Any] = {}
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """Verify a bearer value (header or websocket init payload) and remember the caller."""
+        self._principal = require_permission(decode_token(bearer_token(authorization), self.runtime.settings))
+        return self._principal
+
+    def admin(self) -> Principal:
+        """The caller, who must hold `settings.update`; the same rule as the REST routes."""
+        if self._principal is None:
+            self.authenticate(self.authorization)
+        assert self._principal is not None
+        return self._principal
+
+    def auth_error(self) -> AppError | None:
+        try:
+            self.admin()
+        except AppError as exc:
+            return exc
+        return None
+
+
+def connection_token(payload: object, header: str | None) -> str | None:
+    """The bearer value of a websocket: `connection_init` payload first, then the upgrade header."""
+    if isinstance(payload, dict):
+        if isinstance(payload.get("authorization"), str):
+            return str(payload["authorization"])
+        if isinstance(payload.get("Authorization"), str):
+            return str(payload["Authorization"])
+        if isinstance(payload.get("token"), str):
+            return f"Bearer {payload['token']}"
+    return header
+
+
+__all__ = ["Context", "Unauthenticated", "connection_token"]

@@ -1,0 +1,84 @@
+"""The GraphQL translation of the error vocabulary into `extensions.code`, in one place."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from inspect import isawaitable
+from typing import Any
+
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+
+from app.errors import AppError, Conflict, Forbidden, Invalid, NotFound, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+CODES: list[tuple[type[AppError], str]] = [
+    (Unauthenticated, "UNAUTHENTICATED"),
+    (Forbidden, "FORBIDDEN"),
+    (NotFound, "NOT_FOUND"),
+    (Invalid, "BAD_USER_INPUT"),
+    (Conflict, "CONFLICT"),
+]
+INTERNAL_MESSAGE = "Internal server error"
+
+
+def code_of(error: AppError) -> str:
+    return next((code for kind, code in CODES if isinstance(error, kind)), "INTERNAL")
+
+
+def to_graphql(error: AppError) -> GraphQLError:
+    extensions: dict[str, Any] = {"code": code_of(error), "error": error.code}
+    if error.details is not None:
+        extensions["details"] = error.details
+    return GraphQLError(error.message, extensions=extensions, original_error=error)
+
+
+class AppErrors(SchemaExtension):
+    """Root fields require the admin; AppErrors become coded GraphQL errors; anything else is masked."""
+
+    def resolve(self, _next: Callable[..., Any], root: Any, info: Any, *args: Any, **kwargs: Any) -> Any:
+        if info.path.prev is None and not info.field_name.startswith("__"):
+            denied = info.context.auth_error()
+            if denied is not None:
+                raise to_graphql(denied)
+        try:
+            result = _next(root, info, *args, **kwargs)
+        except AppError as exc:
+            raise to_graphql(exc) from exc
+        if isawaitable(result):
+            return _translated(result)
+        return result
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is not None and result.errors:
+            result.errors = [_finish(e) for e in result.errors]
+
+
+async def _translated(result: Awaitable[Any]) -> Any:
+    try:
+        return await result
+    except AppError as exc:
+        raise to_graphql(exc) from exc
+
+
+def is_unexpected(error: GraphQLError) -> bool:
+    """A resolver failure outside the error vocabulary: a bug or an outage, worth a traceback."""
+    original = error.original_error
+    return original is not None and not isinstance(original, (AppError, GraphQLError))
+
+
+def _finish(error: GraphQLError) -> GraphQLError:
+    """Give every error a code: coded ones pass, parse/validation ones are the client's, the rest are masked."""
+    if error.extensions and "code" in error.extensions:
+        return error
+    original = error.original_error
+    if isinstance(original, AppError):
+        return to_graphql(original)
+    if original is None:
+        return GraphQLError(error.message, nodes=error.nodes, path=error.path, extensions={"code": "BAD_USER_INPUT"})
+    log.error("unhandled error in GraphQL resolver", exc_info=original)
+    return GraphQLError(INTERNAL_MESSAGE, nodes=error.nodes, path=error.path, extensions={"code": "INTERNAL"})

@@ -1,0 +1,158 @@
+"""GraphQL for jobs: queries, mutations and the live `jobStatus` subscription."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+
+import strawberry
+from strawberry.dataloader import DataLoader
+from strawberry.scalars import JSON
+
+from app.jobs import service as jobs_service
+from app.jobs.service import JobState
+from app.live import Hub
+from app.pagination import Page
+from app.runs import service as runs_service
+from app.runs.graphql import JobLogPageType
+from app.runs.models import Run
+from app.timefmt import iso_ms
+
+LogKey = tuple[str, int | None, int | None]
+
+
+@strawberry.type(name="Job", description="The REST job object, field for field, plus its recent runs.")
+class JobType:
+    id: strawberry.ID
+    name: str
+    description: str
+    enabled: bool
+    running: bool
+    schedule: str
+    last_run: str | None
+    next_run: str | None
+    last_result: str | None
+    last_duration: int | None
+    type: str
+    payload: JSON
+    timezone: str | None
+    timeout: float | None
+    builtin: bool
+
+    @classmethod
+    def of(cls, state: JobState) -> JobType:
+        job = state.job
+        return cls(
+            id=strawberry.ID(job.id),
+            name=job.name,
+            description=job.description,
+            enabled=job.enabled,
+            running=state.running,
+            schedule=job.schedule,
+            last_run=iso_ms(job.last_run_at),
+            next_run=iso_ms(job.next_run_at) if job.enabled else None,
+            last_result=job.last_result,
+            last_duration=job.last_duration_ms,
+            type=job.type,
+            payload=JSON(dict(job.payload)),
+            timezone=job.timezone,
+            timeout=job.timeout_seconds,
+            builtin=job.builtin,
+        )
+
+    @strawberry.field(description="This job's runs, newest first; batched across jobs.")
+    async def logs(self, info: strawberry.Info, limit: int | None = 50, offset: int | None = 0) -> JobLogPageType:
+        loader: DataLoader[LogKey, Page[Run]] = info.context.loaders.setdefault("job_logs", DataLoader(_load_logs))
+        return JobLogPageType.of(await loader.load((str(self.id), limit, offset)))
+
+
+async def _load_logs(keys: list[LogKey]) -> list[Page[Run]]:
+    """One batch per distinct (limit, offset): a list of 100 jobs costs a constant number of queries."""
+    found: dict[LogKey, Page[Run]] = {}
+    for limit, offset in {(k[1], k[2]) for k in keys}:
+        ids = [k[0] for k in keys if (k[1], k[2]) == (limit, offset)]
+        pages = await runs_service.pages_for_jobs(job_ids=ids, limit=limit, offset=offset)
+        found.update({(job_id, limit, offset): page for job_id, page in pages.items()})
+    return [found[k] for k in keys]
+
+
+@strawberry.type(name="JobActionResult")
+class JobActionResultType:
+    success: bool
+    message: str
+    job: JobType
+
+
+@strawberry.type
+class JobQuery:
+    @strawberry.field(description="Every job with its status.")
+    async def jobs(self, info: strawberry.Info) -> list[JobType]:
+        return [JobType.of(s) for s in await jobs_service.list_jobs(info.context.runtime)]
+
+    @strawberry.field(description="One job, or null when there is none with this id.")
+    async def job(self, info: strawberry.Info, id: strawberry.ID) -> JobType | None:
+        jobs_service.validate_job_id(str(id))
+        state = await jobs_service.find(info.context.runtime, job_id=str(id))
+        return JobType.of(state) if state else None
+
+
+@strawberry.type
+class JobMutation:
+    @strawberry.mutation(description="Enable (schedule the next fire) or disable (remove it) a job.")
+    async def update_job(self, info: strawberry.Info, id: strawberry.ID, enabled: bool) -> JobType:
+        ctx = info.context
+        state = await jobs_service.set_enabled(ctx.runtime, job_id=str(id), enabled=enabled, actor=ctx.admin().actor)
+        return JobType.of(state)
+
+    @strawberry.mutation(description="Start the job's schedule.")
+    async def start_job(self, info: strawberry.Info, id: strawberry.ID) -> JobActionResultType:
+        ctx = info.context
+        state = await jobs_service.start(ctx.runtime, job_id=str(id), actor=ctx.admin().actor)
+        return JobActionResultType(success=True, message="Job started successfully", job=JobType.of(state))
+
+    @strawberry.mutation(description="Stop the job's schedule.")
+    async def stop_job(self, info: strawberry.Info, id: strawberry.ID) -> JobActionResultType:
+        ctx = info.context
+        state = await jobs_service.stop(ctx.runtime, job_id=str(id), actor=ctx.admin().actor)
+        return JobActionResultType(success=True, message="Job stopped successfully", job=JobType.of(state))
+
+    @strawberry.mutation(description="Run the job now; CONFLICT while it is running.")
+    async def trigger_job(self, info: strawberry.Info, id: strawberry.ID) -> JobActionResultType:
+        ctx = info.context
+        await runs_service.trigger(ctx.runtime, job_id=str(id), actor=ctx.admin().actor)
+        state = await jobs_service.get(ctx.runtime, job_id=str(id))
+        return JobActionResultType(success=True, message="Job triggered successfully", job=JobType.of(state))
+
+
+@strawberry.type
+class JobSubscription:
+    @strawberry.subscription(
+        description="The job's state now, then on every change; without id, every job's changes. "
+        "Ends when the watched job is deleted or the caller's token expires."
+    )
+    async def job_status(
+        self,
+        info: strawberry.Info,
+        id: strawberry.ID | None = None,
+    ) -> AsyncGenerator[JobType, None]:
+        ctx = info.context
+        principal = ctx.admin()
+        hub: Hub = ctx.hub
+        job_id = str(id) if id is not None else None
+        box = hub.open(job_id)
+        try:
+            if job_id is not None:
+                yield JobType.of(await jobs_service.get(ctx.runtime, job_id=job_id))
+            # Nothing is delivered past the token's expiry (the connection is closed then, too).
+            while (remaining := principal.expires_at - time.time()) > 0:
+                change = await box.next_change(timeout=min(remaining, 60.0))
+                if change is None:
+                    continue
+                if change.state is None:
+                    if job_id is not None:
+                        return  # the watched job was deleted: end the stream cleanly
+                    continue
+                assert isinstance(change.state, JobState)
+                yield JobType.of(change.state)
+        finally:
+            hub.close(box)

@@ -1,0 +1,126 @@
+"""Live job status for subscribers in this process, fed by one Redis pub/sub subscription.
+
+Workers and API instances publish on `app.events.CHANNEL`; each API process runs one `Hub`, which
+resolves every event to the job's current state once and hands it to each interested subscriber.
+A subscriber's mailbox holds at most the latest state per job: a slow or stalled subscriber costs
+one entry per job and never delays the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.events import CHANNEL
+
+log = logging.getLogger(__name__)
+
+DELETED = "job.deleted"
+
+
+@dataclass(frozen=True)
+class Change:
+    """A job changed; `state` is its current state, or None when the job is gone."""
+
+    job_id: str
+    state: object | None
+
+
+@dataclass(eq=False)
+class Mailbox:
+    job_id: str | None  # None: every job
+    pending: dict[str, Change] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def offer(self, change: Change) -> None:
+        if self.job_id is None or self.job_id == change.job_id:
+            self.pending[change.job_id] = change  # coalesce: the newest state replaces an unsent one
+            self.ready.set()
+
+    async def next_change(self, timeout: float) -> Change | None:
+        """The next change, oldest job first; None when `timeout` passes without one."""
+        while not self.pending:
+            self.ready.clear()
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout)
+            except TimeoutError:
+                return None
+        job_id = next(iter(self.pending))
+        return self.pending.pop(job_id)
+
+
+Loader = Callable[[str], Awaitable[object | None]]
+
+
+class Hub:
+    def __init__(self, redis: Redis, load_state: Loader, retry_delay: float = 1.0) -> None:
+        self._redis = redis
+        self._load_state = load_state
+        self._retry_delay = retry_delay
+        self._mailboxes: set[Mailbox] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._mailboxes)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="live-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def open(self, job_id: str | None) -> Mailbox:
+        box = Mailbox(job_id=job_id)
+        self._mailboxes.add(box)
+        return box
+
+    def close(self, box: Mailbox) -> None:
+        self._mailboxes.discard(box)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError):
+                self.connected.clear()
+                log.warning("live events: Redis subscription lost; retrying in %s s", self._retry_delay)
+                await asyncio.sleep(self._retry_delay)
+
+    async def _listen(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(CHANNEL)
+            self.connected.set()
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    await self._dispatch(message["data"])
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _dispatch(self, raw: bytes | str) -> None:
+        try:
+            event = json.loads(raw)
+            job_id = str(event["jobId"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("live events: ignoring malformed message %r", raw)
+            return
+        if not any(b.job_id in (None, job_id) for b in self._mailboxes):
+            return
+        # One state read per event, shared by every subscriber of this process.
+        state = None if event.get("event") == DELETED else await self._load_state(job_id)
+        change = Change(job_id=job_id, state=state)
+        for box in list(self._mailboxes):
+            box.offer(change)

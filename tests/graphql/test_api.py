@@ -1,0 +1,215 @@
+"""GraphQL over HTTP: parity with REST, error codes, auth, limits and batching."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from app.config import Settings
+from tests.conftest import make_token, running_app
+from tests.factories import make_job, wait_for_logs, wait_until
+
+JOB_FIELDS = "id name description enabled running schedule lastRun nextRun lastResult lastDuration type payload"
+LOG_FIELDS = "id jobId startedAt completedAt duration result triggeredBy details"
+
+
+async def gql(client: httpx.AsyncClient, auth: dict[str, str], query: str, **variables: Any) -> dict[str, Any]:
+    response = await client.post("/graphql", json={"query": query, "variables": variables}, headers=auth)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def codes(body: dict[str, Any]) -> list[str]:
+    return [e["extensions"]["code"] for e in body.get("errors", [])]
+
+
+def rest_job(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: job[k] for k in JOB_FIELDS.split()}
+
+
+# (REST method, REST path, GraphQL document, key of the answer, fields to compare or None for all)
+PARITY = [
+    ("GET", "/api/jobs", f"{{ jobs {{ {JOB_FIELDS} }} }}", "jobs"),
+    ("GET", "/api/jobs/ran", f'{{ job(id: "ran") {{ {JOB_FIELDS} }} }}', "job"),
+    (
+        "GET",
+        "/api/jobs/ran/logs?limit=5",
+        f'{{ jobLogs(jobId: "ran", limit: 5) {{ total limit offset logs {{ {LOG_FIELDS} }} }} }}',
+        "jobLogs",
+    ),
+    ("GET", "/api/jobs/logs/all", f"{{ allJobLogs {{ total limit offset logs {{ {LOG_FIELDS} }} }} }}", "allJobLogs"),
+    (
+        "GET",
+        "/api/activity?event=jobs.trigger",
+        '{ activity(event: "jobs.trigger") { total limit offset logs { id event jobId actor details createdAt } } }',
+        "activity",
+    ),
+    ("PATCH", "/api/jobs/ran", f'mutation {{ updateJob(id: "ran", enabled: false) {{ {JOB_FIELDS} }} }}', "updateJob"),
+    ("POST", "/api/jobs/ran/stop", 'mutation { stopJob(id: "ran") { success message } }', "stopJob"),
+    ("POST", "/api/jobs/ran/start", 'mutation { startJob(id: "ran") { success message } }', "startJob"),
+    ("POST", "/api/jobs/ran/trigger", 'mutation { triggerJob(id: "ran") { success message } }', "triggerJob"),
+    ("GET", "/api/jobs/nope", '{ jobLogs(jobId: "nope") { total } }', "jobLogs"),
+    ("POST", "/api/jobs/Bad_Id/trigger", 'mutation { triggerJob(id: "Bad_Id") { success } }', "triggerJob"),
+    ("GET", "/api/jobs/ran/logs?limit=101", '{ jobLogs(jobId: "ran", limit: 101) { total } }', "jobLogs"),
+]
+ERROR_CODES = {400: "BAD_USER_INPUT", 401: "UNAUTHENTICATED", 403: "FORBIDDEN", 404: "NOT_FOUND", 409: "CONFLICT"}
+
+
+@pytest.mark.parametrize(("method", "path", "document", "key"), PARITY, ids=[f"{p[0]} {p[1]}" for p in PARITY])
+async def test_graphql_twin_gives_the_same_data_as_rest(
+    client: httpx.AsyncClient, auth: dict[str, str], method: str, path: str, document: str, key: str
+) -> None:
+    await make_job(id="ran", payload={"summary": "Synced 3 games"})
+    await client.post("/api/jobs/ran/trigger", headers=auth)
+    await wait_for_logs(client, "ran", auth)
+    await _restore(client, auth)
+    rest = await client.request(method, path, headers=auth, json={"enabled": False} if method == "PATCH" else None)
+    await _restore(client, auth)
+    body = await gql(client, auth, document)
+    if rest.status_code >= 400:
+        assert body["data"] is None or body["data"].get(key) is None
+        assert codes(body) == [ERROR_CODES[rest.status_code]]
+        assert body["errors"][0]["message"] == rest.json()["message"]
+        return
+    assert not body.get("errors"), body
+    ours, theirs = rest.json(), body["data"][key]
+    if isinstance(ours, list):
+        assert [{k: j[k] for k in JOB_FIELDS.split()} for j in ours] == theirs
+    else:
+        assert {k: ours[k] for k in theirs} == theirs
+
+
+async def _restore(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    """Undo what the REST call changed, so that its GraphQL twin meets the same state."""
+    await client.patch("/api/jobs/ran", headers=auth, json={"enabled": True})
+    await wait_until(lambda: _idle(client, auth))
+
+
+async def _idle(client: httpx.AsyncClient, auth: dict[str, str]) -> bool:
+    return not (await client.get("/api/jobs/ran", headers=auth)).json()["running"]
+
+
+async def test_unknown_job_is_null_not_an_error(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    assert await gql(client, auth, '{ job(id: "no-such-job") { id } }') == {"data": {"job": None}}
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "UNAUTHENTICATED"),
+        ({"Authorization": "Basic abc"}, "UNAUTHENTICATED"),
+        ({"Authorization": "Bearer not.a.jwt"}, "UNAUTHENTICATED"),
+        ("no-permission", "FORBIDDEN"),
+    ],
+)
+async def test_auth_is_the_same_rule_as_rest(
+    client: httpx.AsyncClient, settings: Settings, headers: Any, code: str
+) -> None:
+    if headers == "no-permission":
+        headers = {"Authorization": f"Bearer {make_token(settings, permissions=['jobs.read'])}"}
+    for document in ("{ jobs { id } }", 'mutation { triggerJob(id: "metadata-sync") { success } }'):
+        body = await gql(client, headers, document)
+        assert body["data"] is None and codes(body) == [code]
+    assert (await client.get("/api/jobs/metadata-sync/logs", headers=_admin(settings))).json()["total"] == 0
+
+
+def _admin(settings: Settings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(settings)}"}
+
+
+async def test_trigger_while_running_is_conflict(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    await make_job(id="slow", payload={"seconds": 1})
+    first = await gql(client, auth, 'mutation { triggerJob(id: "slow") { success job { running } } }')
+    assert first["data"]["triggerJob"] == {"success": True, "job": {"running": True}}
+    again = await gql(client, auth, 'mutation { triggerJob(id: "slow") { success } }')
+    assert codes(again) == ["CONFLICT"] and again["errors"][0]["message"] == "Job is already running"
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ("{ jobs { idd } }", "Cannot query field 'idd'"),
+        ("{ jobs { id }", "Syntax Error"),
+        ("{ " + " ".join(f"a{i}: jobs {{ id }}" for i in range(16)) + " }", "16 aliases found. Allowed: 15"),
+        ("{ jobs { " + "id " * 2100 + "} }", "Document contains more than 2000 tokens"),
+        ("{ jobs { logs { logs { id } } } " + "# " + "x" * 20_000 + "\n}", "Query is larger than 20000 bytes"),
+    ],
+    ids=["unknown-field", "syntax", "aliases", "tokens", "size"],
+)
+async def test_bad_and_abusive_documents_are_refused(
+    client: httpx.AsyncClient, auth: dict[str, str], document: str, message: str
+) -> None:
+    body = await gql(client, auth, document)
+    assert codes(body) == ["BAD_USER_INPUT"]
+    assert message in body["errors"][0]["message"]
+
+
+async def test_fragment_cycles_and_depth_are_limited(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    deep = "{ jobs { logs { logs { id } } } }"
+    assert not (await gql(client, auth, deep)).get("errors")
+    aliased_fragments = (
+        "query { ...F } fragment F on Query { " + " ".join(f"x{i}: jobs {{ id }}" for i in range(16)) + " }"
+    )
+    body = await gql(client, auth, aliased_fragments)
+    assert codes(body) == ["BAD_USER_INPUT"] and "aliases" in body["errors"][0]["message"]
+
+
+async def test_introspection_can_be_switched_off(settings_factory: Any, auth: dict[str, str]) -> None:
+    query = "{ __schema { queryType { name } } }"
+    async with running_app(settings_factory()) as (_, client):
+        assert (await gql(client, auth, query))["data"] == {"__schema": {"queryType": {"name": "Query"}}}
+    async with running_app(settings_factory(graphql_introspection=False)) as (_, client):
+        body = await gql(client, auth, query)
+        assert body["data"] is None and set(codes(body)) == {"BAD_USER_INPUT"}
+        assert "introspection" in body["errors"][0]["message"]
+
+
+async def test_graphiql_is_served_to_a_browser(client: httpx.AsyncClient) -> None:
+    response = await client.get("/graphql", headers={"Accept": "text/html"})
+    assert response.status_code == 200 and "graphiql" in response.text.lower()
+
+
+class _SqlCounter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.statements = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().lstrip().upper().startswith("SELECT"):
+            self.statements += 1
+
+
+@pytest.mark.postgres
+async def test_job_logs_of_many_jobs_cost_a_constant_number_of_queries(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    from app.runs.models import Run
+    from app.timefmt import utcnow
+
+    counts = {}
+    for n in (5, 100):
+        for i in range(n):
+            job = await make_job(id=f"batch-{n}-{i}")
+            for k in range(3):
+                await Run.create(job_id=job.id, token=f"{job.id}-{k}", triggered_by="scheduler", started_at=utcnow())
+        counter = _SqlCounter()
+        db_log = logging.getLogger("tortoise.db_client")
+        db_log.addHandler(counter)
+        level = db_log.level
+        db_log.setLevel(logging.DEBUG)
+        try:
+            body = await gql(client, auth, "{ jobs { id logs(limit: 2) { total logs { id jobId } } } }")
+        finally:
+            db_log.removeHandler(counter)
+            db_log.setLevel(level)
+        jobs = [j for j in body["data"]["jobs"] if j["id"].startswith(f"batch-{n}-")]
+        assert len(jobs) == n
+        assert all(j["logs"]["total"] == 3 and len(j["logs"]["logs"]) == 2 for j in jobs)
+        assert all(entry["jobId"] == j["id"] for j in jobs for entry in j["logs"]["logs"])
+        counts[n] = counter.statements
+    print(f"SELECTs for a list with logs: {counts}")
+    assert 0 < counts[5] == counts[100]

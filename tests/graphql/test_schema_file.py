@@ -1,0 +1,25 @@
+from pathlib import Path
+
+from app.schema_export import sdl
+
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schema.graphql"
+
+
+def test_checked_in_sdl_matches_the_live_schema() -> None:
+    assert SCHEMA_FILE.read_text() == sdl(), "schema.graphql is out of date: run `make schema`"
+
+
+def test_the_issue_fixes_these_names() -> None:
+    text = sdl()
+    for line in [
+        "jobs: [Job!]!",
+        "job(id: ID!): Job",
+        "jobLogs(jobId: ID!, limit: Int = 50, offset: Int = 0): JobLogPage!",
+        "allJobLogs(limit: Int = 100, offset: Int = 0): JobLogPage!",
+        "updateJob(id: ID!, enabled: Boolean!): Job!",
+        "startJob(id: ID!)",
+        "stopJob(id: ID!)",
+        "triggerJob(id: ID!)",
+        "jobStatus(id: ID = null): Job!",
+    ]:
+        assert line in text, line

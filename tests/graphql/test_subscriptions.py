@@ -1,0 +1,211 @@
+"""`jobStatus` over real websockets against real uvicorn processes sharing Redis and the database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from app.config import Settings
+from app.events import publish
+from app.jobs.models import Job
+from app.live import DELETED, Hub
+from app.runtime import Runtime
+from tests.conftest import make_token
+from tests.factories import make_job
+from tests.support.processes import ApiProcess
+from tests.support.servers import free_port
+
+pytestmark = pytest.mark.slow
+TRANSPORT_WS = "graphql-transport-ws"
+LEGACY_WS = "graphql-ws"
+STATUS = "subscription S($id: ID) { jobStatus(id: $id) { id running lastResult enabled } }"
+
+
+@pytest.fixture
+def two_apis(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[tuple[ApiProcess, ApiProcess]]:
+    settings = settings_factory(heartbeat_seconds=1.0, lease_ttl_seconds=3.0)
+    a = ApiProcess(settings, tmp_path, free_port(), name="api-a")  # with the embedded worker
+    b = ApiProcess(settings, tmp_path, free_port(), name="api-b", embedded_worker="false")
+    with a, b:
+        yield a, b
+
+
+@pytest_asyncio.fixture
+async def quick_job(orm: Runtime) -> str:
+    await make_job(id="quick", payload={"seconds": 0.2, "summary": "done"})
+    return "quick"
+
+
+def ws_url(api: ApiProcess) -> str:
+    return api.url.replace("http://", "ws://") + "/graphql"
+
+
+async def open_transport_ws(api: ApiProcess, payload: dict[str, Any]) -> ClientConnection:
+    ws = await connect(ws_url(api), subprotocols=[TRANSPORT_WS])  # type: ignore[list-item]
+    await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
+    return ws
+
+
+async def subscribe(ws: ClientConnection, job_id: str | None, sub_id: str = "1") -> None:
+    message = {"id": sub_id, "type": "subscribe", "payload": {"query": STATUS, "variables": {"id": job_id}}}
+    await ws.send(json.dumps(message))
+
+
+async def states(ws: ClientConnection) -> AsyncIterator[dict[str, Any]]:
+    while True:
+        message = json.loads(await ws.recv())
+        if message["type"] == "complete":
+            return
+        assert message["type"] == "next", message
+        assert "errors" not in message["payload"], message
+        yield message["payload"]["data"]["jobStatus"]
+
+
+async def until_finished(ws: ClientConnection, timeout: float = 15.0) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+
+    async def collect() -> None:
+        async for state in states(ws):
+            seen.append(state)
+            if len(seen) > 1 and not state["running"] and state["lastResult"]:
+                return
+
+    await asyncio.wait_for(collect(), timeout)
+    return seen
+
+
+async def test_a_trigger_on_one_instance_reaches_a_subscriber_on_another(
+    two_apis: tuple[ApiProcess, ApiProcess], quick_job: str, settings: Settings
+) -> None:
+    a, b = two_apis
+    token = make_token(settings)
+    async with await open_transport_ws(a, {"authorization": f"Bearer {token}"}) as ws:
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        await subscribe(ws, quick_job)
+        first = json.loads(await ws.recv())["payload"]["data"]["jobStatus"]
+        assert first == {"id": "quick", "running": False, "lastResult": None, "enabled": True}
+        async with b.client() as client:
+            response = await client.post("/api/jobs/quick/trigger", headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 200
+        seen = await until_finished(ws)
+    running = [s["running"] for s in seen]
+    assert running[0] is True and running[-1] is False, seen
+    assert seen[-1]["lastResult"] == "success"
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+@pytest.mark.parametrize(
+    "payload",
+    [{}, {"authorization": "Bearer nope"}, {"token": "not.a.jwt"}, "no-permission"],
+    ids=["none", "bad-bearer", "bad-token", "no-permission"],
+)
+async def test_connections_without_a_valid_token_are_closed_4403(
+    two_apis: tuple[ApiProcess, ApiProcess], settings: Settings, protocol: str, payload: Any
+) -> None:
+    if payload == "no-permission":
+        payload = {"token": make_token(settings, permissions=["jobs.read"])}
+    async with connect(ws_url(two_apis[0]), subprotocols=[protocol]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
+        received = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                received.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+    assert all(m["type"] not in {"connection_ack", "next", "data"} for m in received)
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+async def test_both_protocols_accept_a_token_in_init_or_in_the_upgrade_header(
+    two_apis: tuple[ApiProcess, ApiProcess], settings: Settings, protocol: str
+) -> None:
+    token = make_token(settings)
+    ways: list[tuple[dict[str, str], dict[str, str]]] = [
+        ({"token": token}, {}),
+        ({"authorization": f"Bearer {token}"}, {}),
+        ({}, {"Authorization": f"Bearer {token}"}),
+    ]
+    for payload, headers in ways:
+        async with connect(
+            ws_url(two_apis[0]),
+            subprotocols=[protocol],  # type: ignore[list-item]
+            additional_headers=headers,
+        ) as ws:
+            await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "connection_ack"
+            start = "subscribe" if protocol == TRANSPORT_WS else "start"
+            query = {"query": STATUS, "variables": {"id": "metadata-sync"}}
+            await ws.send(json.dumps({"id": "1", "type": start, "payload": query}))
+            message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert message["type"] in {"next", "data"}
+            assert message["payload"]["data"]["jobStatus"]["id"] == "metadata-sync"
+
+
+async def test_a_connection_ends_within_a_second_of_its_token_expiry(
+    two_apis: tuple[ApiProcess, ApiProcess], settings: Settings, quick_job: str
+) -> None:
+    token = make_token(settings, ttl=timedelta(seconds=3))
+    expires = time.time() + 3
+    async with await open_transport_ws(two_apis[0], {"token": token}) as ws:
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        await subscribe(ws, None)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert time.time() < expires, f"delivered after expiry: {message}"
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+    assert time.time() - expires < 1.5  # int(exp) rounds down by up to a second; closing takes the rest
+
+
+async def test_a_stalled_subscriber_does_not_delay_a_healthy_one(
+    two_apis: tuple[ApiProcess, ApiProcess], settings: Settings, quick_job: str
+) -> None:
+    a, _ = two_apis
+    token = make_token(settings)
+    stalled = await open_transport_ws(a, {"token": token})
+    await subscribe(stalled, None)  # and never reads again
+    async with await open_transport_ws(a, {"token": token}) as healthy:
+        assert json.loads(await healthy.recv())["type"] == "connection_ack"
+        await subscribe(healthy, quick_job)
+        await healthy.recv()  # current state
+        async with a.client() as client:
+            for _ in range(5):
+                started = time.monotonic()
+                await client.post("/api/jobs/quick/trigger", headers={"Authorization": f"Bearer {token}"})
+                seen = await until_finished(healthy, timeout=5)
+                assert seen[-1]["lastResult"] == "success"
+                assert time.monotonic() - started < 3
+    await stalled.close()
+
+
+async def test_the_hub_coalesces_a_stalled_mailbox_and_ends_a_deleted_jobs_stream(orm: Runtime) -> None:
+    loads: list[str] = []
+
+    async def load(job_id: str) -> object:
+        loads.append(job_id)
+        return {"job": job_id, "version": len(loads)}
+
+    hub = Hub(orm.redis, load)
+    hub.start()
+    await asyncio.wait_for(hub.connected.wait(), 5)
+    stalled, watcher = hub.open(None), hub.open("job-1")
+    for i in range(200):
+        await publish(orm.redis, "run.started", f"job-{i % 4}")
+    await publish(orm.redis, DELETED, "job-1")
+    await asyncio.sleep(0.5)
+    assert len(stalled.pending) == 4  # at most one entry per job, however many events
+    assert len(loads) == 200  # one state read per event, shared by all subscribers
+    latest = [await watcher.next_change(timeout=1) for _ in range(1)]
+    assert latest[0] is not None and latest[0].state is None  # coalesced to the newest: deleted
+    assert await watcher.next_change(timeout=0.1) is None
+    await hub.stop()
+    assert await Job.filter(id="job-1").count() == 0
