@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     worker_poll_delay: float = Field(default=0.05, gt=0)
     worker_max_jobs: int = Field(default=10, ge=1)
+    worker_redis_retry_seconds: float = Field(default=30.0, ge=1)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     run_retention_days: int = Field(default=30, ge=1)
     graphql_introspection: bool = True

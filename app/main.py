@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from arq import Worker
 from fastapi import FastAPI
 from redis.exceptions import RedisError
 from tortoise.contrib.fastapi import RegisterTortoise
@@ -23,12 +21,7 @@ from app.live import Hub
 from app.logs import configure_logging
 from app.runs.routes import router as runs_router
 from app.runtime import Runtime, connect_redis
-from workers.settings import (
-    build_embedded_worker,
-    start_background_loops,
-    stop_background_loops,
-    stop_embedded_worker,
-)
+from workers.settings import EmbeddedWorker, start_background_loops, stop_background_loops
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +45,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await jobs_service.register_builtin_jobs()
             await _reconcile(rt)
             loops = start_background_loops(rt)
-            worker = await build_embedded_worker(rt) if s.embedded_worker else None
-            worker_task = asyncio.create_task(worker.async_run()) if worker else None
+            worker = await EmbeddedWorker.start(rt) if s.embedded_worker else None
             try:
                 yield
             finally:
                 await stop_background_loops(loops)
                 await hub.stop()
-                if worker is not None and worker_task is not None:
-                    await _stop_worker(worker, worker_task, s.shutdown_grace_seconds)
+                if worker is not None:
+                    await worker.stop(s.shutdown_grace_seconds)
                 await redis.aclose()
 
     app = FastAPI(
@@ -83,15 +75,6 @@ async def _reconcile(rt: Runtime) -> None:
         await scheduler.reconcile_all(rt)
     except RedisError:
         log.warning("Redis unavailable at start-up; the schedule is reconciled once it is back")
-
-
-async def _stop_worker(worker: Worker, task: asyncio.Task[None], grace: float) -> None:
-    await stop_embedded_worker(worker, grace)
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
 
 
 app = create_app()

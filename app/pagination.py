@@ -8,6 +8,8 @@ from typing import Generic, TypeVar
 from app.errors import Invalid
 
 T = TypeVar("T")
+# Far beyond any real table, and well inside every database's 64-bit integers.
+MAX_OFFSET = 10**12
 
 
 def _as_int(value: int | str, message: str, code: str) -> int:
@@ -30,12 +32,12 @@ class PageRequest:
     @classmethod
     def build(cls, limit: int | str | None, offset: int | str | None, *, default: int, maximum: int) -> PageRequest:
         limit_msg = f"limit must be an integer between 1 and {maximum}"
-        offset_msg = "offset must be an integer of 0 or more"
+        offset_msg = f"offset must be an integer of 0 or more (at most {MAX_OFFSET})"
         lim = default if limit is None else _as_int(limit, limit_msg, "invalid_limit")
         off = 0 if offset is None else _as_int(offset, offset_msg, "invalid_offset")
         if not 1 <= lim <= maximum:
             raise Invalid(limit_msg, code="invalid_limit")
-        if off < 0:
+        if not 0 <= off <= MAX_OFFSET:
             raise Invalid(offset_msg, code="invalid_offset")
         return cls(limit=lim, offset=off)
 

@@ -34,8 +34,15 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 
 async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    headers = {"WWW-Authenticate": f'Bearer error="{exc.code}"'} if isinstance(exc, Unauthenticated) else None
+    headers = {"WWW-Authenticate": _challenge(exc)} if isinstance(exc, Unauthenticated) else None
     return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=headers)
+
+
+def _challenge(exc: AppError) -> str:
+    # RFC 6750: no error code when no token was sent, `invalid_token` for any token we refuse.
+    if exc.code == "missing_token":
+        return 'Bearer realm="jobs-gateway"'
+    return f'Bearer realm="jobs-gateway", error="invalid_token", error_description="{exc.message}"'
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

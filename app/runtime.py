@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from app.config import Settings
 from app.timefmt import utcnow
@@ -31,5 +33,15 @@ def redis_settings(settings: Settings) -> RedisSettings:
     return rs
 
 
-async def connect_redis(settings: Settings) -> ArqRedis:
-    return await create_pool(redis_settings(settings))
+def worker_redis_settings(settings: Settings) -> RedisSettings:
+    """A worker waits out a Redis restart instead of dying: each command retries with backoff for
+    about WORKER_REDIS_RETRY_SECONDS before it gives up."""
+    rs = RedisSettings.from_dsn(settings.redis_url)
+    rs.conn_timeout = 2
+    attempts = max(1, int(settings.worker_redis_retry_seconds))
+    rs.retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts)
+    return rs
+
+
+async def connect_redis(settings: Settings, *, for_worker: bool = False) -> ArqRedis:
+    return await create_pool(worker_redis_settings(settings) if for_worker else redis_settings(settings))

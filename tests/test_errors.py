@@ -107,3 +107,17 @@ async def test_bad_bodies_are_json_400(
 async def test_bad_query_is_json_400(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     assert_json_error(await client.get("/api/jobs/logs/all", params={"limit": "many"}, headers=auth), 400)
     assert_json_error(await client.get("/api/activity", params={"offset": "-5"}, headers=auth), 400)
+
+
+async def test_openapi_declares_the_bearer_scheme_for_docs_authorize(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    schemes = spec["components"]["securitySchemes"]
+    assert [s["scheme"] for s in schemes.values()] == ["bearer"]
+    assert all(op.get("security") for path in spec["paths"].values() for op in path.values())
+
+
+async def test_www_authenticate_follows_rfc_6750(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/api/jobs")
+    assert missing.headers["www-authenticate"] == 'Bearer realm="jobs-gateway"'
+    bad = await client.get("/api/jobs", headers={"Authorization": "Bearer x.y.z"})
+    assert bad.headers["www-authenticate"].startswith('Bearer realm="jobs-gateway", error="invalid_token"')

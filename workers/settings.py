@@ -19,7 +19,7 @@ from app.jobs import scheduler
 from app.jobs import service as jobs_service
 from app.logs import configure_logging
 from app.runs import service as runs_service
-from app.runtime import Runtime, connect_redis, redis_settings
+from app.runtime import Runtime, connect_redis, worker_redis_settings
 from workers.tasks import fire_job, run_job
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "functions": [func(run_job, **options), func(fire_job, **options)],  # type: ignore[arg-type]
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
-        "redis_settings": redis_settings(settings),
+        "redis_settings": worker_redis_settings(settings),
         "poll_delay": settings.worker_poll_delay,
         "max_jobs": settings.worker_max_jobs,
         "keep_result": 0,
@@ -100,7 +100,7 @@ async def build_embedded_worker(rt: Runtime) -> Worker:
     cancelled by an early shutdown.
     """
     options = {**worker_options(rt.settings), "on_startup": None, "on_shutdown": None}
-    pool = await connect_redis(rt.settings)
+    pool = await connect_redis(rt.settings, for_worker=True)
     return Worker(**options, redis_pool=pool, ctx={"runtime": rt}, handle_signals=False)
 
 
@@ -117,6 +117,47 @@ async def stop_embedded_worker(worker: Worker, grace: float) -> None:
         worker.main_task.cancel()
         await asyncio.gather(worker.main_task, return_exceptions=True)
     await worker.close()
+
+
+class EmbeddedWorker:
+    """The API process's worker, replaced by a fresh one if it ever dies (Redis gone for too long)."""
+
+    def __init__(self, rt: Runtime, worker: Worker) -> None:
+        self._rt = rt
+        self._worker: Worker | None = worker
+        self._task = asyncio.create_task(self._supervise(), name="embedded-worker")
+
+    @classmethod
+    async def start(cls, rt: Runtime) -> EmbeddedWorker:
+        # The first worker is built here, in the caller's task, so that an early shutdown never
+        # cancels a pool half-way through its creation.
+        return cls(rt, await build_embedded_worker(rt))
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                if self._worker is None:
+                    self._worker = await build_embedded_worker(self._rt)
+                await self._worker.async_run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("embedded worker stopped; starting a new one shortly")
+                await self._discard()
+            await asyncio.sleep(1.0)
+
+    async def _discard(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            with contextlib.suppress(Exception):
+                await worker.close()
+
+    async def stop(self, grace: float) -> None:
+        worker = self._worker
+        if worker is not None:
+            await stop_embedded_worker(worker, grace)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
 
 
 def settings_class() -> type:

@@ -8,6 +8,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 
 from app.activity.models import Activity
 from app.errors import Invalid
+from app.jobs.ids import validate_job_id
 from app.pagination import Page, PageRequest
 
 EVENTS = ("jobs.update", "jobs.start", "jobs.stop", "jobs.trigger", "jobs.create", "jobs.delete")
@@ -37,6 +38,6 @@ async def list_entries(
     if event is not None:
         query = query.filter(event=event)
     if job_id is not None:
-        query = query.filter(job_id=job_id)
+        query = query.filter(job_id=validate_job_id(job_id))
     rows = await query.order_by("-id").offset(page.offset).limit(page.limit)
     return Page(items=list(rows), total=await query.count(), limit=page.limit, offset=page.offset)

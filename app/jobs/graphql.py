@@ -91,7 +91,6 @@ class JobQuery:
 
     @strawberry.field(description="One job, or null when there is none with this id.")
     async def job(self, info: strawberry.Info, id: strawberry.ID) -> JobType | None:
-        jobs_service.validate_job_id(str(id))
         state = await jobs_service.find(info.context.runtime, job_id=str(id))
         return JobType.of(state) if state else None
 

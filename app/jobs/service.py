@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -12,18 +11,16 @@ from tortoise.transactions import in_transaction
 
 from app import events
 from app.activity import service as activity_service
-from app.errors import Invalid, NotFound
+from app.errors import NotFound
 from app.jobs import scheduler
 from app.jobs.builtin import BUILTIN_JOBS
+from app.jobs.ids import validate_job_id
 from app.jobs.models import Job
 from app.runs import lease
 from app.runs.models import Run
 from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-JOB_ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-JOB_ID_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -32,16 +29,6 @@ class JobState:
 
     job: Job
     running: bool
-
-
-def validate_job_id(job_id: str) -> str:
-    if len(job_id) > JOB_ID_MAX or not JOB_ID_PATTERN.fullmatch(job_id):
-        raise Invalid(
-            f"Invalid job ID format: use lowercase letters and digits in words joined by single hyphens, "
-            f"at most {JOB_ID_MAX} characters",
-            code="invalid_job_id",
-        )
-    return job_id
 
 
 async def get_or_raise(*, job_id: str) -> Job:
@@ -75,7 +62,7 @@ async def get(rt: Runtime, *, job_id: str) -> JobState:
 
 async def find(rt: Runtime, *, job_id: str) -> JobState | None:
     """The job's current state, or None when it does not exist (a live stream ends then)."""
-    job = await Job.get_or_none(id=job_id)
+    job = await Job.get_or_none(id=validate_job_id(job_id))
     if job is None:
         return None
     return JobState(job=job, running=bool(await _running(rt, [job.id])))

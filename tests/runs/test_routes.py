@@ -126,6 +126,10 @@ async def _idle(client: httpx.AsyncClient, job_id: str, auth: dict[str, str]) ->
         ("/api/jobs/logs/all", "limit=0", "invalid_limit", "between 1 and 200"),
         ("/api/jobs/logs/all", "limit=", "invalid_limit", "between 1 and 200"),
         ("/api/jobs/logs/all", "offset=-5", "invalid_offset", "0 or more"),
+        ("/api/jobs/logs/all", "offset=9223372036854775808", "invalid_offset", "at most 1000000000000"),
+        ("/api/jobs/metadata-sync/logs", "offset=99999999999999999999", "invalid_offset", "at most"),
+        ("/api/activity", "offset=9223372036854775808", "invalid_offset", "at most"),
+        ("/api/activity", "jobId=Bad_Id", "invalid_job_id", "Invalid job ID format"),
     ],
 )
 async def test_bad_paging_is_400_naming_the_bounds(
