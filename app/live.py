@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.aio import cancel_and_wait
 from app.events import CHANNEL
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,7 @@ class Hub:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
 
     def open(self, job_id: str | None) -> Mailbox:
         box = Mailbox(job_id=job_id)

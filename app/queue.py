@@ -5,11 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from arq.connections import ArqRedis
-from arq.constants import default_queue_name, job_key_prefix
+from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 RUN_FUNCTION = "run_job"
 FIRE_FUNCTION = "fire_job"
 FIRE_EXPIRY = timedelta(days=1)
+
+
+def run_id(token: str) -> str:
+    return f"run:{token}"
 
 
 def fire_id(job_id: str, fire_at: datetime) -> str:
@@ -18,7 +22,7 @@ def fire_id(job_id: str, fire_at: datetime) -> str:
 
 
 async def enqueue_run(redis: ArqRedis, *, job_id: str, token: str, triggered_by: str) -> None:
-    await redis.enqueue_job(RUN_FUNCTION, job_id, token, triggered_by, _job_id=f"run:{token}")
+    await redis.enqueue_job(RUN_FUNCTION, job_id, token, triggered_by, _job_id=run_id(token))
 
 
 async def enqueue_fire(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> bool:
@@ -44,8 +48,13 @@ async def fire_pending(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> bo
 
 async def cancel_fire(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> None:
     """Drop a fire that has not started. A fire that slips through still checks the job before it runs."""
-    arq_id = fire_id(job_id, fire_at)
+    await forget(redis, fire_id(job_id, fire_at))
+
+
+async def forget(redis: ArqRedis, arq_id: str) -> None:
+    """Remove every trace of an arq job. A job whose worker was killed otherwise stays at the head of
+    the queue, marked in progress for arq's whole timeout, and enough of them starve every worker."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zrem(default_queue_name, arq_id)
-        pipe.delete(job_key_prefix + arq_id)
+        pipe.delete(job_key_prefix + arq_id, in_progress_key_prefix + arq_id, retry_key_prefix + arq_id)
         await pipe.execute()

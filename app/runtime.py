@@ -43,5 +43,13 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
     return rs
 
 
+# arq's create_pool sets no read timeout: a Redis that accepts but never answers (paused, partitioned)
+# would hang every caller. Requests fail fast instead, and workers retry within their budget.
+SOCKET_TIMEOUT_SECONDS = 2.0
+
+
 async def connect_redis(settings: Settings, *, for_worker: bool = False) -> ArqRedis:
-    return await create_pool(worker_redis_settings(settings) if for_worker else redis_settings(settings))
+    pool = await create_pool(worker_redis_settings(settings) if for_worker else redis_settings(settings))
+    pool.connection_pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_SECONDS
+    await pool.connection_pool.disconnect()  # the connection made for create_pool's ping had none
+    return pool

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+
+from redis.exceptions import RedisError
 
 from app.job_types import registry
 from app.jobs.models import Job
@@ -14,26 +18,31 @@ from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+LEASE_LOST = "lease lost"
+COMPLETE_ATTEMPTS = 5
 
-class LeaseLost(Exception):
-    """The lease moved on while the handler ran: someone declared this worker dead."""
 
-
-async def _keep_lease(rt: Runtime, run: Run, handler: asyncio.Task[str]) -> None:
-    """Renew the lease on its own clock, independent of the handler; cancel the handler if it is lost,
-    so that a run declared lost never keeps executing beside its successor."""
+async def _keep_lease(rt: Runtime, run: Run, handler: asyncio.Task[str], lost: asyncio.Event) -> None:
+    """Renew the lease on its own clock, independent of the handler. When it cannot be renewed for a
+    whole lease period (moved on, or Redis unreachable), cancel the handler: by then another process
+    may have declared the run lost and started the next one, and two executions must never overlap."""
     settings = rt.settings
+    last_ok = time.monotonic()
     while not handler.done():
         await asyncio.sleep(settings.heartbeat_seconds)
         try:
-            renewed = await lease.renew(rt.redis, run.job_id, run.token, settings.lease_ttl_seconds)
-        except Exception:
-            # Redis blip: keep trying until the lease itself would have lapsed.
+            async with asyncio.timeout(settings.heartbeat_seconds):
+                renewed = await lease.renew(rt.redis, run.job_id, run.token, settings.lease_ttl_seconds)
+        except (RedisError, OSError, TimeoutError):
             log.warning("lease renewal failed for run %s", run.id, exc_info=True)
+            renewed = None
+        if renewed:
+            last_ok = time.monotonic()
             continue
-        if not renewed:
+        if renewed is False or time.monotonic() - last_ok >= settings.lease_ttl_seconds - settings.heartbeat_seconds:
             log.error("run %s of %s lost its lease; cancelling the handler", run.id, run.job_id)
-            handler.cancel(LeaseLost.__name__)
+            lost.set()
+            handler.cancel()
             return
 
 
@@ -47,40 +56,57 @@ async def _call(rt: Runtime, job: Job, run: Run) -> str:
 
 
 async def execute(rt: Runtime, job: Job, run: Run) -> None:
-    """Run the handler under its timeout and close the run record exactly once."""
+    """Run the handler under its timeout and close the run record exactly once.
+
+    The caller holds the lease, already extended to LEASE_TTL_SECONDS.
+    """
     timeout = job.timeout_seconds or rt.settings.job_timeout_seconds
-    # The lease was taken with the queued TTL; from here on it lives by heartbeat.
-    await lease.renew(rt.redis, run.job_id, run.token, rt.settings.lease_ttl_seconds)
+    lost = asyncio.Event()
     handler = asyncio.create_task(_call(rt, job, run))
-    keeper = asyncio.create_task(_keep_lease(rt, run, handler))
+    keeper = asyncio.create_task(_keep_lease(rt, run, handler, lost))
     try:
-        result, details = await _outcome(handler, timeout, run)
+        result, details = await _outcome(handler, timeout, run, lost)
     except asyncio.CancelledError:
-        handler.cancel()
-        # Shutting down: record it before letting the cancellation through.
-        await runs_service.complete(rt, run=run, result=runs_service.ERROR, details=runs_service.WORKER_SHUT_DOWN)
-        raise
-    finally:
+        # Shutting down: stop the handler, then record it before letting the cancellation through.
+        await _stop(handler, rt.settings.heartbeat_seconds)
         keeper.cancel()
-    await runs_service.complete(rt, run=run, result=result, details=details)
-
-
-async def _outcome(handler: asyncio.Task[str], timeout: float, run: Run) -> tuple[str, str]:
-    try:
-        summary = await asyncio.wait_for(asyncio.shield(handler), timeout)
-    except TimeoutError:
-        handler.cancel()
-        return runs_service.ERROR, f"Timed out after {timeout:g} s"
-    except asyncio.CancelledError:
-        if handler.cancelled() and not _self_cancelled():
-            return runs_service.ERROR, "lease lost"
+        await _complete(rt, run, runs_service.ERROR, runs_service.WORKER_SHUT_DOWN)
         raise
-    except Exception as exc:
-        log.exception("run %s of %s failed", run.id, run.job_id)
-        return runs_service.ERROR, str(exc) or type(exc).__name__
-    return runs_service.SUCCESS, str(summary)
+    keeper.cancel()
+    await _complete(rt, run, result, details)
 
 
-def _self_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+async def _outcome(handler: asyncio.Task[str], timeout: float, run: Run, lost: asyncio.Event) -> tuple[str, str]:
+    done, _ = await asyncio.wait({handler}, timeout=timeout)
+    if not done:
+        # Wait for the handler to unwind (the keeper still renews meanwhile), so the lease is never
+        # released while its clean-up could still overlap the next run.
+        await _stop(handler, timeout)
+        return runs_service.ERROR, f"Timed out after {timeout:g} s"
+    if handler.cancelled():
+        return runs_service.ERROR, LEASE_LOST if lost.is_set() else "cancelled"
+    error = handler.exception()
+    if error is not None:
+        log.error("run %s of %s failed", run.id, run.job_id, exc_info=error)
+        return runs_service.ERROR, str(error) or type(error).__name__
+    return runs_service.SUCCESS, str(handler.result())
+
+
+async def _stop(handler: asyncio.Task[str], patience: float) -> None:
+    handler.cancel()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(patience):
+            await asyncio.gather(handler, return_exceptions=True)
+
+
+async def _complete(rt: Runtime, run: Run, result: str, details: str) -> None:
+    """A failed write must not turn a real outcome into `worker lost`: retry with backoff."""
+    for attempt in range(1, COMPLETE_ATTEMPTS + 1):
+        try:
+            await runs_service.complete(rt, run=run, result=result, details=details)
+            return
+        except Exception:
+            if attempt == COMPLETE_ATTEMPTS:
+                raise
+            log.warning("recording run %s failed (attempt %s); retrying", run.id, attempt, exc_info=True)
+            await asyncio.sleep(0.2 * 2**attempt)

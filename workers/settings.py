@@ -13,19 +13,22 @@ from arq.worker import func
 from tortoise import Tortoise
 
 from app import db
+from app.aio import cancel_and_wait
 from app.config import Settings, get_settings
 from app.job_types import registry
 from app.jobs import scheduler
 from app.jobs import service as jobs_service
 from app.logs import configure_logging
 from app.runs import service as runs_service
-from app.runtime import Runtime, connect_redis, worker_redis_settings
+from app.runtime import SOCKET_TIMEOUT_SECONDS, Runtime, connect_redis, worker_redis_settings
 from workers.tasks import fire_job, run_job
 
 log = logging.getLogger(__name__)
 
-# Our own per-job timeout ends runs; arq's is only a backstop far beyond any sane job.
-ARQ_TIMEOUT_SECONDS = 7 * 24 * 3600
+# Our own per-job timeout ends runs; arq's is a backstop (a run longer than a day is cut off as
+# `worker shut down`). It also bounds how long a killed worker's queue entry lingers if no reaper
+# has forgotten it.
+ARQ_TIMEOUT_SECONDS = 24 * 3600
 
 
 async def _every(seconds: float, step: Callable[[], Awaitable[object]], name: str) -> None:
@@ -50,9 +53,7 @@ def start_background_loops(rt: Runtime) -> list[asyncio.Task[None]]:
 
 
 async def stop_background_loops(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel_and_wait(*tasks)
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
@@ -63,6 +64,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     await db.ensure_current(settings)
     await Tortoise.init(config=db.tortoise_config(settings), _enable_global_fallback=True)
     registry.load(settings.job_type_modules)
+    ctx["redis"].connection_pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_SECONDS
     rt = Runtime(settings=settings, redis=ctx["redis"])
     ctx["runtime"] = rt
     await jobs_service.register_builtin_jobs()
@@ -111,11 +113,11 @@ async def stop_embedded_worker(worker: Worker, grace: float) -> None:
         async with asyncio.timeout(grace):
             while any(not t.done() for t in worker.tasks.values()):  # noqa: ASYNC110 - arq offers no event
                 await asyncio.sleep(0.05)
-    # arq's close() cancels its poll loop without awaiting it and then closes the pool, which can
-    # strand a WATCH pipeline mid-reset (a leaked connection); finish the loop first.
+    # arq's close() cancels its poll loop and the runs once, without waiting, then closes the pool,
+    # which can strand a pipeline mid-reset (a leaked connection); end them for sure first.
     if worker.main_task is not None:
-        worker.main_task.cancel()
-        await asyncio.gather(worker.main_task, return_exceptions=True)
+        await cancel_and_wait(worker.main_task)
+    await cancel_and_wait(*worker.tasks.values())
     await worker.close()
 
 
@@ -156,8 +158,7 @@ class EmbeddedWorker:
         worker = self._worker
         if worker is not None:
             await stop_embedded_worker(worker, grace)
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
 
 def settings_class() -> type:

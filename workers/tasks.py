@@ -21,8 +21,9 @@ SKIPPED_FIRES_KEY = "jg:stats:skipped-fires"
 async def run_job(ctx: dict[str, Any], job_id: str, token: str, triggered_by: str) -> None:
     """A manual trigger: the lease was taken by the API when it accepted the request."""
     rt: Runtime = ctx["runtime"]
-    if await lease.holder(rt.redis, job_id) != token:
-        log.warning("run %s of %s dropped: its lease lapsed before a worker took it", token, job_id)
+    # Compare-and-extend is the check: a lease that lapsed while queued may already be someone else's.
+    if not await lease.renew(rt.redis, job_id, token, rt.settings.lease_ttl_seconds):
+        await runs_service.record_dropped(rt, job_id=job_id, token=token, triggered_by=triggered_by)
         return
     job = await Job.get_or_none(id=job_id)
     run = None

@@ -50,7 +50,7 @@ class JobType:
             running=state.running,
             schedule=job.schedule,
             last_run=iso_ms(job.last_run_at),
-            next_run=iso_ms(job.next_run_at) if job.enabled else None,
+            next_run=iso_ms(state.next_run),
             last_result=job.last_result,
             last_duration=job.last_duration_ms,
             type=job.type,

@@ -38,7 +38,7 @@ class JobOut(BaseModel):
             running=state.running,
             schedule=job.schedule,
             lastRun=iso_ms(job.last_run_at),
-            nextRun=iso_ms(job.next_run_at) if job.enabled else None,
+            nextRun=iso_ms(state.next_run),
             lastResult=job.last_result,
             lastDuration=job.last_duration_ms,
             type=job.type,

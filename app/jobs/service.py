@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from redis.exceptions import RedisError
 from tortoise.exceptions import IntegrityError
@@ -29,6 +30,11 @@ class JobState:
 
     job: Job
     running: bool
+
+    @property
+    def next_run(self) -> datetime | None:
+        """The enqueued fire; a stopped job has none, whatever a racing claim left on the row."""
+        return self.job.next_run_at if self.job.enabled else None
 
 
 async def get_or_raise(*, job_id: str) -> Job:

@@ -12,6 +12,19 @@ from redis.asyncio import Redis
 
 KEY_PREFIX = "jg:lease:"
 
+# Succeeds when the key is free or already ours, so that a client retry of a SET whose reply was
+# lost does not report our own lease as someone else's.
+_ACQUIRE = """
+local current = redis.call('GET', KEYS[1])
+if current == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if current == ARGV[1] then
+  return 1
+end
+return 0
+"""
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -35,7 +48,7 @@ def _ms(seconds: float) -> int:
 
 
 async def acquire(redis: Redis, job_id: str, token: str, ttl: float) -> bool:
-    return bool(await redis.set(key(job_id), token, nx=True, px=_ms(ttl)))
+    return bool(await redis.eval(_ACQUIRE, 1, key(job_id), token, str(_ms(ttl))))  # type: ignore[misc]
 
 
 async def renew(redis: Redis, job_id: str, token: str, ttl: float) -> bool:

@@ -37,6 +37,10 @@ WORKER_LOST = "worker lost"
 WORKER_SHUT_DOWN = "worker shut down"
 
 
+def arq_id_of(run: Run) -> str:
+    return queue.fire_id(run.job_id, run.fire_at) if run.fire_at is not None else queue.run_id(run.token)
+
+
 def new_token() -> str:
     return secrets.token_hex(16)
 
@@ -98,7 +102,7 @@ async def trigger(rt: Runtime, *, job_id: str, actor: str) -> str:
             raise
     except RedisError as exc:
         raise Unavailable("The job queue (Redis) is unavailable; try again shortly") from exc
-    await activity_service.record(event="jobs.trigger", actor=actor, job_id=job.id, details={"token": token})
+    await activity_service.record(event="jobs.trigger", actor=actor, job_id=job.id, details={"enabled": job.enabled})
     await events.publish(rt.redis, "run.queued", job.id, running=True, triggeredBy=actor)
     return token
 
@@ -122,6 +126,27 @@ async def begin(
     return run
 
 
+async def record_dropped(rt: Runtime, *, job_id: str, token: str, triggered_by: str) -> None:
+    """A trigger whose lease lapsed before any worker took it: say so in the logs rather than vanish."""
+    wait = rt.settings.queued_lease_ttl_seconds
+    log.warning("run %s of %s dropped: no worker took it within %s s", token, job_id, wait)
+    now = rt.now()
+    try:
+        await Run.create(
+            job_id=job_id,
+            token=token,
+            triggered_by=triggered_by,
+            started_at=now,
+            completed_at=now,
+            duration_ms=0,
+            result=ERROR,
+            details=f"not started: no worker took it within {wait:g} s",
+        )
+    except IntegrityError:
+        return  # recorded already (a redelivery)
+    await events.publish(rt.redis, "run.finished", job_id, running=False, result=ERROR)
+
+
 async def complete(rt: Runtime, *, run: Run, result: str, details: str) -> bool:
     """Close the run and the job's last-run fields, then release the lease. False if it was already closed."""
     done_at = rt.now()
@@ -140,7 +165,10 @@ async def complete(rt: Runtime, *, run: Run, result: str, details: str) -> bool:
                 .using_db(conn)
                 .update(last_run_at=run.started_at, last_result=result, last_duration_ms=duration)
             )
-    await lease.release(rt.redis, run.job_id, run.token)
+    try:
+        await lease.release(rt.redis, run.job_id, run.token)
+    except RedisError:
+        log.warning("could not release the lease of run %s; it expires by itself", run.id)
     if closed:
         await events.publish(
             rt.redis,
@@ -170,4 +198,6 @@ async def reap_lost(rt: Runtime) -> int:
         if await complete(rt, run=run, result=ERROR, details=WORKER_LOST):
             log.warning("run %s of %s lost its worker", run.id, run.job_id)
             reaped += 1
+        # arq must never re-run it, and its leftovers must not clog the queue.
+        await queue.forget(rt.redis, arq_id_of(run))
     return reaped

@@ -35,3 +35,14 @@ async def fail_handler(ctx: RunContext) -> str:
 async def block_handler(ctx: RunContext) -> str:
     await asyncio.Event().wait()
     return "unreachable"
+
+
+class OwnTimeoutPayload(Payload):
+    seconds: float = 0.05
+
+
+@job_type("test_own_timeout", "Raises its own TimeoutError, unrelated to the run's timeout", OwnTimeoutPayload)
+async def own_timeout_handler(ctx: RunContext) -> str:
+    payload: OwnTimeoutPayload = ctx.payload
+    await asyncio.wait_for(asyncio.Event().wait(), payload.seconds)
+    return "unreachable"

@@ -127,14 +127,6 @@ async def test_a_fire_that_comes_due_past_the_grace_window_is_skipped(orm: Runti
     assert [r.fire_at for r in await Run.filter(job_id="overdue")] == [replacement]
 
 
-async def test_lapsed_lease_of_a_queued_trigger_drops_the_run(orm: Runtime) -> None:
-    await make_job(id="late")
-    token = await runs_service.trigger(orm, job_id="late", actor="user:2")
-    await orm.redis.delete(lease.key("late"))  # the queued lease expired before any worker took it
-    await run_job(ctx(orm), "late", token, "user:2")
-    assert await Run.filter(job_id="late").count() == 0
-
-
 async def test_reaper_closes_a_run_whose_lease_lapsed(orm: Runtime) -> None:
     job = await make_job(id="orphan")
     token = runs_service.new_token()

@@ -27,8 +27,14 @@ async def cleanup_orphaned_files(ctx: RunContext) -> str:
     root = ctx.settings.files_dir.resolve()
     referenced = {str(p) for p in await StoredFile.all().values_list("path", flat=True)}
     orphans = await asyncio.to_thread(_orphans, root, referenced, ctx.settings.orphan_min_age_seconds)
+    # File system work stays off the event loop: a long scan must not starve the lease heartbeat.
+    freed = await asyncio.to_thread(_delete, orphans)
+    return f"Deleted {len(orphans)} orphaned files ({freed} bytes)"
+
+
+def _delete(paths: list[Path]) -> int:
     freed = 0
-    for path in orphans:
+    for path in paths:
         freed += path.stat().st_size
         path.unlink(missing_ok=True)
-    return f"Deleted {len(orphans)} orphaned files ({freed} bytes)"
+    return freed
