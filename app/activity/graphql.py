@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import strawberry
 from strawberry.scalars import JSON
 
 from app.activity import service as activity_service
 from app.activity.models import Activity
-from app.timefmt import iso_ms
+from app.activity.schemas import activity_fields
 
 
 @strawberry.type(name="Activity")
@@ -23,14 +21,7 @@ class ActivityType:
 
     @classmethod
     def of(cls, entry: Activity) -> ActivityType:
-        return cls(
-            id=entry.id,
-            event=entry.event,
-            job_id=strawberry.ID(entry.job_id) if entry.job_id else None,
-            actor=entry.actor,
-            details=json.loads(json.dumps(entry.details)),
-            created_at=iso_ms(entry.created_at) or "",
-        )
+        return cls(**activity_fields(entry))
 
 
 @strawberry.type(name="ActivityPage")

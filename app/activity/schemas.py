@@ -2,34 +2,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
-
 from app.activity.models import Activity
+from app.jobs.schemas import CamelModel
 from app.pagination import Page
 from app.timefmt import iso_ms
 
 
-class ActivityOut(BaseModel):
+def activity_fields(entry: Activity) -> dict[str, Any]:
+    """An audit entry's fields; REST and GraphQL both render these."""
+    return {
+        "id": entry.id,
+        "event": entry.event,
+        "job_id": entry.job_id,
+        "actor": entry.actor,
+        "details": dict(entry.details),
+        "created_at": iso_ms(entry.created_at) or "",
+    }
+
+
+class ActivityOut(CamelModel):
     id: int
     event: str
-    jobId: str | None
+    job_id: str | None
     actor: str
     details: dict[str, Any]
-    createdAt: str
-
-    @classmethod
-    def of(cls, entry: Activity) -> ActivityOut:
-        return cls(
-            id=entry.id,
-            event=entry.event,
-            jobId=entry.job_id,
-            actor=entry.actor,
-            details=entry.details,
-            createdAt=iso_ms(entry.created_at) or "",
-        )
+    created_at: str
 
 
-class ActivityPage(BaseModel):
+class ActivityPage(CamelModel):
     # The same page shape as the run logs, so one client-side pager serves both.
     logs: list[ActivityOut]
     total: int
@@ -38,4 +38,5 @@ class ActivityPage(BaseModel):
 
     @classmethod
     def of(cls, page: Page[Activity]) -> ActivityPage:
-        return cls(logs=[ActivityOut.of(a) for a in page.items], total=page.total, limit=page.limit, offset=page.offset)
+        logs = [ActivityOut(**activity_fields(a)) for a in page.items]
+        return cls(logs=logs, total=page.total, limit=page.limit, offset=page.offset)

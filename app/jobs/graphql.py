@@ -10,13 +10,13 @@ from strawberry.dataloader import DataLoader
 from strawberry.scalars import JSON
 
 from app.jobs import service as jobs_service
+from app.jobs.schemas import job_fields
 from app.jobs.service import JobState
 from app.live import Hub
 from app.pagination import Page
 from app.runs import service as runs_service
 from app.runs.graphql import JobLogPageType
 from app.runs.models import Run
-from app.timefmt import iso_ms
 
 LogKey = tuple[str, int | None, int | None]
 
@@ -41,24 +41,7 @@ class JobType:
 
     @classmethod
     def of(cls, state: JobState) -> JobType:
-        job = state.job
-        return cls(
-            id=strawberry.ID(job.id),
-            name=job.name,
-            description=job.description,
-            enabled=job.enabled,
-            running=state.running,
-            schedule=job.schedule,
-            last_run=iso_ms(job.last_run_at),
-            next_run=iso_ms(state.next_run),
-            last_result=job.last_result,
-            last_duration=job.last_duration_ms,
-            type=job.type,
-            payload=JSON(dict(job.payload)),
-            timezone=job.timezone,
-            timeout=job.timeout_seconds,
-            builtin=job.builtin,
-        )
+        return cls(**job_fields(state))
 
     @strawberry.field(description="This job's runs, newest first; batched across jobs.")
     async def logs(self, info: strawberry.Info, limit: int | None = 50, offset: int | None = 0) -> JobLogPageType:

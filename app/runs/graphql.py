@@ -7,7 +7,7 @@ import strawberry
 from app.pagination import Page
 from app.runs import service as runs_service
 from app.runs.models import Run
-from app.timefmt import iso_ms
+from app.runs.schemas import run_fields
 
 
 @strawberry.type(
@@ -25,16 +25,7 @@ class JobLogType:
 
     @classmethod
     def of(cls, run: Run) -> JobLogType:
-        return cls(
-            id=run.id,
-            job_id=strawberry.ID(run.job_id),
-            started_at=iso_ms(run.started_at),
-            completed_at=iso_ms(run.completed_at),
-            duration=run.duration_ms,
-            result=run.result,
-            triggered_by=run.triggered_by,
-            details=run.details,
-        )
+        return cls(**run_fields(run))
 
 
 @strawberry.type(name="JobLogPage")

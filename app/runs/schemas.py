@@ -1,39 +1,41 @@
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Any
 
+from app.jobs.schemas import CamelModel
 from app.pagination import Page
 from app.runs.models import Run
 from app.timefmt import iso_ms
 
 
-class RunOut(BaseModel):
+def run_fields(run: Run) -> dict[str, Any]:
+    """A log entry's fields; REST and GraphQL both render these."""
+    return {
+        "id": run.id,
+        "job_id": run.job_id,
+        "started_at": iso_ms(run.started_at),
+        "completed_at": iso_ms(run.completed_at),
+        "duration": run.duration_ms,
+        "result": run.result,
+        "triggered_by": run.triggered_by,
+        "details": run.details,
+    }
+
+
+class RunOut(CamelModel):
     """One log entry. While a run is in progress `completedAt`, `duration` and `result` are null."""
 
     id: int
-    jobId: str
-    startedAt: str | None
-    completedAt: str | None
+    job_id: str
+    started_at: str | None
+    completed_at: str | None
     duration: int | None
     result: str | None
-    triggeredBy: str
+    triggered_by: str
     details: str | None
 
-    @classmethod
-    def of(cls, run: Run) -> RunOut:
-        return cls(
-            id=run.id,
-            jobId=run.job_id,
-            startedAt=iso_ms(run.started_at),
-            completedAt=iso_ms(run.completed_at),
-            duration=run.duration_ms,
-            result=run.result,
-            triggeredBy=run.triggered_by,
-            details=run.details,
-        )
 
-
-class RunPage(BaseModel):
+class RunPage(CamelModel):
     logs: list[RunOut]
     total: int
     limit: int
@@ -41,4 +43,5 @@ class RunPage(BaseModel):
 
     @classmethod
     def of(cls, page: Page[Run]) -> RunPage:
-        return cls(logs=[RunOut.of(r) for r in page.items], total=page.total, limit=page.limit, offset=page.offset)
+        logs = [RunOut(**run_fields(r)) for r in page.items]
+        return cls(logs=logs, total=page.total, limit=page.limit, offset=page.offset)
