@@ -12,6 +12,7 @@ from tortoise.contrib.fastapi import RegisterTortoise
 
 from app import db, graphql, rest_errors
 from app.activity.routes import router as activity_router
+from app.background import start_background_loops, stop_background_loops
 from app.config import Settings, get_settings
 from app.job_types import registry
 from app.jobs import scheduler
@@ -21,7 +22,7 @@ from app.live import Hub
 from app.logs import configure_logging
 from app.runs.routes import router as runs_router
 from app.runtime import Runtime, connect_redis
-from workers.settings import EmbeddedWorker, start_background_loops, stop_background_loops
+from workers.settings import BUILTIN_HANDLERS, EmbeddedWorker
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         s = settings or get_settings()
         configure_logging(s)
         await db.ensure_current(s)
-        registry.load(s.job_type_modules)
+        registry.load([BUILTIN_HANDLERS, *s.job_type_modules])
         async with RegisterTortoise(app, config=db.tortoise_config(s), generate_schemas=False):
             redis = await connect_redis(s)
             rt = Runtime(settings=s, redis=redis)

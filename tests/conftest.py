@@ -25,6 +25,7 @@ from app.job_types import registry
 from app.main import create_app
 from app.runtime import Runtime, connect_redis
 from tests.support.servers import PostgresCluster, RedisServer, postgres_unavailable_reason
+from workers.settings import BUILTIN_HANDLERS
 
 SECRET = "test-secret-" + "x" * 40
 TEST_JOB_TYPES = "tests.support.job_types"
@@ -155,7 +156,7 @@ async def runtime(app_client: tuple[FastAPI, httpx.AsyncClient]) -> Runtime:
 async def orm(settings: Settings) -> AsyncIterator[Runtime]:
     """The ORM and Redis without the HTTP app or a worker, for service-level tests."""
     await Tortoise.init(config=db.tortoise_config(settings), _enable_global_fallback=True)
-    registry.load(settings.job_type_modules)
+    registry.load([BUILTIN_HANDLERS, *settings.job_type_modules])
     redis = await connect_redis(settings)
     try:
         yield Runtime(settings=settings, redis=redis)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import Worker
@@ -14,46 +13,22 @@ from tortoise import Tortoise
 
 from app import db
 from app.aio import cancel_and_wait
+from app.background import start_background_loops, stop_background_loops
 from app.config import Settings, get_settings
 from app.job_types import registry
 from app.jobs import scheduler
 from app.jobs import service as jobs_service
 from app.logs import configure_logging
-from app.runs import service as runs_service
 from app.runtime import SOCKET_TIMEOUT_SECONDS, Runtime, connect_redis, worker_redis_settings
 from workers.tasks import fire_job, run_job
 
 log = logging.getLogger(__name__)
+BUILTIN_HANDLERS = "workers.handlers"
 
 # Our own per-job timeout ends runs; arq's is a backstop (a run longer than a day is cut off as
 # `worker shut down`). It also bounds how long a killed worker's queue entry lingers if no reaper
 # has forgotten it.
 ARQ_TIMEOUT_SECONDS = 24 * 3600
-
-
-async def _every(seconds: float, step: Callable[[], Awaitable[object]], name: str) -> None:
-    while True:
-        await asyncio.sleep(seconds)
-        try:
-            await step()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s failed; will retry", name)
-
-
-def start_background_loops(rt: Runtime) -> list[asyncio.Task[None]]:
-    """The reaper and the periodic reconcile: idempotent, so every process may run them."""
-    return [
-        asyncio.create_task(_every(rt.settings.heartbeat_seconds, lambda: runs_service.reap_lost(rt), "reaper")),
-        asyncio.create_task(
-            _every(rt.settings.reconcile_interval_seconds, lambda: scheduler.reconcile_all(rt), "reconcile")
-        ),
-    ]
-
-
-async def stop_background_loops(tasks: list[asyncio.Task[None]]) -> None:
-    await cancel_and_wait(*tasks)
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
@@ -63,7 +38,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     configure_logging(settings)
     await db.ensure_current(settings)
     await Tortoise.init(config=db.tortoise_config(settings), _enable_global_fallback=True)
-    registry.load(settings.job_type_modules)
+    registry.load([BUILTIN_HANDLERS, *settings.job_type_modules])
     ctx["redis"].connection_pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_SECONDS
     rt = Runtime(settings=settings, redis=ctx["redis"])
     ctx["runtime"] = rt

@@ -75,7 +75,6 @@ def all_types() -> list[JobType]:
 
 
 def load(modules: Iterable[str]) -> None:
-    """Import the built-in handlers and every extra module; importing registers their types."""
-    importlib.import_module("workers.handlers")
+    """Import each module; importing registers its types."""
     for module in modules:
         importlib.import_module(module)
