@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     worker_redis_retry_seconds: float = Field(default=30.0, ge=1)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     run_retention_days: int = Field(default=30, ge=1)
+    # `http_request` may only call these: "https://api.example.com", "http://127.0.0.1:8080" or a bare
+    # host (any scheme, any port). Empty: nothing, until an admin allows it.
+    http_request_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # `send_notifications` hands each message to this callable ("module:function"); by default it
+    # appends it to NOTIFICATIONS_LOG.
+    notification_sender: str | None = None
+    notifications_log: Path = Path("data/notifications.log")
+    # Largest request body accepted (413 above it).
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     graphql_introspection: bool = True
     graphql_max_query_bytes: int = Field(default=20_000, ge=100)
     # `metadata-sync` reads this JSON catalogue: an http(s) URL or a file path.
@@ -75,7 +84,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
         return value
 
-    @field_validator("job_type_modules", mode="before")
+    @field_validator("job_type_modules", "http_request_allowed_hosts", mode="before")
     @classmethod
     def _split_modules(cls, value: object) -> object:
         if isinstance(value, str):
