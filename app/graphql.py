@@ -25,6 +25,7 @@ from app.activity.graphql import ActivityQuery
 from app.errors import AppError
 from app.graphql_context import Context, connection_token
 from app.graphql_errors import AppErrors, is_unexpected
+from app.job_types.graphql import JobTypeQuery
 from app.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from app.runs.graphql import RunQuery
 
@@ -52,7 +53,7 @@ class RequestLimits(SchemaExtension):
         yield
 
 
-Query = merge_types("Query", (JobQuery, RunQuery, ActivityQuery))
+Query = merge_types("Query", (JobQuery, RunQuery, ActivityQuery, JobTypeQuery))
 Mutation = merge_types("Mutation", (JobMutation,))
 Subscription = merge_types("Subscription", (JobSubscription,))
 

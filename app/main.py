@@ -13,8 +13,10 @@ from tortoise.contrib.fastapi import RegisterTortoise
 from app import db, graphql, rest_errors
 from app.activity.routes import router as activity_router
 from app.background import start_background_loops, stop_background_loops
+from app.body_limit import BodyLimit
 from app.config import Settings, get_settings
 from app.job_types import registry
+from app.job_types.routes import router as job_types_router
 from app.jobs import scheduler
 from app.jobs import service as jobs_service
 from app.jobs.routes import router as jobs_router
@@ -63,9 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     rest_errors.install(app)
+    app.add_middleware(BodyLimit)
     app.include_router(runs_router)
     app.include_router(jobs_router)
     app.include_router(activity_router)
+    app.include_router(job_types_router)
     app.include_router(graphql.router(), prefix="/graphql", include_in_schema=False)
     return app
 

@@ -10,12 +10,14 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from app.config import Settings
 from app.errors import Invalid
+from app.validation import validated
 
 
 class Payload(BaseModel):
@@ -34,6 +36,8 @@ class RunContext:
 
 
 Handler = Callable[[RunContext], Awaitable[str]]
+# Extra checks at job creation that need settings (e.g. an allow-list); raise ValueError to refuse.
+Check = Callable[[Any, Settings], None]
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class JobType:
     description: str
     handler: Handler
     payload_model: type[BaseModel] = Payload
+    check: Check | None = None
 
 
 _REGISTRY: dict[str, JobType] = {}
@@ -52,11 +57,13 @@ def register(job_type: JobType) -> JobType:
     return job_type
 
 
-def job_type(name: str, description: str, payload_model: type[BaseModel] = Payload) -> Callable[[Handler], Handler]:
+def job_type(
+    name: str, description: str, payload_model: type[BaseModel] = Payload, check: Check | None = None
+) -> Callable[[Handler], Handler]:
     """Decorator form of `register` for a handler function."""
 
     def wrap(handler: Handler) -> Handler:
-        register(JobType(name=name, description=description, handler=handler, payload_model=payload_model))
+        register(JobType(name=name, description=description, handler=handler, payload_model=payload_model, check=check))
         return handler
 
     return wrap
@@ -74,7 +81,27 @@ def all_types() -> list[JobType]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
+ENTRY_POINT_GROUP = "jobs_gateway.job_types"
+
+
 def load(modules: Iterable[str]) -> None:
-    """Import each module; importing registers its types."""
+    """Import each module, then every installed package's `jobs_gateway.job_types` entry point;
+    importing (or calling, for an entry point naming a function) registers their types."""
     for module in modules:
         importlib.import_module(module)
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        loaded = entry_point.load()
+        if callable(loaded) and not isinstance(loaded, type):
+            loaded()
+
+
+def validate_payload(job_type: JobType, raw: object, settings: Settings) -> dict[str, Any]:
+    """The payload with defaults applied, in its wire names; Invalid with per-field details otherwise."""
+    payload = validated(job_type.payload_model, raw, what=f"payload for '{job_type.name}'", prefix="payload.")
+    if job_type.check is not None:
+        try:
+            job_type.check(payload, settings)
+        except ValueError as exc:
+            raise Invalid(f"Invalid payload for '{job_type.name}': {exc}", code="payload_refused") from exc
+    dumped: dict[str, Any] = payload.model_dump(mode="json", by_alias=True)
+    return dumped

@@ -59,6 +59,20 @@ async def _load_logs(keys: list[LogKey]) -> list[Page[Run]]:
     return [found[k] for k in keys]
 
 
+@strawberry.input(name="CreateJobInput", description="Exactly one of interval (Go duration) or schedule.")
+class CreateJobInput:
+    id: strawberry.ID
+    name: str
+    type: str
+    description: str = ""
+    interval: str | None = None
+    schedule: str | None = None
+    payload: JSON | None = None
+    enabled: bool = True
+    timeout: float | None = None
+    timezone: str | None = None
+
+
 @strawberry.type(name="JobActionResult")
 class JobActionResultType:
     success: bool
@@ -85,6 +99,19 @@ class JobMutation:
         ctx = info.context
         state = await jobs_service.set_enabled(ctx.runtime, job_id=str(id), enabled=enabled, actor=ctx.admin().actor)
         return JobType.of(state)
+
+    @strawberry.mutation(description="Create a job of a registered type; its first fire is scheduled.")
+    async def create_job(self, info: strawberry.Info, input: CreateJobInput) -> JobType:
+        ctx = info.context
+        data = {k: v for k, v in vars(input).items() if v is not None}
+        data["id"] = str(input.id)
+        return JobType.of(await jobs_service.create(ctx.runtime, data=data, actor=ctx.admin().actor))
+
+    @strawberry.mutation(description="Delete a job (not a built-in one, not while it runs); its runs stay.")
+    async def delete_job(self, info: strawberry.Info, id: strawberry.ID) -> bool:
+        ctx = info.context
+        await jobs_service.delete(ctx.runtime, job_id=str(id), actor=ctx.admin().actor)
+        return True
 
     @strawberry.mutation(description="Start the job's schedule.")
     async def start_job(self, info: strawberry.Info, id: strawberry.ID) -> JobActionResultType:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Response
 
 from app.deps import AdminDep, RuntimeDep
 from app.jobs import service as jobs_service
@@ -14,6 +16,17 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 @router.get("", response_model=list[JobOut])
 async def list_jobs(rt: RuntimeDep, _: AdminDep) -> list[JobOut]:
     return [JobOut.of(s) for s in await jobs_service.list_jobs(rt)]
+
+
+@router.post("", response_model=JobOut, status_code=201)
+async def create_job(body: Annotated[Any, Body()], rt: RuntimeDep, user: AdminDep) -> JobOut:
+    return JobOut.of(await jobs_service.create(rt, data=body, actor=user.actor))
+
+
+@router.delete("/{jobId}", status_code=204)
+async def delete_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> Response:  # noqa: N803
+    await jobs_service.delete(rt, job_id=jobId, actor=user.actor)
+    return Response(status_code=204)
 
 
 @router.get("/{jobId}", response_model=JobOut)

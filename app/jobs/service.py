@@ -10,13 +10,16 @@ from redis.exceptions import RedisError
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
-from app import events
+from app import events, queue
 from app.activity import service as activity_service
-from app.errors import NotFound
+from app.errors import Conflict, Invalid, NotFound
+from app.job_types import registry
 from app.jobs import scheduler
 from app.jobs.builtin import BUILTIN_JOBS
 from app.jobs.ids import validate_job_id
+from app.jobs.inputs import JobCreate, parse_job_create
 from app.jobs.models import Job
+from app.jobs.schedule import FORMS, ScheduleError, interval_to_schedule, validate_schedule
 from app.runs import lease
 from app.runs.models import Run
 from app.runtime import Runtime
@@ -88,11 +91,7 @@ async def set_enabled(rt: Runtime, *, job_id: str, enabled: bool, actor: str, ev
             using_db=conn,
         )
     job.enabled = enabled
-    try:
-        await scheduler.reconcile_job(rt, job)
-    except RedisError:
-        # The row is the truth; the periodic reconcile enqueues or removes the fire once Redis is back.
-        log.warning("Redis unavailable while rescheduling %s", job.id, exc_info=True)
+    await _reconcile_quietly(rt, job)
     if was_enabled != enabled:
         await events.publish(rt.redis, "job.enabled" if enabled else "job.disabled", job.id, enabled=enabled)
     return await get(rt, job_id=job.id)
@@ -104,6 +103,86 @@ async def start(rt: Runtime, *, job_id: str, actor: str) -> JobState:
 
 async def stop(rt: Runtime, *, job_id: str, actor: str) -> JobState:
     return await set_enabled(rt, job_id=job_id, enabled=False, actor=actor, event="jobs.stop")
+
+
+def _schedule_of(spec: JobCreate, default_tz: str) -> str:
+    """Exactly one of `interval` (a Go duration) or `schedule`; `interval: "24h"` becomes `@every 24h`."""
+    if (spec.interval is None) == (spec.schedule is None):
+        raise Invalid(f"Give exactly one of interval (a Go duration such as 90s, 5m, 1h30m, 24h) or schedule ({FORMS})")
+    tz = spec.timezone or default_tz
+    try:
+        validate_schedule("@daily", tz)
+    except ScheduleError as exc:
+        raise Invalid(f"Invalid timezone: {exc}", code="invalid_timezone") from exc
+    try:
+        expression = interval_to_schedule(spec.interval) if spec.interval is not None else spec.schedule or ""
+        return validate_schedule(expression, tz).expression
+    except ScheduleError as exc:
+        field = "interval" if spec.interval is not None else "schedule"
+        raise Invalid(f"Invalid {field}: {exc}", code=f"invalid_{field}") from exc
+
+
+async def create(rt: Runtime, *, data: object, actor: str) -> JobState:
+    """Create a job of a registered type and schedule its first fire."""
+    spec = parse_job_create(data)
+    validate_job_id(spec.id)
+    job_type = registry.get(spec.type)
+    payload = registry.validate_payload(job_type, spec.payload, rt.settings)
+    schedule = _schedule_of(spec, rt.settings.scheduler_timezone)
+    try:
+        async with in_transaction() as conn:
+            job = await Job.create(
+                id=spec.id,
+                name=spec.name,
+                description=spec.description,
+                type=spec.type,
+                payload=payload,
+                schedule=schedule,
+                timezone=spec.timezone,
+                timeout_seconds=spec.timeout,
+                enabled=spec.enabled,
+                using_db=conn,
+            )
+            details = {"type": spec.type, "schedule": schedule, "enabled": spec.enabled}
+            await activity_service.record(
+                event="jobs.create", actor=actor, job_id=job.id, details=details, using_db=conn
+            )
+    except IntegrityError as exc:
+        raise Conflict(f"Job '{spec.id}' already exists", code="job_exists") from exc
+    await _reconcile_quietly(rt, job)
+    await events.publish(rt.redis, "job.created", job.id, enabled=job.enabled)
+    return await get(rt, job_id=job.id)
+
+
+async def delete(rt: Runtime, *, job_id: str, actor: str) -> None:
+    """Delete a job and its pending fire; its past runs stay in the logs.
+
+    Refused for built-in jobs, and while the job runs: deleting a running job would orphan a run
+    whose outcome nobody could act on, so the caller stops it and deletes once the run has finished.
+    """
+    job = await get_or_raise(job_id=job_id)
+    if job.builtin:
+        raise Conflict(f"Job '{job.id}' is built in and cannot be deleted; stop it instead", code="builtin_job")
+    if await _running(rt, [job.id]):
+        raise Conflict("Job is running; delete it once the run has finished", code="already_running")
+    async with in_transaction() as conn:
+        await Job.filter(id=job.id).using_db(conn).delete()
+        details = {"type": job.type, "schedule": job.schedule}
+        await activity_service.record(event="jobs.delete", actor=actor, job_id=job.id, details=details, using_db=conn)
+    if job.next_run_at is not None:
+        try:
+            await queue.cancel_fire(rt.redis, job_id=job.id, fire_at=job.next_run_at)
+        except RedisError:
+            log.warning("could not remove the pending fire of deleted job %s; it is dropped when it comes due", job.id)
+    await events.publish(rt.redis, "job.deleted", job.id)
+
+
+async def _reconcile_quietly(rt: Runtime, job: Job) -> None:
+    try:
+        await scheduler.reconcile_job(rt, job)
+    except RedisError:
+        # The row is the truth; the periodic reconcile enqueues or removes the fire once Redis is back.
+        log.warning("Redis unavailable while rescheduling %s", job.id, exc_info=True)
 
 
 async def register_builtin_jobs() -> None:

@@ -1,0 +1,59 @@
+"""Refuse request bodies over MAX_BODY_BYTES with 413, before anything parses them."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Reads MAX_BODY_BYTES from the running app's settings, which exist only once it has started."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = getattr(scope["app"].state, "runtime", None) if "app" in scope else None
+        if scope["type"] != "http" or runtime is None:
+            await self.app(scope, receive, send)
+            return
+        max_bytes: int = runtime.settings.max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await _refuse(send, max_bytes)
+            return
+        seen = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > max_bytes:
+                    raise BodyTooLarge  # a chunked body that grew past the limit
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge:
+            if not started:
+                await _refuse(send, max_bytes)
+
+
+async def _refuse(send: Send, max_bytes: int) -> None:
+    message = f"Request body is larger than {max_bytes} bytes"
+    body = json.dumps({"success": False, "error": "payload_too_large", "message": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,16 @@
+"""REST adapter for the job-type registry."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.deps import AdminDep
+from app.job_types import service as job_types_service
+from app.job_types.schemas import JobTypeOut
+
+router = APIRouter(prefix="/api/job-types", tags=["job types"])
+
+
+@router.get("", response_model=list[JobTypeOut])
+async def list_job_types(_: AdminDep) -> list[JobTypeOut]:
+    return [JobTypeOut.of(t) for t in job_types_service.list_types()]

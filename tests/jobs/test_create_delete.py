@@ -1,0 +1,230 @@
+"""Jobs created and deleted through the API from registered job types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from arq.constants import default_queue_name
+
+from app.config import Settings
+from app.job_types import registry
+from tests.conftest import running_app
+from tests.factories import wait_for_logs
+
+
+def new_job(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": "nightly-report",
+        "name": "Nightly Report",
+        "description": "Sleeps a little",
+        "type": "test_sleep",
+        "interval": "24h",
+        "payload": {"seconds": 0},
+    }
+    body.update(overrides)
+    return body
+
+
+def error(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()
+    assert body["success"] is False and body["message"], body
+    return body
+
+
+@pytest.mark.postgres
+async def test_create_returns_201_and_the_job_with_defaults_applied(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    response = await client.post("/api/jobs", headers=auth, json=new_job())
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert (job["id"], job["schedule"], job["type"], job["enabled"], job["running"]) == (
+        "nightly-report",
+        "@every 24h",
+        "test_sleep",
+        True,
+        False,
+    )
+    assert job["payload"] == {"seconds": 0.0, "summary": "slept"}
+    assert job["nextRun"] is not None and job["builtin"] is False
+    listed = {j["id"]: j for j in (await client.get("/api/jobs", headers=auth)).json()}
+    assert listed["nightly-report"]["nextRun"] == job["nextRun"]
+    activity = (await client.get("/api/activity?event=jobs.create", headers=auth)).json()["logs"]
+    assert [(a["jobId"], a["actor"]) for a in activity] == [("nightly-report", "user:5")]
+
+
+async def test_a_created_job_fires_on_its_interval(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    created = await client.post("/api/jobs", headers=auth, json=new_job(id="every-second", interval="1s"))
+    assert created.status_code == 201
+    logs = await wait_for_logs(client, "every-second", auth, count=2, timeout=10)
+    assert {e["triggeredBy"] for e in logs} == {"scheduler"} and {e["result"] for e in logs} == {"success"}
+
+
+async def test_schedule_and_timezone_are_accepted(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    body = new_job(id="berlin", interval=None, schedule="30 2 * * *", timezone="Europe/Berlin", timeout=12.5)
+    response = await client.post("/api/jobs", headers=auth, json=body)
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert (job["schedule"], job["timezone"], job["timeout"]) == ("30 2 * * *", "Europe/Berlin", 12.5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status", "code", "text"),
+    [
+        ({"type": "no_such_type"}, 400, "unknown_job_type", "known types: "),
+        ({"payload": {"seconds": -1}}, 400, "validation_error", "payload.seconds"),
+        ({"payload": {"sleep": 1}}, 400, "validation_error", "payload.sleep"),
+        ({"payload": [1]}, 400, "validation_error", "payload"),
+        ({"interval": "5x"}, 400, "invalid_interval", "90s, 5m, 1h30m, 24h"),
+        ({"interval": "500ms"}, 400, "invalid_interval", "minimum interval of 1s"),
+        ({"interval": "-5m"}, 400, "invalid_interval", "90s"),
+        ({"interval": None, "schedule": "61 * * * *"}, 400, "invalid_schedule", "@every"),
+        ({"interval": None, "schedule": "@reboot"}, 400, "invalid_schedule", "@every"),
+        ({"interval": None}, 400, "validation_error", "exactly one of interval"),
+        ({"schedule": "@daily"}, 400, "validation_error", "exactly one of interval"),
+        ({"id": "Bad_Id"}, 400, "invalid_job_id", "Invalid job ID format"),
+        ({"name": ""}, 400, "validation_error", "name"),
+        ({"timeout": 0}, 400, "validation_error", "timeout"),
+        ({"enabled": "yes"}, 400, "validation_error", "enabled"),
+        ({"owner": "me"}, 400, "validation_error", "owner"),
+        ({"timezone": "Mars/Olympus"}, 400, "invalid_timezone", "Mars/Olympus"),
+    ],
+)
+async def test_bad_creations_are_400_and_create_nothing(
+    client: httpx.AsyncClient, auth: dict[str, str], overrides: dict[str, Any], status: int, code: str, text: str
+) -> None:
+    response = await client.post("/api/jobs", headers=auth, json=new_job(**overrides))
+    assert response.status_code == status, response.text
+    body = error(response)
+    assert body["error"] == code and text in body["message"], body
+    ids = {j["id"] for j in (await client.get("/api/jobs", headers=auth)).json()}
+    assert "nightly-report" not in ids and "Bad_Id" not in ids
+
+
+async def test_payload_errors_come_with_per_field_details(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    response = await client.post("/api/jobs", headers=auth, json=new_job(payload={"seconds": "soon", "x": 1}))
+    details = error(response)["details"]
+    assert {d["field"] for d in details} == {"payload.seconds", "payload.x"}
+
+
+async def test_unknown_type_message_lists_the_known_ones(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    message = error(await client.post("/api/jobs", headers=auth, json=new_job(type="nope")))["message"]
+    for name in ("metadata_sync", "test_sleep", "cleanup_job_logs"):
+        assert name in message
+
+
+async def test_duplicate_id_is_409(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    assert (await client.post("/api/jobs", headers=auth, json=new_job())).status_code == 201
+    again = await client.post("/api/jobs", headers=auth, json=new_job(name="Other"))
+    assert (again.status_code, error(again)["error"]) == (409, "job_exists")
+    builtin = await client.post("/api/jobs", headers=auth, json=new_job(id="metadata-sync"))
+    assert builtin.status_code == 409
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[]", b'"job"'])
+async def test_malformed_bodies_are_400(client: httpx.AsyncClient, auth: dict[str, str], raw: bytes) -> None:
+    response = await client.post("/api/jobs", headers={**auth, "Content-Type": "application/json"}, content=raw)
+    assert response.status_code == 400 and error(response)["error"] in {"invalid_json", "validation_error"}
+
+
+async def test_body_over_the_limit_is_413(settings_factory: Any, auth: dict[str, str]) -> None:
+    async with running_app(settings_factory(max_body_bytes=2048)) as (_, client):
+        big = new_job(description="x" * 3000)
+        response = await client.post("/api/jobs", headers=auth, json=big)
+        assert response.status_code == 413
+        assert error(response)["error"] == "payload_too_large"
+        assert (await client.post("/api/jobs", headers=auth, json=new_job())).status_code == 201
+
+
+@pytest.mark.postgres
+async def test_delete_removes_job_and_pending_fire_but_keeps_runs(
+    client: httpx.AsyncClient, auth: dict[str, str], runtime: Any
+) -> None:
+    await client.post("/api/jobs", headers=auth, json=new_job(id="doomed", interval="1h"))
+    await client.post("/api/jobs/doomed/trigger", headers=auth)
+    [entry] = await wait_for_logs(client, "doomed", auth)
+
+    async def fires() -> list[str]:
+        ids = await runtime.redis.zrange(default_queue_name, 0, -1)
+        return [i.decode() for i in ids if i.decode().startswith("fire:doomed:")]
+
+    assert len(await fires()) == 1
+    response = await client.delete("/api/jobs/doomed", headers=auth)
+    assert (response.status_code, response.content) == (204, b"")
+    assert await fires() == []
+    assert (await client.get("/api/jobs/doomed", headers=auth)).status_code == 404
+    kept = (await client.get("/api/jobs/logs/all", headers=auth)).json()["logs"]
+    assert [e["id"] for e in kept if e["jobId"] == "doomed"] == [entry["id"]]
+    events = [a["event"] for a in (await client.get("/api/activity?jobId=doomed", headers=auth)).json()["logs"]]
+    assert events == ["jobs.delete", "jobs.trigger", "jobs.create"]
+    assert (await client.delete("/api/jobs/doomed", headers=auth)).status_code == 404
+
+
+async def test_builtin_and_running_jobs_cannot_be_deleted(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    builtin = await client.delete("/api/jobs/metadata-sync", headers=auth)
+    assert (builtin.status_code, error(builtin)["error"]) == (409, "builtin_job")
+    assert "built in" in error(builtin)["message"]
+    await client.post("/api/jobs", headers=auth, json=new_job(id="busy", payload={"seconds": 1}))
+    await client.post("/api/jobs/busy/trigger", headers=auth)
+    running = await client.delete("/api/jobs/busy", headers=auth)
+    assert (running.status_code, error(running)["error"]) == (409, "already_running")
+    await wait_for_logs(client, "busy", auth)
+    assert (await client.delete("/api/jobs/busy", headers=auth)).status_code == 204
+
+
+async def test_job_types_are_listed_with_their_payload_schema(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    response = await client.get("/api/job-types", headers=auth)
+    assert response.status_code == 200
+    types = {t["name"]: t for t in response.json()}
+    assert {"metadata_sync", "cleanup_expired_tokens", "test_sleep"} <= set(types)
+    sleep = types["test_sleep"]
+    assert sleep["description"] and sleep["payloadSchema"]["properties"]["seconds"]["minimum"] == 0
+    assert sleep["payloadSchema"]["additionalProperties"] is False
+    assert (await client.get("/api/job-types")).status_code == 401
+
+
+async def test_a_plugin_module_named_in_settings_brings_its_type(settings_factory: Any, auth: dict[str, str]) -> None:
+    assert "plugin_echo" not in {t.name for t in registry.all_types()}
+    settings = settings_factory(job_type_modules=["tests.support.job_types", "tests.support.plugin_types"])
+    async with running_app(settings) as (_, client):
+        names = {t["name"] for t in (await client.get("/api/job-types", headers=auth)).json()}
+        assert "plugin_echo" in names
+        body = new_job(id="echo", type="plugin_echo", payload={"text": "hi", "times": 3})
+        assert (await client.post("/api/jobs", headers=auth, json=body)).status_code == 201
+        await client.post("/api/jobs/echo/trigger", headers=auth)
+        [entry] = await wait_for_logs(client, "echo", auth)
+        assert entry["details"] == "hi hi hi"
+
+
+async def test_graphql_create_delete_and_job_types(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    async def gql(query: str) -> dict[str, Any]:
+        result: dict[str, Any] = (await client.post("/graphql", headers=auth, json={"query": query})).json()
+        return result
+
+    created = await gql(
+        'mutation { createJob(input: {id: "gql-job", name: "G", type: "test_sleep", interval: "5m", '
+        "payload: {seconds: 0}}) { id schedule payload nextRun } }"
+    )
+    job = created["data"]["createJob"]
+    assert (job["id"], job["schedule"], job["payload"]) == (
+        "gql-job",
+        "@every 5m",
+        {"seconds": 0.0, "summary": "slept"},
+    )
+    again = await gql(
+        'mutation { createJob(input: {id: "gql-job", name: "G", type: "test_sleep", interval: "5m"}) { id } }'
+    )
+    assert again["errors"][0]["extensions"]["code"] == "CONFLICT"
+    bad = await gql('mutation { createJob(input: {id: "x", name: "G", type: "nope", interval: "5m"}) { id } }')
+    assert bad["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT" and "known types" in bad["errors"][0]["message"]
+    types = await gql("{ jobTypes { name description payloadSchema } }")
+    assert "test_sleep" in {t["name"] for t in types["data"]["jobTypes"]}
+    assert (await gql('mutation { deleteJob(id: "gql-job") }'))["data"] == {"deleteJob": True}
+    builtin = await gql('mutation { deleteJob(id: "metadata-sync") }')
+    assert builtin["errors"][0]["extensions"]["code"] == "CONFLICT"
+
+
+async def test_settings_fixture_is_untouched(settings: Settings) -> None:
+    assert settings.max_body_bytes == 64 * 1024
