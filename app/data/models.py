@@ -42,3 +42,58 @@ class StoredFile(Model):
 
     class Meta:
         table = "stored_file"
+
+
+class Listing(Model):
+    """A listing in the marketplace. `cleanup_expired_listings` deletes old ones by created_at.
+
+    Both timestamps are written by the application, never by the database, so that imports keep
+    their original dates. `update_search_index` reindexes a listing whose updated_at is newer than
+    its search entry.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    title = fields.CharField(max_length=300)
+    description = fields.TextField(default="")
+    price = fields.IntField(null=True)  # in the smallest currency unit
+    created_at = fields.DatetimeField(db_index=True)
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "listing"
+
+
+class Notification(Model):
+    """An outbox message: pending while sent_at is null. `send_notifications` delivers it.
+
+    attempts counts failed deliveries.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    recipient = fields.CharField(max_length=320)
+    subject = fields.CharField(max_length=300)
+    body = fields.TextField()
+    created_at = fields.DatetimeField(auto_now_add=True)
+    sent_at = fields.DatetimeField(null=True)
+    attempts = fields.IntField(default=0)
+
+    class Meta:
+        table = "notification"
+        indexes = (("sent_at", "id"),)
+
+
+class SearchIndexEntry(Model):
+    """The searchable text of one listing, maintained by `update_search_index`.
+
+    body is the listing's title and description, lowercased with whitespace collapsed. indexed_at
+    is when the indexing run that wrote the entry started.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    listing_id = fields.BigIntField(unique=True)
+    title = fields.CharField(max_length=300)
+    body = fields.TextField()
+    indexed_at = fields.DatetimeField()
+
+    class Meta:
+        table = "search_index_entry"

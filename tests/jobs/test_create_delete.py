@@ -228,3 +228,37 @@ async def test_graphql_create_delete_and_job_types(client: httpx.AsyncClient, au
 
 async def test_settings_fixture_is_untouched(settings: Settings) -> None:
     assert settings.max_body_bytes == 64 * 1024
+
+
+async def test_http_request_jobs_are_checked_against_the_allow_list_at_creation(
+    settings_factory: Any, auth: dict[str, str]
+) -> None:
+    settings = settings_factory(http_request_allowed_hosts=["https://api.example.com"])
+    async with running_app(settings) as (_, client):
+        body = new_job(id="ping", type="http_request", payload={"url": "http://169.254.169.254/latest/meta-data"})
+        refused = await client.post("/api/jobs", headers=auth, json=body)
+        assert (refused.status_code, error(refused)["error"]) == (400, "payload_refused")
+        assert "HTTP_REQUEST_ALLOWED_HOSTS" in error(refused)["message"]
+        body["payload"] = {"url": "https://api.example.com/health", "expectStatus": [200, 204]}
+        created = await client.post("/api/jobs", headers=auth, json=body)
+        assert created.status_code == 201, created.text
+        assert created.json()["payload"]["expectStatus"] == [200, 204]
+
+
+async def test_a_seed_type_job_created_through_the_api_does_its_work(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    from datetime import timedelta
+
+    from app.data.models import Listing
+    from app.timefmt import utcnow
+
+    now = utcnow()
+    await Listing.create(title="old", created_at=now - timedelta(days=40), updated_at=now)
+    await Listing.create(title="new", created_at=now - timedelta(days=2), updated_at=now)
+    body = new_job(id="cleanup-expired-listings", type="cleanup_expired_listings", payload={"days_old": 30})
+    assert (await client.post("/api/jobs", headers=auth, json=body)).status_code == 201
+    await client.post("/api/jobs/cleanup-expired-listings/trigger", headers=auth)
+    [entry] = await wait_for_logs(client, "cleanup-expired-listings", auth)
+    assert (entry["result"], entry["details"]) == ("success", "Deleted 1 listings older than 30 days")
+    assert await Listing.all().values_list("title", flat=True) == ["new"]
