@@ -40,10 +40,14 @@ class JobState:
         return self.job.next_run_at if self.job.enabled else None
 
 
+def _not_found(job_id: str) -> NotFound:
+    return NotFound(f"Job '{job_id}' not found", code="job_not_found")
+
+
 async def get_or_raise(*, job_id: str) -> Job:
     job = await Job.get_or_none(id=validate_job_id(job_id))
     if job is None:
-        raise NotFound(f"Job '{job_id}' not found", code="job_not_found")
+        raise _not_found(job_id)
     return job
 
 
@@ -65,8 +69,10 @@ async def list_jobs(rt: Runtime) -> list[JobState]:
 
 
 async def get(rt: Runtime, *, job_id: str) -> JobState:
-    job = await get_or_raise(job_id=job_id)
-    return JobState(job=job, running=bool(await _running(rt, [job.id])))
+    state = await find(rt, job_id=job_id)
+    if state is None:
+        raise _not_found(job_id)
+    return state
 
 
 async def find(rt: Runtime, *, job_id: str) -> JobState | None:
