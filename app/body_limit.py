@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """An HTTPException so that FastAPI's body parsing lets it through (it turns others into 400)."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "Request body is too large")
 
 
 class BodyLimit:
@@ -36,7 +40,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > max_bytes:
-                    raise BodyTooLarge  # a chunked body that grew past the limit
+                    raise BodyTooLarge()  # a chunked body that grew past the limit
             return message
 
         async def tracked_send(message: Message) -> None:

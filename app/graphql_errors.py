@@ -78,7 +78,7 @@ def _finish(error: GraphQLError) -> GraphQLError:
     original = error.original_error
     if isinstance(original, AppError):
         return to_graphql(original)
-    if original is None:
+    if original is None or isinstance(original, GraphQLError):  # parsing, validation, variable coercion
         return GraphQLError(error.message, nodes=error.nodes, path=error.path, extensions={"code": "BAD_USER_INPUT"})
     log.error("unhandled error in GraphQL resolver", exc_info=original)
     return GraphQLError(INTERNAL_MESSAGE, nodes=error.nodes, path=error.path, extensions={"code": "INTERNAL"})

@@ -21,9 +21,10 @@ from app.validation import validated
 
 
 class Payload(BaseModel):
-    """Base of every payload model: unknown fields are an error, not silently dropped."""
+    """Base of every payload model: unknown fields are an error, and values are not coerced
+    (`true` is not 1, `"30"` is not 30), so a typo never silently changes what a job does."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 @dataclass(frozen=True)

@@ -64,13 +64,13 @@ class CreateJobInput:
     id: strawberry.ID
     name: str
     type: str
-    description: str = ""
-    interval: str | None = None
-    schedule: str | None = None
-    payload: JSON | None = None
-    enabled: bool = True
-    timeout: float | None = None
-    timezone: str | None = None
+    description: str | None = strawberry.UNSET
+    interval: str | None = strawberry.UNSET
+    schedule: str | None = strawberry.UNSET
+    payload: JSON | None = strawberry.UNSET
+    enabled: bool | None = strawberry.UNSET
+    timeout: float | None = strawberry.UNSET
+    timezone: str | None = strawberry.UNSET
 
 
 @strawberry.type(name="JobActionResult")
@@ -103,7 +103,8 @@ class JobMutation:
     @strawberry.mutation(description="Create a job of a registered type; its first fire is scheduled.")
     async def create_job(self, info: strawberry.Info, input: CreateJobInput) -> JobType:
         ctx = info.context
-        data = {k: v for k, v in vars(input).items() if v is not None}
+        # Only what the client sent: an explicit null reaches the same validation as REST's.
+        data = {k: v for k, v in vars(input).items() if v is not strawberry.UNSET}
         data["id"] = str(input.id)
         return JobType.of(await jobs_service.create(ctx.runtime, data=data, actor=ctx.admin().actor))
 

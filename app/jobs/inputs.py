@@ -10,14 +10,15 @@ from app.validation import validated
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: "30" is not a timeout and true is not a day count; a client's typo must not change a job.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=2000)
     type: str = Field(min_length=1, max_length=100)
-    interval: str | None = None
-    schedule: str | None = None
+    interval: str | None = Field(default=None, max_length=64)
+    schedule: str | None = Field(default=None, max_length=200)
     payload: dict[str, Any] = Field(default_factory=dict)
     enabled: StrictBool = True
     timeout: float | None = Field(default=None, gt=0, le=24 * 3600)

@@ -63,6 +63,13 @@ _US = timedelta(microseconds=1)
 _PROBE = datetime(2000, 1, 1)
 
 
+# A duration is a handful of number-unit pairs; a longer text is garbage (and very long digit runs
+# would trip Python's int-conversion limit).
+MAX_DURATION_CHARS = 64
+# Beyond this an interval is a mistake, and datetimes overflow near year 9999.
+MAX_INTERVAL = timedelta(days=3660)
+
+
 class ScheduleError(ValueError):
     """A schedule, duration or time zone that cannot be used; the message says why and what to write instead."""
 
@@ -73,6 +80,8 @@ def parse_go_duration(text: str) -> timedelta:
         raise ScheduleError(f"{text!r} has a sign; durations must be positive: {DURATION_FORMS}")
     if not _DURATION_RE.fullmatch(text):
         raise ScheduleError(f"{text!r} is not a Go duration; {DURATION_FORMS}")
+    if len(text) > MAX_DURATION_CHARS:
+        raise ScheduleError(f"{text[:20]!r}... is too long for a duration; {DURATION_FORMS}")
     ns = sum(Fraction(num) * _UNIT_NS[unit] for num, unit in _COMPONENT_RE.findall(text))
     try:
         result = timedelta(microseconds=int(ns // 1000))
@@ -115,6 +124,8 @@ def parse_every(text: str) -> timedelta:
         raise ScheduleError(
             f"{text!r} is shorter than the minimum interval of {format_go_duration(MIN_INTERVAL)}; {DURATION_FORMS}"
         )
+    if every > MAX_INTERVAL:
+        raise ScheduleError(f"{text!r} is longer than the maximum interval of {MAX_INTERVAL.days} days")
     return every
 
 
@@ -128,7 +139,7 @@ def interval_to_schedule(interval: str) -> str:
 def _zone(tz: str | None) -> ZoneInfo:
     try:
         return ZoneInfo("UTC" if tz is None else tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a tzdata folder such as "Europe"
         raise ScheduleError(f"unknown IANA time zone {tz!r}; use a name such as UTC or Europe/Berlin") from None
 
 

@@ -111,7 +111,7 @@ async def stop(rt: Runtime, *, job_id: str, actor: str) -> JobState:
     return await set_enabled(rt, job_id=job_id, enabled=False, actor=actor, event="jobs.stop")
 
 
-def _schedule_of(spec: JobCreate, default_tz: str) -> str:
+def _schedule_of(spec: JobCreate, default_tz: str, now: datetime) -> str:
     """Exactly one of `interval` (a Go duration) or `schedule`; `interval: "24h"` becomes `@every 24h`."""
     if (spec.interval is None) == (spec.schedule is None):
         raise Invalid(f"Give exactly one of interval (a Go duration such as 90s, 5m, 1h30m, 24h) or schedule ({FORMS})")
@@ -122,8 +122,10 @@ def _schedule_of(spec: JobCreate, default_tz: str) -> str:
         raise Invalid(f"Invalid timezone: {exc}", code="invalid_timezone") from exc
     try:
         expression = interval_to_schedule(spec.interval) if spec.interval is not None else spec.schedule or ""
-        return validate_schedule(expression, tz).expression
-    except ScheduleError as exc:
+        schedule = validate_schedule(expression, tz)
+        schedule.next_after(now)  # a schedule that cannot give its next fire is refused here, not at fire time
+        return schedule.expression
+    except (ScheduleError, OverflowError) as exc:
         field = "interval" if spec.interval is not None else "schedule"
         raise Invalid(f"Invalid {field}: {exc}", code=f"invalid_{field}") from exc
 
@@ -134,7 +136,7 @@ async def create(rt: Runtime, *, data: object, actor: str) -> JobState:
     validate_job_id(spec.id)
     job_type = registry.get(spec.type)
     payload = registry.validate_payload(job_type, spec.payload, rt.settings)
-    schedule = _schedule_of(spec, rt.settings.scheduler_timezone)
+    schedule = _schedule_of(spec, rt.settings.scheduler_timezone, rt.now())
     try:
         async with in_transaction() as conn:
             job = await Job.create(

@@ -262,3 +262,65 @@ async def test_a_seed_type_job_created_through_the_api_does_its_work(
     [entry] = await wait_for_logs(client, "cleanup-expired-listings", auth)
     assert (entry["result"], entry["details"]) == ("success", "Deleted 1 listings older than 30 days")
     assert await Listing.all().values_list("title", flat=True) == ["new"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code"),
+    [
+        ({"interval": "87600000h"}, "invalid_interval"),
+        ({"interval": None, "schedule": "@every 9999999999h"}, "invalid_schedule"),
+        ({"interval": "0" * 250 + "1h"}, "validation_error"),
+        ({"interval": "1" * 5000 + "h"}, "validation_error"),
+        ({"interval": None, "schedule": ",".join(["0"] * 200) + " * * * *"}, "validation_error"),
+        ({"timezone": "Europe"}, "invalid_timezone"),
+        ({"timezone": "../../etc/passwd"}, "invalid_timezone"),
+        ({"timeout": "30"}, "validation_error"),
+        ({"timeout": True}, "validation_error"),
+        ({"payload": None}, "validation_error"),
+        ({"payload": {"seconds": True}}, "validation_error"),
+        ({"type": "cleanup_expired_listings", "payload": {"days_old": True}}, "validation_error"),
+        ({"type": "cleanup_expired_listings", "payload": {"days_old": 10**30}}, "validation_error"),
+        ({"id": "ünï-cødé"}, "invalid_job_id"),
+        ({"id": 123}, "validation_error"),
+    ],
+)
+async def test_hostile_creations_are_400_never_500(
+    client: httpx.AsyncClient, auth: dict[str, str], overrides: dict[str, Any], code: str
+) -> None:
+    response = await client.post("/api/jobs", headers=auth, json=new_job(**overrides))
+    assert response.status_code == 400, response.text
+    assert error(response)["error"] == code
+    assert (await client.get("/api/jobs/nightly-report", headers=auth)).status_code == 404
+
+
+async def test_a_chunked_body_over_the_limit_is_413_too(settings_factory: Any, auth: dict[str, str]) -> None:
+    async with running_app(settings_factory(max_body_bytes=2048)) as (_, client):
+
+        async def chunks() -> Any:
+            for _ in range(8):
+                yield b" " * 512  # no Content-Length: the limit must count what arrives
+            yield b"{}"
+
+        response = await client.post(
+            "/api/jobs", headers={**auth, "Content-Type": "application/json"}, content=chunks()
+        )
+        assert response.status_code == 413
+        assert error(response)["error"] == "payload_too_large"
+
+
+async def test_graphql_create_applies_the_rest_rules_to_nulls_and_bad_variables(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    document = "mutation($i: CreateJobInput!) { createJob(input: $i) { id } }"
+    base = {"id": "g", "name": "G", "type": "test_sleep", "interval": "5m"}
+    for variables, message in [
+        ({**base, "payload": None}, "payload"),
+        ({**base, "timeout": "30"}, "timeout"),
+        ({**base, "enabled": "yes"}, "enabled"),
+    ]:
+        body = (
+            await client.post("/graphql", headers=auth, json={"query": document, "variables": {"i": variables}})
+        ).json()
+        assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
+        assert message in body["errors"][0]["message"]
+    assert (await client.get("/api/jobs/g", headers=auth)).status_code == 404

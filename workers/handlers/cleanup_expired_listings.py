@@ -10,7 +10,9 @@ from app.timefmt import utcnow
 
 
 class CleanupExpiredListingsPayload(Payload):
-    days_old: int = Field(default=30, ge=1, description="Listings created longer ago than this many days are deleted")
+    days_old: int = Field(
+        default=30, ge=1, le=36500, description="Listings created longer ago than this many days are deleted"
+    )
 
 
 @job_type(
