@@ -11,7 +11,7 @@ from typing import ClassVar
 from graphql import GraphQLError
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from starlette.requests import HTTPConnection
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketState
 from strawberry import Schema
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter, SchemaExtension
@@ -126,7 +126,12 @@ class Router(GraphQLRouter[Context, None]):
 
 
 async def _close_at(websocket: WebSocket, expires_at: float) -> None:
-    await asyncio.sleep(max(0.0, expires_at - time.time()))
+    # Wakes at least every few seconds, so that a socket closed long before its token expires does
+    # not leave a sleeping task behind for the rest of the token's life.
+    while (remaining := expires_at - time.time()) > 0:
+        if WebSocketState.DISCONNECTED in (websocket.client_state, websocket.application_state):
+            return
+        await asyncio.sleep(min(remaining, 5.0))
     with contextlib.suppress(Exception):  # the socket may be gone already
         await websocket.close(EXPIRED_CLOSE_CODE, "Token expired")
 
