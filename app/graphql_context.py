@@ -8,7 +8,7 @@ from strawberry.fastapi import BaseContext
 
 from app.auth import Principal, decode_token, require_permission
 from app.deps import bearer_token
-from app.errors import AppError, Unauthenticated
+from app.errors import AppError
 from app.live import Hub
 from app.runtime import Runtime
 
@@ -52,6 +52,3 @@ def connection_token(payload: object, header: str | None) -> str | None:
         if isinstance(payload.get("token"), str):
             return f"Bearer {payload['token']}"
     return header
-
-
-__all__ = ["Context", "Unauthenticated", "connection_token"]

@@ -68,10 +68,6 @@ class Hub:
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
-    @property
-    def subscribers(self) -> int:
-        return len(self._mailboxes)
-
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="live-hub")
 

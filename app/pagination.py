@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from tortoise.models import Model
+from tortoise.queryset import QuerySet
+
 from app.errors import Invalid
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Model)
 # Far beyond any real table, and well inside every database's 64-bit integers.
 MAX_OFFSET = 10**12
 
@@ -48,3 +52,9 @@ class Page(Generic[T]):
     total: int
     limit: int
     offset: int
+
+
+async def fetch_page(query: QuerySet[M], page: PageRequest) -> Page[M]:
+    """One page, newest first: ids grow with creation time, and every paged table indexes (filter, id)."""
+    rows = await query.order_by("-id").offset(page.offset).limit(page.limit)
+    return Page(items=list(rows), total=await query.count(), limit=page.limit, offset=page.offset)

@@ -9,7 +9,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from app.activity.models import Activity
 from app.errors import Invalid
 from app.jobs.ids import validate_job_id
-from app.pagination import Page, PageRequest
+from app.pagination import Page, PageRequest, fetch_page
 
 EVENTS = ("jobs.update", "jobs.start", "jobs.stop", "jobs.trigger", "jobs.create", "jobs.delete")
 DEFAULT_LIMIT = 50
@@ -39,5 +39,4 @@ async def list_entries(
         query = query.filter(event=event)
     if job_id is not None:
         query = query.filter(job_id=validate_job_id(job_id))
-    rows = await query.order_by("-id").offset(page.offset).limit(page.limit)
-    return Page(items=list(rows), total=await query.count(), limit=page.limit, offset=page.offset)
+    return await fetch_page(query, page)

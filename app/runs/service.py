@@ -15,7 +15,6 @@ from tortoise import connections
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 from tortoise.functions import Count
-from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
 from app import events, queue
@@ -23,7 +22,7 @@ from app.activity import service as activity_service
 from app.errors import Conflict, Unavailable
 from app.jobs import service as jobs_service
 from app.jobs.models import Job
-from app.pagination import Page, PageRequest
+from app.pagination import Page, PageRequest, fetch_page
 from app.runs import lease
 from app.runs.models import Run
 from app.runtime import Runtime
@@ -48,12 +47,12 @@ def new_token() -> str:
 async def list_for_job(*, job_id: str, limit: int | str | None, offset: int | str | None) -> Page[Run]:
     await jobs_service.get_or_raise(job_id=job_id)
     page = PageRequest.build(limit, offset, default=JOB_LOGS_DEFAULT, maximum=JOB_LOGS_MAX)
-    return await _page(Run.filter(job_id=job_id), page)
+    return await fetch_page(Run.filter(job_id=job_id), page)
 
 
 async def list_all(*, limit: int | str | None, offset: int | str | None) -> Page[Run]:
     page = PageRequest.build(limit, offset, default=ALL_LOGS_DEFAULT, maximum=ALL_LOGS_MAX)
-    return await _page(Run.all(), page)
+    return await fetch_page(Run.all(), page)
 
 
 async def pages_for_jobs(
@@ -80,12 +79,6 @@ async def pages_for_jobs(
     for run in runs:
         grouped[run.job_id].append(run)
     return {j: Page(items=grouped[j], total=totals.get(j, 0), limit=page.limit, offset=page.offset) for j in job_ids}
-
-
-async def _page(query: QuerySet[Run], page: PageRequest) -> Page[Run]:
-    # Newest first: ids grow with start time, and (job_id, id) is indexed.
-    rows = await query.order_by("-id").offset(page.offset).limit(page.limit)
-    return Page(items=list(rows), total=await query.count(), limit=page.limit, offset=page.offset)
 
 
 async def trigger(rt: Runtime, *, job_id: str, actor: str) -> str:

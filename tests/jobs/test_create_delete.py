@@ -8,7 +8,6 @@ import httpx
 import pytest
 from arq.constants import default_queue_name
 
-from app.config import Settings
 from app.job_types import registry
 from tests.conftest import running_app
 from tests.factories import wait_for_logs
@@ -224,10 +223,6 @@ async def test_graphql_create_delete_and_job_types(client: httpx.AsyncClient, au
     assert (await gql('mutation { deleteJob(id: "gql-job") }'))["data"] == {"deleteJob": True}
     builtin = await gql('mutation { deleteJob(id: "metadata-sync") }')
     assert builtin["errors"][0]["extensions"]["code"] == "CONFLICT"
-
-
-async def test_settings_fixture_is_untouched(settings: Settings) -> None:
-    assert settings.max_body_bytes == 64 * 1024
 
 
 async def test_http_request_jobs_are_checked_against_the_allow_list_at_creation(
