@@ -26,11 +26,13 @@ run: install .env
 migrate: install
 	$(BIN)/jobs-gateway migrate
 
-# redis-server and PostgreSQL's server binaries must be on the machine: the tests start both.
+# redis-server, PostgreSQL's server binaries and Debian's chromium must be on the machine: the tests start them
+# (the browser tests launch /usr/bin/chromium; Playwright downloads nothing).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
 	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 		else echo "missing:$$missing -- install with: sudo apt-get install$$missing"; exit 1; fi; \

@@ -15,6 +15,7 @@ from app.activity.routes import router as activity_router
 from app.background import start_background_loops, stop_background_loops
 from app.body_limit import BodyLimit
 from app.config import Settings, get_settings
+from app.dashboard import routes as dashboard_routes
 from app.job_types import registry
 from app.job_types.routes import router as job_types_router
 from app.jobs import scheduler
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(activity_router)
     app.include_router(job_types_router)
     app.include_router(graphql.router(), prefix="/graphql", include_in_schema=False)
+    app.include_router(dashboard_routes.router())
     return app
 
 

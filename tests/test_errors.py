@@ -38,7 +38,8 @@ def concrete(path: str, job_id: str = "metadata-sync") -> str:
     return re.sub(r"\{[^}]+\}", job_id, path)
 
 
-@pytest.mark.parametrize("path", ["/api/nope", "/api/jobs/metadata-sync/nope", "/nope", "/"])
+# `/` redirects to the dashboard (tests/browser/test_headers.py).
+@pytest.mark.parametrize("path", ["/api/nope", "/api/jobs/metadata-sync/nope", "/nope", "/dashboard/nope"])
 async def test_unknown_path_is_json_404(client: httpx.AsyncClient, auth: dict[str, str], path: str) -> None:
     assert_json_error(await client.get(path, headers=auth), 404, "not_found")
     assert_json_error(await client.get(path), 404, "not_found")

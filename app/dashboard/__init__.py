@@ -1,0 +1,1 @@
+"""The built-in dashboard: a static page on the public GraphQL API."""
