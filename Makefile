@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run migrate test test-fast lint format system-deps clean schema
+.PHONY: install run migrate test test-reliability test-fast lint format system-deps clean schema bench
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -47,13 +47,25 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The whole suite on SQLite, then the postgres-marked tests on a throwaway PostgreSQL cluster.
+# The whole suite on SQLite, then the whole suite again on a throwaway PostgreSQL cluster (initdb/pg_ctl).
 test: install system-deps lint
-	$(BIN)/pytest
-	$(BIN)/pytest --backend postgres
+	$(BIN)/pytest --ignore=tests/reliability
+	$(BIN)/pytest --backend postgres --ignore=tests/reliability
+
+# Faults, load and hostile input against real processes, on SQLite then PostgreSQL (docs/reliability.md).
+test-reliability: install system-deps
+	$(BIN)/pytest tests/reliability -s
+	$(BIN)/pytest tests/reliability -s --backend postgres
 
 test-fast: install
 	$(BIN)/pytest -x -q
+
+# Every bench/b*.py in quick mode (BENCH_FULL=1: full sizes, BENCH_SMOKE=1: seconds, CI), then BENCHMARKS.md.
+bench: install system-deps
+	@set -e; for script in bench/b[0-9]*.py; do \
+		name=$$(basename $$script .py); echo "=== bench $$name"; $(BIN)/python -m bench.$$name; \
+	done
+	$(BIN)/python -m bench.report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

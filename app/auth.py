@@ -11,6 +11,8 @@ from app.config import Settings
 from app.errors import Forbidden, Unauthenticated
 
 ADMIN_PERMISSION = "settings.update"
+# Real tokens are a few hundred bytes; a huge one is refused before any base64 or JSON work on it.
+MAX_TOKEN_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ def _verification_key(settings: Settings) -> str:
 
 def decode_token(token: str, settings: Settings) -> Principal:
     """Verify signature, algorithm, expiry and the required claims; raise Unauthenticated otherwise."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise Unauthenticated(f"Invalid token: longer than {MAX_TOKEN_CHARS} characters", code="invalid_token")
     try:
         claims = jwt.decode(
             token,

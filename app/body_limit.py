@@ -1,4 +1,5 @@
-"""Refuse request bodies over MAX_BODY_BYTES with 413, before anything parses them."""
+"""Refuse request bodies over MAX_BODY_BYTES with 413, and websocket messages over WS_MAX_MESSAGE_BYTES
+with close code 1009, before anything parses them."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ class BodyLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = getattr(scope["app"].state, "runtime", None) if "app" in scope else None
+        if scope["type"] == "websocket" and runtime is not None:
+            await _limit_messages(self.app, scope, receive, send, runtime.settings.ws_max_message_bytes)
+            return
         if scope["type"] != "http" or runtime is None:
             await self.app(scope, receive, send)
             return
@@ -61,3 +65,31 @@ async def _refuse(send: Send, max_bytes: int) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+MESSAGE_TOO_BIG = 1009  # RFC 6455
+
+
+async def _limit_messages(app: ASGIApp, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
+    """Close a websocket whose client sends a message over `max_bytes`; the app sees a disconnect.
+
+    uvicorn's own frame limit (--ws-max-size, 16 MiB by default) is a server option: this one is a
+    setting of the app, whichever server runs it."""
+    closed = False
+
+    async def limited_receive() -> Message:
+        nonlocal closed
+        message = await receive()
+        if message["type"] == "websocket.receive":
+            size = len(message.get("bytes") or b"") + len((message.get("text") or "").encode())
+            if size > max_bytes:
+                closed = True
+                await send({"type": "websocket.close", "code": MESSAGE_TOO_BIG, "reason": "Message too big"})
+                return {"type": "websocket.disconnect", "code": MESSAGE_TOO_BIG}
+        return message
+
+    async def guarded_send(message: Message) -> None:
+        if not closed:  # the socket is closed already: anything the app still sends goes nowhere
+            await send(message)
+
+    await app(scope, limited_receive, guarded_send)

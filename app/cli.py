@@ -1,4 +1,5 @@
-"""`jobs-gateway`: development tokens, migrations, and `run` (what `make run` calls)."""
+"""`jobs-gateway`: tokens, migrations, `run` (what `make run` calls), a standalone `worker`, and `jobs …`,
+which drives a running API (list, trigger, logs --follow) so that a terminal can do what the dashboard does."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
-from app import db
+from app import cli_client, db
 from app.auth import ADMIN_PERMISSION, issue_token
 from app.config import Settings, get_settings
 from app.jobs.schedule import ScheduleError, parse_go_duration
+from app.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +66,97 @@ def cmd_run(_: argparse.Namespace) -> None:
         f'  Try:     curl -H "Authorization: Bearer $TOKEN" {base}/api/jobs\n',
         flush=True,
     )
-    uvicorn.run("app.main:app", host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    configure_logging(settings)  # uvicorn's own lines too, from the first one (log_config=None keeps ours)
+    uvicorn.run(
+        "app.main:app", host=settings.host, port=settings.port, log_level=settings.log_level.lower(), log_config=None
+    )
+
+
+def cmd_worker(_: argparse.Namespace) -> None:
+    """A standalone worker (EMBEDDED_WORKER=false on the API, or more workers), woken on new work.
+
+    It rides out Redis restarts up to WORKER_REDIS_RETRY_SECONDS; past that it exits non-zero, so that
+    its supervisor (systemd, Kubernetes) restarts it rather than leaving a worker that runs nothing."""
+    from workers.settings import run_standalone
+
+    try:
+        run_standalone(_settings())
+    except db.SchemaBehind as exc:
+        sys.exit(f"jobs-gateway worker: {exc}")
+    except (RedisError, OSError) as exc:
+        print(
+            f"jobs-gateway worker: Redis unreachable for longer than WORKER_REDIS_RETRY_SECONDS ({exc}); exiting",
+            file=sys.stderr,
+            flush=True,
+        )
+        # arq's close() needs Redis, so its shutdown hook never ran: the database client's thread would
+        # keep a plain exit waiting forever. The process is done; the OS reclaims its connections.
+        os._exit(1)
+
+
+def _api(args: argparse.Namespace) -> cli_client.Api:
+    return cli_client.Api(cli_client.resolve_url(args.url), cli_client.resolve_token(args.token))
+
+
+def _drive(args: argparse.Namespace) -> None:
+    """Run one `jobs …` command against the API; its errors end the process with exit status 1."""
+
+    async def go() -> None:
+        api = _api(args)
+        try:
+            await args.action(api, args)
+        finally:
+            await api.close()
+
+    try:
+        asyncio.run(go())
+    except cli_client.CliError as exc:
+        sys.exit(f"jobs-gateway: {exc}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+async def _jobs_list(api: cli_client.Api, args: argparse.Namespace) -> None:
+    print(await cli_client.list_jobs(api, as_json=args.json))
+
+
+async def _jobs_trigger(api: cli_client.Api, args: argparse.Namespace) -> None:
+    print(await cli_client.trigger(api, args.job_id))
+
+
+async def _jobs_logs(api: cli_client.Api, args: argparse.Namespace) -> None:
+    printed: set[int] = set()
+    for run in await cli_client.recent_runs(api, args.job_id, args.limit):
+        print(cli_client.run_line(run), flush=True)
+        if run["completedAt"]:
+            printed.add(run["id"])
+    if args.follow:
+        print(
+            f"following {args.job_id}: each run is printed as it finishes (Ctrl-C to stop)", file=sys.stderr, flush=True
+        )
+        await cli_client.follow(api, args.job_id, printed, lambda line: print(line, flush=True))
+
+
+def _add_jobs_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help=f"the API's base URL (default ${cli_client.URL_ENV} or {cli_client.DEFAULT_URL})")
+    common.add_argument(
+        "--token",
+        help=f"bearer token (default ${cli_client.TOKEN_ENV}, else one signed with the configured JWT key)",
+    )
+    jobs = sub.add_parser("jobs", help="list, trigger and follow jobs on a running API")
+    actions = jobs.add_subparsers(dest="action_name", required=True)
+    listing = actions.add_parser("list", parents=[common], help="every job with its status")
+    listing.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+    listing.set_defaults(func=_drive, action=_jobs_list)
+    trigger = actions.add_parser("trigger", parents=[common], help="run a job now")
+    trigger.add_argument("job_id", metavar="ID")
+    trigger.set_defaults(func=_drive, action=_jobs_trigger)
+    logs = actions.add_parser("logs", parents=[common], help="a job's latest runs, oldest first")
+    logs.add_argument("job_id", metavar="ID")
+    logs.add_argument("--limit", type=int, default=20, help="how many past runs to print (default 20, max 100)")
+    logs.add_argument("--follow", "-f", action="store_true", help="then print each new run as it finishes")
+    logs.set_defaults(func=_drive, action=_jobs_logs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     token.set_defaults(func=cmd_token)
     sub.add_parser("migrate", help="apply pending database migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("run", help="ensure Redis, migrate and serve (make run)").set_defaults(func=cmd_run)
+    sub.add_parser("worker", help="run a standalone worker (woken on new work)").set_defaults(func=cmd_worker)
+    _add_jobs_commands(sub)
     args = parser.parse_args(argv)
     args.func(args)
 

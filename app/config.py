@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
 PLACEHOLDER_SECRETS = {"changethis", "secret", "change-me", "changeme"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -40,7 +41,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "INFO"
+    # auto: JSON lines when stderr is not a terminal (production, CI), coloured console lines when it is.
+    log_format: Literal["auto", "json", "console"] = "auto"
     migrate_on_start: bool = False
+    # Prometheus: the API serves /metrics; a standalone worker serves its own on this port (0: none).
+    metrics_enabled: bool = True
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # Each /readyz dependency check (database, Redis) must answer within this.
+    readiness_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
 
     # Engine: a run's lease lives lease_ttl_seconds and is renewed every heartbeat_seconds.
     lease_ttl_seconds: float = Field(default=15.0, gt=0)
@@ -50,7 +59,10 @@ class Settings(BaseSettings):
     job_timeout_seconds: float = Field(default=300.0, gt=0)
     misfire_grace_seconds: float = Field(default=300.0, ge=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # Workers sleep until an enqueue wakes them (or a deferred job comes due); worker_poll_delay is their
+    # poll interval only while that wake-up channel is down, worker_idle_poll_seconds the idle safety net.
     worker_poll_delay: float = Field(default=0.05, gt=0)
+    worker_idle_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     worker_max_jobs: int = Field(default=10, ge=1)
     worker_redis_retry_seconds: float = Field(default=30.0, ge=1)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
@@ -66,6 +78,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     graphql_introspection: bool = True
     graphql_max_query_bytes: int = Field(default=20_000, ge=100)
+    # Largest websocket message (a GraphQL subscribe with its variables) a client may send; a larger
+    # one closes the socket with 1009.
+    ws_max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     # `metadata-sync` reads this JSON catalogue: an http(s) URL or a file path.
     metadata_source_url: str = str(Path(__file__).parent / "data" / "sample_catalogue.json")
     # `cleanup-orphaned-files` deletes files here that no stored_file row references.
@@ -94,7 +109,10 @@ class Settings(BaseSettings):
     @field_validator("log_level")
     @classmethod
     def _upper_level(cls, value: str) -> str:
-        return value.upper()
+        level = value.upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @model_validator(mode="after")
     def _keys_present(self) -> Settings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
 
@@ -12,7 +13,8 @@ from app.errors import Unauthenticated
 from app.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request.
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -36,10 +38,13 @@ def bearer_token(authorization: str | None) -> str:
 _bearer_scheme = HTTPBearer(auto_error=False, description="A JWT whose `permissions` include settings.update")
 
 
-def current_admin(
+async def current_admin(
     request: Request, runtime: RuntimeDep, _: Annotated[object, Security(_bearer_scheme)] = None
 ) -> Principal:
+    # async: it runs in the request's own context (not a thread), so the user bound here is on every
+    # line logged for the request; verifying an HS256 token takes a fraction of a millisecond.
     principal = decode_token(bearer_token(request.headers.get("authorization")), runtime.settings)
+    structlog.contextvars.bind_contextvars(user=principal.sub)
     return require_permission(principal)
 
 

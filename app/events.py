@@ -9,6 +9,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.observability import metrics
 from app.timefmt import iso_ms, utcnow
 
 CHANNEL = "jg:events"
@@ -20,5 +21,6 @@ async def publish(redis: Redis, event: str, job_id: str, **data: Any) -> None:
     message = {"event": event, "jobId": job_id, "at": iso_ms(utcnow()), **data}
     try:
         await redis.publish(CHANNEL, json.dumps(message, separators=(",", ":")))
+        metrics.event_published(event)
     except RedisError:
         log.warning("could not publish %s for %s", event, job_id, exc_info=True)

@@ -4,27 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from cross_web import HTTPException
 from graphql import GraphQLError
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketState
 from strawberry import Schema
+from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter, SchemaExtension
 from strawberry.fastapi import GraphQLRouter
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+)
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
 from strawberry.tools import merge_types
-from strawberry.types.unset import UnsetType
+from strawberry.types.unset import UNSET, UnsetType
 
 from app.activity.graphql import ActivityQuery
 from app.errors import AppError
 from app.graphql_context import Context, connection_token
 from app.graphql_errors import AppErrors, is_unexpected
+from app.graphql_fanout import Fanout, Member, share_key
 from app.job_types.graphql import JobTypeQuery
 from app.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from app.runs.graphql import RunQuery
@@ -106,11 +115,73 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
             websocket.close = close  # type: ignore[method-assign]
 
 
+class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws, where identical `jobStatus` subscriptions share one stream (app.graphql_fanout).
+
+    Everything else — queries, other subscriptions, validation, protocol errors — is strawberry's own.
+    """
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        key = share_key(operation.query, operation.variables, operation.operation_name)
+        fanout: Fanout | None = getattr(self.view, "fanout", None)
+        if key is None or fanout is None or not isinstance(self.websocket, ASGIWebSocketAdapter):
+            await super().run_operation(operation)
+            return
+        operations = self.operations
+        member = Member(
+            operation_id=operation.id,
+            send=self.websocket.ws.send_text,
+            expires_at=self.context.admin().expires_at,
+            is_current=lambda: operations.get(operation.id) is operation,
+        )
+        shared = self.context.for_shared_stream()
+
+        async def open_stream() -> Any:
+            return await self.schema.subscribe(
+                operation.query,
+                variable_values=operation.variables,
+                context_value=shared,
+                root_value=self.root_value,
+                operation_name=operation.operation_name,
+            )
+
+        stream = fanout.join(key, member, open_stream, lambda: shared.stream_job_id)
+        try:
+            end = await member.ended
+            await member.flushed()  # the last states before the end message
+            await operation.send_operation_message(
+                {"id": operation.id, "type": "complete"} if end is None else {"id": operation.id, **end}  # type: ignore[typeddict-item]
+            )
+        finally:
+            stream.leave(member)
+
+
 class Router(GraphQLRouter[Context, None]):
     """Websockets authenticate in `connection_init` (or the upgrade header) and end when the token does."""
 
     graphql_ws_handler_class = LegacyWSHandler
+    graphql_transport_ws_handler_class = TransportWSHandler
+    fanout: Fanout
     _expiries: ClassVar[set[asyncio.Task[None]]] = set()
+
+    async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        """strawberry answers a request it cannot take (a batch, no query, bad JSON) in plain text;
+        GraphQL clients read `errors`, so they get those, coded BAD_USER_INPUT."""
+        try:
+            return await super().run(request, context=context, root_value=root_value)
+        except HTTPException as exc:
+            if exc.status_code != 400:
+                raise
+            error = {"message": exc.reason, "extensions": {"code": "BAD_USER_INPUT"}}
+            return JSONResponse({"data": None, "errors": [error]}, status_code=400)
+
+    def decode_json(self, data: str | bytes) -> object:
+        """strawberry answers JSONDecodeError with 400 (HTTP) or 4400 (websocket); invalid UTF-8 and
+        nesting deeper than the parser's recursion limit raise other errors, which were 500s."""
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise json.JSONDecodeError(f"not valid JSON ({type(exc).__name__})", "", 0) from exc
 
     async def on_ws_connect(self, context: Context) -> UnsetType | None | dict[str, object]:
         header = context.request.headers.get("authorization") if context.request is not None else None
@@ -137,4 +208,6 @@ async def _close_at(websocket: WebSocket, expires_at: float) -> None:
 
 
 def router() -> Router:
-    return Router(schema, context_getter=get_context, graphql_ide="graphiql")
+    graphql_router = Router(schema, context_getter=get_context, graphql_ide="graphiql")
+    graphql_router.fanout = Fanout()
+    return graphql_router

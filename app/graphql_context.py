@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from strawberry.fastapi import BaseContext
 
-from app.auth import Principal, decode_token, require_permission
+from app.auth import ADMIN_PERMISSION, Principal, decode_token, require_permission
 from app.deps import bearer_token
 from app.errors import AppError
 from app.live import Hub
@@ -21,10 +22,25 @@ class Context(BaseContext):
         self.authorization = authorization
         self._principal: Principal | None = None
         self.loaders: dict[str, Any] = {}
+        # The job the last result of a subscription stream was about: a shared stream keeps a slow
+        # socket's backlog to the newest state per job with it.
+        self.stream_job_id: str | None = None
+
+    def for_shared_stream(self) -> Context:
+        """A context for one subscription stream shared by many sockets (app.graphql_fanout).
+
+        Each socket authenticated itself and ends when its own token expires; the data does not depend
+        on who asks (every caller holds the admin permission), so the shared stream runs as the service
+        and never expires.
+        """
+        shared = Context(self.runtime, self.hub, None)
+        shared._principal = Principal(sub="shared-subscription", permissions=frozenset({ADMIN_PERMISSION}))
+        return shared
 
     def authenticate(self, authorization: str | None) -> Principal:
         """Verify a bearer value (header or websocket init payload) and remember the caller."""
         self._principal = require_permission(decode_token(bearer_token(authorization), self.runtime.settings))
+        structlog.contextvars.bind_contextvars(user=self._principal.sub)  # on the request's log lines
         return self._principal
 
     def admin(self) -> Principal:

@@ -10,7 +10,8 @@ from typing import Any
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
-from app.errors import AppError, Conflict, Forbidden, Invalid, NotFound, Unauthenticated
+from app.errors import AppError, Conflict, Forbidden, Invalid, NotFound, Unauthenticated, Unavailable
+from app.outages import as_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ CODES: list[tuple[type[AppError], str]] = [
     (NotFound, "NOT_FOUND"),
     (Invalid, "BAD_USER_INPUT"),
     (Conflict, "CONFLICT"),
+    (Unavailable, "UNAVAILABLE"),
 ]
 INTERNAL_MESSAGE = "Internal server error"
 
@@ -80,5 +82,9 @@ def _finish(error: GraphQLError) -> GraphQLError:
         return to_graphql(original)
     if original is None or isinstance(original, GraphQLError):  # parsing, validation, variable coercion
         return GraphQLError(error.message, nodes=error.nodes, path=error.path, extensions={"code": "BAD_USER_INPUT"})
+    outage = as_unavailable(original)
+    if outage is not None:
+        log.warning("%s (%s: %s)", outage.message, type(original).__name__, original)
+        return GraphQLError(outage.message, nodes=error.nodes, path=error.path, extensions={"code": "UNAVAILABLE"})
     log.error("unhandled error in GraphQL resolver", exc_info=original)
     return GraphQLError(INTERNAL_MESSAGE, nodes=error.nodes, path=error.path, extensions={"code": "INTERNAL"})

@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.aio import cancel_and_wait
 from app.events import CHANNEL
+from app.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class Mailbox:
 
     def offer(self, change: Change) -> None:
         if self.job_id is None or self.job_id == change.job_id:
+            if change.job_id in self.pending:
+                metrics.EVENTS_DROPPED.inc()
             self.pending[change.job_id] = change  # coalesce: the newest state replaces an unsent one
             self.ready.set()
 
@@ -53,6 +57,7 @@ class Mailbox:
             except TimeoutError:
                 return None
         job_id = next(iter(self.pending))
+        metrics.EVENTS_DELIVERED.inc()
         return self.pending.pop(job_id)
 
 
@@ -60,13 +65,24 @@ Loader = Callable[[str], Awaitable[object | None]]
 
 
 class Hub:
-    def __init__(self, redis: Redis, load_state: Loader, retry_delay: float = 1.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        load_state: Loader,
+        retry_delay: float = 1.0,
+        on_reconnect: Callable[[], Coroutine[Any, Any, object]] | None = None,
+    ) -> None:
         self._redis = redis
         self._load_state = load_state
         self._retry_delay = retry_delay
+        # Called (in the background) each time the subscription is back after a loss: Redis itself
+        # may have restarted empty, so the caller re-enqueues what it must at once.
+        self._on_reconnect = on_reconnect
+        self._reconnects: set[asyncio.Task[object]] = set()
         self._mailboxes: set[Mailbox] = set()
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self._subscribed_before = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="live-hub")
@@ -74,14 +90,18 @@ class Hub:
     async def stop(self) -> None:
         if self._task is not None:
             await cancel_and_wait(self._task)
+        await cancel_and_wait(*self._reconnects)
 
     def open(self, job_id: str | None) -> Mailbox:
         box = Mailbox(job_id=job_id)
         self._mailboxes.add(box)
+        metrics.LIVE_SUBSCRIPTIONS.inc()
         return box
 
     def close(self, box: Mailbox) -> None:
-        self._mailboxes.discard(box)
+        if box in self._mailboxes:
+            self._mailboxes.discard(box)
+            metrics.LIVE_SUBSCRIPTIONS.dec()
 
     async def _run(self) -> None:
         while True:
@@ -98,6 +118,10 @@ class Hub:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(CHANNEL)
+            if self._subscribed_before:
+                self._after_reconnect()
+                await self._resync()
+            self._subscribed_before = True
             self.connected.set()
             while True:
                 message = await pubsub.get_message(timeout=1.0)
@@ -105,6 +129,25 @@ class Hub:
                     await self._dispatch(message["data"])
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _after_reconnect(self) -> None:
+        if self._on_reconnect is None:
+            return
+        task: asyncio.Task[object] = asyncio.create_task(self._on_reconnect(), name="live-hub-reconnect")
+        self._reconnects.add(task)
+        task.add_done_callback(self._reconnect_done)
+
+    def _reconnect_done(self, task: asyncio.Task[object]) -> None:
+        self._reconnects.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("live events: the after-reconnect work failed", exc_info=task.exception())
+
+    async def _resync(self) -> None:
+        """After a lost subscription: events of the gap are gone, so send every watched job's state now,
+        lest a subscriber keep showing a run that ended meanwhile as running."""
+        watched = {box.job_id for box in self._mailboxes if box.job_id is not None}
+        for job_id in sorted(watched):
+            await self._dispatch(json.dumps({"event": "resync", "jobId": job_id}))
 
     async def _dispatch(self, raw: bytes | str) -> None:
         try:
@@ -116,7 +159,13 @@ class Hub:
         if not any(b.job_id in (None, job_id) for b in self._mailboxes):
             return
         # One state read per event, shared by every subscriber of this process.
-        state = None if event.get("event") == DELETED else await self._load_state(job_id)
+        try:
+            state = None if event.get("event") == DELETED else await self._load_state(job_id)
+        except Exception:
+            # The database is out for a moment: lose this event (the next one carries the state)
+            # rather than end the hub, and every subscription of this process with it.
+            log.warning("live events: could not read the state of %s; event skipped", job_id, exc_info=True)
+            return
         change = Change(job_id=job_id, state=state)
         for box in list(self._mailboxes):
             box.offer(change)

@@ -1,12 +1,7 @@
-"""Logging set-up: one place, driven by LOG_LEVEL."""
+"""Logging set-up: one place, driven by LOG_LEVEL and LOG_FORMAT (see app.observability.log_config)."""
 
 from __future__ import annotations
 
-import logging
+from app.observability.log_config import configure_logging
 
-from app.config import Settings
-
-
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(settings.log_level)
+__all__ = ["configure_logging"]

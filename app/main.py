@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from redis.exceptions import RedisError
 from tortoise.contrib.fastapi import RegisterTortoise
 
-from app import db, graphql, rest_errors
+from app import db, gc_tuning, graphql, openapi_docs, rest_errors
 from app.activity.routes import router as activity_router
 from app.background import start_background_loops, stop_background_loops
 from app.body_limit import BodyLimit
@@ -23,6 +23,8 @@ from app.jobs import service as jobs_service
 from app.jobs.routes import router as jobs_router
 from app.live import Hub
 from app.logs import configure_logging
+from app.observability import routes as ops_routes
+from app.observability.middleware import RequestContext
 from app.runs.routes import router as runs_router
 from app.runtime import Runtime, connect_redis
 from workers.settings import BUILTIN_HANDLERS, EmbeddedWorker
@@ -43,16 +45,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis = await connect_redis(s)
             rt = Runtime(settings=s, redis=redis)
             app.state.runtime = rt
-            hub = Hub(redis, lambda job_id: jobs_service.find(rt, job_id=job_id))
+            # Redis back after an outage may have lost every queued fire: reconcile then, not at the next period.
+            hub = Hub(
+                redis,
+                lambda job_id: jobs_service.find(rt, job_id=job_id),
+                on_reconnect=lambda: scheduler.reconcile_all(rt),
+            )
             hub.start()
             app.state.hub = hub
             await jobs_service.register_builtin_jobs()
             await _reconcile(rt)
             loops = start_background_loops(rt)
             worker = await EmbeddedWorker.start(rt) if s.embedded_worker else None
+            app.state.worker = worker  # /readyz checks it
+            gc_thresholds = gc_tuning.tune_for_serving()
             try:
                 yield
             finally:
+                gc_tuning.restore(gc_thresholds)
                 await stop_background_loops(loops)
                 await hub.stop()
                 if worker is not None:
@@ -66,12 +76,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     rest_errors.install(app)
+    openapi_docs.without_422(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(RequestContext)  # outermost: every response, a 413 too, carries the request id
+    app.include_router(ops_routes.router)
     app.include_router(runs_router)
     app.include_router(jobs_router)
     app.include_router(activity_router)
     app.include_router(job_types_router)
-    app.include_router(graphql.router(), prefix="/graphql", include_in_schema=False)
+    graphql_router = graphql.router()
+    app.state.fanout = graphql_router.fanout  # this process's shared subscription streams
+    app.include_router(graphql_router, prefix="/graphql", include_in_schema=False)
     app.include_router(dashboard_routes.router())
     return app
 

@@ -2,14 +2,52 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.constants import (
+    default_queue_name,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 RUN_FUNCTION = "run_job"
 FIRE_FUNCTION = "fire_job"
 FIRE_EXPIRY = timedelta(days=1)
+WAKE_SUFFIX = ":wake"
+
+
+def wake_channel(queue_name: str = default_queue_name) -> str:
+    """Where enqueuers tell sleeping workers (workers.waking) that a job is due at some time."""
+    return queue_name + WAKE_SUFFIX
+
+
+def decode_wake(data: bytes | str) -> int:
+    """The due time (epoch ms) a wake-up carries; 0 (now) when unreadable."""
+    try:
+        return int(data)
+    except (TypeError, ValueError):
+        return 0
+
+
+async def wake_workers(redis: ArqRedis, due: datetime | None = None) -> None:
+    """One PUBLISH: idle workers poll at once (or plan for `due`) instead of at their idle cap.
+
+    Best effort: the job is queued already, and a worker that misses this finds it within its cap."""
+    try:
+        await redis.publish(wake_channel(redis.default_queue_name), int(due.timestamp() * 1000) if due else 0)
+    except RedisError:
+        log.warning("could not wake the workers; they find the job at their next idle poll", exc_info=True)
 
 
 def run_id(token: str) -> str:
@@ -21,24 +59,98 @@ def fire_id(job_id: str, fire_at: datetime) -> str:
     return f"fire:{job_id}:{int(fire_at.timestamp() * 1000)}"
 
 
-async def enqueue_run(redis: ArqRedis, *, job_id: str, token: str, triggered_by: str) -> None:
-    await redis.enqueue_job(RUN_FUNCTION, job_id, token, triggered_by, _job_id=run_id(token))
+# A trigger in one round trip: take the job's lease (free, or already ours after a retried call), queue
+# arq's job record under the run's fresh id exactly as arq's enqueue_job does, and wake the workers.
+# Atomic, so a lease is never left behind without its queued run or the other way round.
+_LEASE_AND_ENQUEUE = """
+local current = redis.call('GET', KEYS[1])
+if current ~= false and current ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PSETEX', KEYS[2], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+redis.call('PUBLISH', ARGV[7], '0')
+return 1
+"""
+
+
+async def lease_and_enqueue_run(
+    redis: ArqRedis, *, lease_key: str, lease_ttl: float, job_id: str, token: str, triggered_by: str
+) -> bool:
+    """Queue a manual run under a new lease; False when the job's lease is someone else's (running)."""
+    arq_id = run_id(token)
+    now_ms = timestamp_ms()
+    record = serialize_job(
+        RUN_FUNCTION, (job_id, token, triggered_by), {}, None, now_ms, serializer=redis.job_serializer
+    )
+    keys = [lease_key, job_key_prefix + arq_id, redis.default_queue_name]
+    channel = wake_channel(redis.default_queue_name)
+    args: list[Any] = [token, max(1, int(lease_ttl * 1000)), redis.expires_extra_ms, record, now_ms, arq_id, channel]
+    return bool(await redis.eval(_LEASE_AND_ENQUEUE, len(keys), *keys, *args))  # type: ignore[misc]
+
+
+# arq's enqueue_job in one round trip (it takes three): queue the job unless its id is queued, running or
+# kept as a result (the same dedupe), then wake the workers with the due time. Batched in a pipeline by the
+# reconcile, which keeps thousands of fires enqueued.
+_ENQUEUE_UNLESS_PRESENT = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
+  return 0
+end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', ARGV[5], ARGV[3])
+end
+return 1
+"""
+
+
+def _fire_call(redis: ArqRedis, job_id: str, fire_at: datetime, now_ms: int, wake: bool) -> tuple[list[Any], list[Any]]:
+    arq_id = fire_id(job_id, fire_at)
+    score = int(fire_at.timestamp() * 1000)
+    # arq's default expiry is "defer time + 1 day" measured from now, which goes negative (and Redis
+    # rejects it) for a catch-up fire more than a day old; count the day from whichever is later.
+    expires_ms = max(score - now_ms, 0) + int(FIRE_EXPIRY.total_seconds() * 1000)
+    record = serialize_job(
+        FIRE_FUNCTION, (job_id, fire_at.isoformat()), {}, None, now_ms, serializer=redis.job_serializer
+    )
+    keys = [job_key_prefix + arq_id, result_key_prefix + arq_id, redis.default_queue_name]
+    channel = wake_channel(redis.default_queue_name) if wake else ""
+    return keys, [expires_ms, record, score, arq_id, channel]
 
 
 async def enqueue_fire(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> bool:
     """Enqueue the fire deferred to its time; False when arq already holds that id."""
-    # arq's default expiry is "defer time + 1 day" measured from now, which goes negative (and Redis
-    # rejects it) for a catch-up fire more than a day old; count the day from whichever is later.
-    ahead = max(fire_at - datetime.now(UTC), timedelta(0))
-    job = await redis.enqueue_job(
-        FIRE_FUNCTION,
-        job_id,
-        fire_at.isoformat(),
-        _job_id=fire_id(job_id, fire_at),
-        _defer_until=fire_at,
-        _expires=ahead + FIRE_EXPIRY,
-    )
-    return job is not None
+    keys, args = _fire_call(redis, job_id, fire_at, timestamp_ms(), wake=True)
+    return bool(await redis.eval(_ENQUEUE_UNLESS_PRESENT, len(keys), *keys, *args))  # type: ignore[misc]
+
+
+async def enqueue_fires(redis: ArqRedis, fires: Sequence[tuple[str, datetime]]) -> list[bool]:
+    """enqueue_fire for many (job id, fire time) pairs in one round trip, and one wake-up for them all."""
+    if not fires:
+        return []
+    now_ms = timestamp_ms()
+    script = redis.register_script(_ENQUEUE_UNLESS_PRESENT)
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id, fire_at in fires:
+            keys, args = _fire_call(redis, job_id, fire_at, now_ms, wake=False)
+            await script(keys=keys, args=args, client=pipe)
+        added = [bool(x) for x in await pipe.execute()]
+    new = [fire_at for (_, fire_at), ok in zip(fires, added, strict=True) if ok]
+    if new:
+        await wake_workers(redis, min(new))
+    return added
+
+
+async def fires_pending(redis: ArqRedis, fires: Sequence[tuple[str, datetime]]) -> list[bool]:
+    """fire_pending for many fires in one round trip."""
+    if not fires:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id, fire_at in fires:
+            pipe.exists(job_key_prefix + fire_id(job_id, fire_at))
+        return [bool(x) for x in await pipe.execute()]
 
 
 async def fire_pending(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> bool:

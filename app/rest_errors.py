@@ -8,11 +8,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import AppError, Unauthenticated
+from app.outages import OUTAGE_CLASSES, as_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +69,14 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
-    log.warning("Redis unavailable: %s", exc)
-    return JSONResponse(error_body("unavailable", "Redis is unavailable; try again shortly"), status_code=503)
+async def _outage(request: Request, exc: Exception) -> JSONResponse:
+    """Redis or the database out of reach: 503 `unavailable`, so that clients retry; any other
+    failure of these classes (an SQL mistake) is a bug like any other."""
+    unavailable = as_unavailable(exc)
+    if unavailable is None:
+        return await _unexpected(request, exc)
+    log.warning("%s (%s: %s)", unavailable.message, type(exc).__name__, exc)
+    return await _app_error(request, unavailable)
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -84,6 +88,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RedisConnectionError, _redis_down)
-    app.add_exception_handler(RedisTimeoutError, _redis_down)
+    for kind in OUTAGE_CLASSES:
+        app.add_exception_handler(kind, _outage)
     app.add_exception_handler(Exception, _unexpected)

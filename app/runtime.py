@@ -9,8 +9,11 @@ from datetime import datetime
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.config import Settings
+from app.redis_pool import CheckOutsideLockPool
 from app.timefmt import utcnow
 
 
@@ -38,9 +41,21 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
     about WORKER_REDIS_RETRY_SECONDS before it gives up."""
     rs = RedisSettings.from_dsn(settings.redis_url)
     rs.conn_timeout = 2
-    attempts = max(1, int(settings.worker_redis_retry_seconds))
-    rs.retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts)
+    attempts = _attempts_lasting(settings.worker_redis_retry_seconds, base=0.05, cap=1.0)
+    # OSError too: a stopped Redis refuses the connection with a plain ConnectionRefusedError, which
+    # redis-py's default (its own ConnectionError and TimeoutError) would not retry at all.
+    retried = (RedisConnectionError, RedisTimeoutError, OSError)
+    rs.retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts, supported_errors=retried)  # type: ignore[arg-type]
     return rs
+
+
+def _attempts_lasting(seconds: float, *, base: float, cap: float) -> int:
+    """How many retries of ExponentialBackoff(base, cap) it takes to have waited `seconds` in all."""
+    waited, attempts = 0.0, 0
+    while waited < seconds:
+        attempts += 1
+        waited += min(cap, base * 2**attempts)
+    return max(1, attempts)
 
 
 # arq's create_pool sets no read timeout: a Redis that accepts but never answers (paused, partitioned)
@@ -52,4 +67,8 @@ async def connect_redis(settings: Settings, *, for_worker: bool = False) -> ArqR
     pool = await create_pool(worker_redis_settings(settings) if for_worker else redis_settings(settings))
     pool.connection_pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_SECONDS
     await pool.connection_pool.disconnect()  # the connection made for create_pool's ping had none
+    first = pool.connection_pool
+    pool.connection_pool = CheckOutsideLockPool(
+        connection_class=first.connection_class, max_connections=first.max_connections, **first.connection_kwargs
+    )
     return pool

@@ -43,13 +43,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--backend", choices=["sqlite", "postgres"], default="sqlite", help="database for the tests")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: tests of SQLite-specific code, skipped with --backend postgres")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The PostgreSQL pass runs only the tests marked `postgres`."""
+    """Every test runs on both backends, except those of SQLite-specific code."""
     if config.getoption("--backend") != "postgres":
         return
-    selected = [i for i in items if i.get_closest_marker("postgres")]
-    config.hook.pytest_deselected(items=[i for i in items if not i.get_closest_marker("postgres")])
-    items[:] = selected
+    skip = pytest.mark.skip(reason="SQLite-specific code: nothing to test on PostgreSQL")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +67,7 @@ def postgres_template() -> Iterator[tuple[PostgresCluster, str]]:
     """A throwaway cluster and a migrated template database that each test clones."""
     reason = postgres_unavailable_reason()
     if reason is not None:
-        pytest.fail(f"PostgreSQL is needed by the postgres-marked tests: {reason}")
+        pytest.fail(f"PostgreSQL is needed for --backend postgres: {reason}")
     with PostgresCluster() as cluster:
         url = cluster.create_database("jg_template")
         asyncio.run(db.migrate(make_settings(database_url=url, redis_url="redis://127.0.0.1:1/0")))

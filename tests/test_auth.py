@@ -72,6 +72,8 @@ CASES: list[tuple[str, HeaderFactory, int, str | None]] = [
     ("expired", lambda _: bearer(hs256(claims(exp=int(time.time()) - 120))), 401, "token_expired"),
     ("no-sub", lambda _: bearer(hs256(claims(sub=None))), 401, "invalid_token"),
     ("no-exp", lambda _: bearer(hs256(claims(exp=None))), 401, "invalid_token"),
+    ("nbf-in-future", lambda _: bearer(hs256(claims(nbf=int(time.time()) + 120))), 401, "invalid_token"),
+    ("oversized", lambda _: bearer(hs256(claims(pad="x" * 10_000))), 401, "invalid_token"),
     ("sub-not-string", lambda _: bearer(hs256(claims(sub=5))), 401, "invalid_token"),
     ("permissions-a-string", lambda _: bearer(hs256(claims(permissions=ADMIN_PERMISSION))), 401, "invalid_token"),
     (
@@ -140,6 +142,21 @@ async def test_expiry_within_leeway_is_accepted(client: httpx.AsyncClient, setti
     assert settings.jwt_leeway_seconds == 30
     response = await client.get("/api/jobs", headers=bearer(hs256(claims(exp=int(time.time()) - 10))))
     assert response.status_code == 200, response.text
+
+
+async def test_not_before_within_leeway_is_accepted(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/jobs", headers=bearer(hs256(claims(nbf=int(time.time()) + 10))))
+    assert response.status_code == 200, response.text
+
+
+async def test_leeway_setting_is_honoured(settings_factory: Callable[..., Settings]) -> None:
+    strict = settings_factory(jwt_leeway_seconds=0)
+    lenient = settings_factory(jwt_leeway_seconds=120)
+    late = bearer(hs256(claims(exp=int(time.time()) - 60)))
+    async with running_app(strict) as (_, client):
+        assert_error(await client.get("/api/jobs", headers=late), 401, "token_expired")
+    async with running_app(lenient) as (_, client):
+        assert (await client.get("/api/jobs", headers=late)).status_code == 200
 
 
 async def test_bearer_scheme_is_case_insensitive(client: httpx.AsyncClient, settings: Settings) -> None:

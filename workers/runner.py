@@ -7,10 +7,12 @@ import contextlib
 import logging
 import time
 
+import structlog
 from redis.exceptions import RedisError
 
 from app.job_types import registry
 from app.jobs.models import Job
+from app.observability import metrics
 from app.runs import lease
 from app.runs import service as runs_service
 from app.runs.models import Run
@@ -62,6 +64,11 @@ async def execute(rt: Runtime, job: Job, run: Run) -> None:
     """
     timeout = job.timeout_seconds or rt.settings.job_timeout_seconds
     lost = asyncio.Event()
+    lag = (rt.now() - run.fire_at).total_seconds() if run.fire_at is not None else None
+    metrics.run_started(job.id, run.triggered_by, lag)
+    # arq runs each job in its own task: what is bound here names the job and run on every line logged
+    # by this run, its handler and its heartbeat (tasks created below copy the context).
+    structlog.contextvars.bind_contextvars(job_id=job.id, run_id=run.id)
     handler = asyncio.create_task(_call(rt, job, run))
     keeper = asyncio.create_task(_keep_lease(rt, run, handler, lost))
     try:
@@ -84,7 +91,10 @@ async def _outcome(handler: asyncio.Task[str], timeout: float, run: Run, lost: a
         await _stop(handler, timeout)
         return runs_service.ERROR, f"Timed out after {timeout:g} s"
     if handler.cancelled():
-        return runs_service.ERROR, LEASE_LOST if lost.is_set() else "cancelled"
+        if lost.is_set():
+            metrics.lease_lost(run.job_id, "lease_lost")
+            return runs_service.ERROR, LEASE_LOST
+        return runs_service.ERROR, "cancelled"
     error = handler.exception()
     if error is not None:
         log.error("run %s of %s failed", run.id, run.job_id, exc_info=error)

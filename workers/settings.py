@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.config
 from typing import Any
 
+import uvloop
 from arq import Worker
+from arq.logs import default_log_config
 from arq.worker import func
 from tortoise import Tortoise
 
@@ -19,8 +22,10 @@ from app.job_types import registry
 from app.jobs import scheduler
 from app.jobs import service as jobs_service
 from app.logs import configure_logging
+from app.observability.worker_metrics import WorkerMetricsServer
 from app.runtime import SOCKET_TIMEOUT_SECONDS, Runtime, connect_redis, worker_redis_settings
 from workers.tasks import fire_job, run_job
+from workers.waking import WakingWorker
 
 log = logging.getLogger(__name__)
 BUILTIN_HANDLERS = "workers.handlers"
@@ -45,9 +50,12 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     await jobs_service.register_builtin_jobs()
     await scheduler.reconcile_all(rt)
     ctx["loops"] = start_background_loops(rt)
+    ctx["metrics_server"] = WorkerMetricsServer.start(settings)
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
+    if ctx.get("metrics_server") is not None:
+        ctx["metrics_server"].close()
     await stop_background_loops(ctx.get("loops", []))
     await Tortoise.close_connections()
 
@@ -61,6 +69,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "on_shutdown": on_shutdown,
         "redis_settings": worker_redis_settings(settings),
         "poll_delay": settings.worker_poll_delay,
+        "idle_poll_seconds": settings.worker_idle_poll_seconds,
         "max_jobs": settings.worker_max_jobs,
         "keep_result": 0,
         "max_tries": 1,
@@ -70,7 +79,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def build_embedded_worker(rt: Runtime) -> Worker:
+async def build_embedded_worker(rt: Runtime) -> WakingWorker:
     """A worker living inside the API process, sharing its runtime, database and start-up work.
 
     Its pool is connected here, not lazily in arq's poll task: arq leaks a pool whose creation is
@@ -78,7 +87,7 @@ async def build_embedded_worker(rt: Runtime) -> Worker:
     """
     options = {**worker_options(rt.settings), "on_startup": None, "on_shutdown": None}
     pool = await connect_redis(rt.settings, for_worker=True)
-    return Worker(**options, redis_pool=pool, ctx={"runtime": rt}, handle_signals=False)
+    return WakingWorker(**options, redis_pool=pool, ctx={"runtime": rt}, handle_signals=False)
 
 
 async def stop_embedded_worker(worker: Worker, grace: float) -> None:
@@ -99,9 +108,9 @@ async def stop_embedded_worker(worker: Worker, grace: float) -> None:
 class EmbeddedWorker:
     """The API process's worker, replaced by a fresh one if it ever dies (Redis gone for too long)."""
 
-    def __init__(self, rt: Runtime, worker: Worker) -> None:
+    def __init__(self, rt: Runtime, worker: WakingWorker) -> None:
         self._rt = rt
-        self._worker: Worker | None = worker
+        self._worker: WakingWorker | None = worker
         self._task = asyncio.create_task(self._supervise(), name="embedded-worker")
 
     @classmethod
@@ -129,6 +138,13 @@ class EmbeddedWorker:
             with contextlib.suppress(Exception):
                 await worker.close()
 
+    def alive(self) -> bool:
+        """For /readyz: the supervisor runs and holds a worker whose poll loop has not ended."""
+        worker = self._worker
+        if self._task.done() or worker is None:
+            return False
+        return worker.main_task is None or not worker.main_task.done()
+
     async def stop(self, grace: float) -> None:
         worker = self._worker
         if worker is not None:
@@ -137,6 +153,25 @@ class EmbeddedWorker:
 
 
 def settings_class() -> type:
-    """`arq workers.WorkerSettings` reads this: the environment is read when arq asks, not at import."""
+    """`arq workers.WorkerSettings` reads this: the environment is read when arq asks, not at import.
+
+    arq's CLI always builds its own Worker class, which polls every WORKER_POLL_DELAY; `jobs-gateway
+    worker` (run_standalone) runs the same settings on the waking worker instead."""
     settings = get_settings()
-    return type("WorkerSettings", (), worker_options(settings))
+    options = worker_options(settings)
+    del options["idle_poll_seconds"]
+    return type("WorkerSettings", (), options)
+
+
+def run_standalone(settings: Settings) -> None:
+    """`jobs-gateway worker`: a standalone worker process, as arq's CLI would run it (same logging, same
+    signal handling: SIGTERM/SIGINT let runs finish within SHUTDOWN_GRACE_SECONDS), but woken on new work."""
+    logging.config.dictConfig(default_log_config(verbose=False))
+    # uvloop, as uvicorn gives the API (and its embedded worker): a run costs the worker less CPU.
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        WakingWorker(**worker_options(settings)).run()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()

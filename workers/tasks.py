@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from app import events
 from app.jobs import scheduler
 from app.jobs.models import Job
+from app.observability import metrics
 from app.runs import lease
 from app.runs import service as runs_service
 from app.runtime import Runtime
@@ -22,10 +24,13 @@ async def run_job(ctx: dict[str, Any], job_id: str, token: str, triggered_by: st
     """A manual trigger: the lease was taken by the API when it accepted the request."""
     rt: Runtime = ctx["runtime"]
     # Compare-and-extend is the check: a lease that lapsed while queued may already be someone else's.
-    if not await lease.renew(rt.redis, job_id, token, rt.settings.lease_ttl_seconds):
+    # The job is read meanwhile (Redis and the database answer in parallel): a trigger waits on both.
+    renewed, job = await asyncio.gather(
+        lease.renew(rt.redis, job_id, token, rt.settings.lease_ttl_seconds), Job.get_or_none(id=job_id)
+    )
+    if not renewed:
         await runs_service.record_dropped(rt, job_id=job_id, token=token, triggered_by=triggered_by)
         return
-    job = await Job.get_or_none(id=job_id)
     run = None
     if job is not None:
         run = await runs_service.begin(
@@ -48,6 +53,7 @@ async def fire_job(ctx: dict[str, Any], job_id: str, fire_at_iso: str) -> None:
     token = runs_service.new_token()
     if not await lease.acquire(rt.redis, job.id, token, rt.settings.lease_ttl_seconds):
         # Overlap policy `forbid`: the next fire is already scheduled by claim_fire.
+        metrics.fire_skipped(job.id)
         await rt.redis.hincrby(SKIPPED_FIRES_KEY, job.id, 1)  # type: ignore[misc]
         log.info("fire %s of %s skipped: the previous run is still going", fire_at_iso, job.id)
         await events.publish(rt.redis, "fire.skipped", job.id, fireAt=fire_at_iso)

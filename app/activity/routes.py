@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app import openapi_docs as docs
 from app.activity import service as activity_service
 from app.activity.schemas import ActivityPage
 from app.deps import AdminDep
@@ -11,7 +12,13 @@ from app.deps import AdminDep
 router = APIRouter(prefix="/api/activity", tags=["activity"])
 
 
-@router.get("", response_model=ActivityPage)
+@router.get(
+    "",
+    response_model=ActivityPage,
+    summary="The audit log",
+    description="Who did what, newest first: `limit` default 50, max 200; filter by `event` and `jobId`.",
+    responses=docs.example(docs.ACTIVITY_PAGE, docs.errors(400)),
+)
 async def list_activity(
     _: AdminDep,
     limit: str | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app import openapi_docs as docs
 from app.deps import AdminDep
 from app.job_types import service as job_types_service
 from app.job_types.schemas import JobTypeOut
@@ -11,6 +12,12 @@ from app.job_types.schemas import JobTypeOut
 router = APIRouter(prefix="/api/job-types", tags=["job types"])
 
 
-@router.get("", response_model=list[JobTypeOut])
+@router.get(
+    "",
+    response_model=list[JobTypeOut],
+    summary="Registered job types",
+    description="Each type a job can be created from, with the JSON Schema of its payload.",
+    responses=docs.errors(),
+)
 async def list_job_types(_: AdminDep) -> list[JobTypeOut]:
     return [JobTypeOut.of(t) for t in job_types_service.list_types()]

@@ -9,6 +9,8 @@ import strawberry
 from strawberry.dataloader import DataLoader
 from strawberry.scalars import JSON
 
+from app.errors import AppError
+from app.graphql_errors import to_graphql
 from app.jobs import service as jobs_service
 from app.jobs.schemas import job_fields
 from app.jobs.service import JobState
@@ -152,7 +154,13 @@ class JobSubscription:
         box = hub.open(job_id)
         try:
             if job_id is not None:
-                yield JobType.of(await jobs_service.get(ctx.runtime, job_id=job_id))
+                try:
+                    state = await jobs_service.get(ctx.runtime, job_id=job_id)
+                except AppError as exc:
+                    # Raised by the source stream, outside the AppErrors extension's reach: code it here.
+                    raise to_graphql(exc) from exc
+                ctx.stream_job_id = job_id
+                yield JobType.of(state)
             # Nothing is delivered past the token's expiry (the connection is closed then, too).
             while (remaining := principal.expires_at - time.time()) > 0:
                 change = await box.next_change(timeout=min(remaining, 60.0))
@@ -163,6 +171,7 @@ class JobSubscription:
                         return  # the watched job was deleted: end the stream cleanly
                     continue
                 assert isinstance(change.state, JobState)
+                ctx.stream_job_id = change.job_id
                 yield JobType.of(change.state)
         finally:
             hub.close(box)

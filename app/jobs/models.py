@@ -3,6 +3,8 @@ from __future__ import annotations
 from tortoise import fields
 from tortoise.models import Model
 
+from app.db_fields import DatetimeField
+
 
 class Job(Model):
     """A registered job: its schedule and the outcome of its last run.
@@ -21,12 +23,12 @@ class Job(Model):
     builtin = fields.BooleanField(default=False)
     enabled = fields.BooleanField(default=True)
     # The fire that is actually enqueued in arq; null while stopped.
-    next_run_at = fields.DatetimeField(null=True)
-    last_run_at = fields.DatetimeField(null=True)
+    next_run_at = DatetimeField(null=True)
+    last_run_at = DatetimeField(null=True)
     last_result = fields.CharField(max_length=16, null=True)
     last_duration_ms = fields.IntField(null=True)
-    created_at = fields.DatetimeField(auto_now_add=True)
-    updated_at = fields.DatetimeField(auto_now=True)
+    created_at = DatetimeField(auto_now_add=True)
+    updated_at = DatetimeField(auto_now=True)
 
     class Meta:
         table = "job"

@@ -3,6 +3,8 @@ from __future__ import annotations
 from tortoise import fields
 from tortoise.models import Model
 
+from app.db_fields import DatetimeField
+
 
 class Run(Model):
     """One execution of a job: the spec's log entry.
@@ -17,9 +19,9 @@ class Run(Model):
     token = fields.CharField(max_length=64, unique=True)
     attempt = fields.IntField(default=1)
     triggered_by = fields.CharField(max_length=100)
-    fire_at = fields.DatetimeField(null=True)
-    started_at = fields.DatetimeField()
-    completed_at = fields.DatetimeField(null=True)
+    fire_at = DatetimeField(null=True)
+    started_at = DatetimeField()
+    completed_at = DatetimeField(null=True)
     duration_ms = fields.IntField(null=True)
     result = fields.CharField(max_length=16, null=True)
     details = fields.TextField(null=True)
@@ -28,3 +30,17 @@ class Run(Model):
         table = "job_run"
         unique_together = (("job_id", "fire_at"),)
         indexes = (("job_id", "id"), ("completed_at", "id"))
+
+
+class RunCount(Model):
+    """How many runs a job has, kept exact by triggers on job_run (migration 0003).
+
+    A log page's `total` is then one indexed row (or a sum over the jobs) instead of a COUNT over up to
+    millions of runs. Written only by the database: the application never inserts or updates it.
+    """
+
+    job_id = fields.CharField(max_length=64, primary_key=True)
+    runs = fields.BigIntField(default=0)
+
+    class Meta:
+        table = "job_run_count"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app import openapi_docs as docs
 from app.deps import AdminDep, RuntimeDep
 from app.jobs.schemas import ActionResult
 from app.runs import service as runs_service
@@ -12,13 +13,25 @@ from app.runs.schemas import RunPage
 router = APIRouter(prefix="/api/jobs", tags=["runs"])
 
 
-@router.get("/logs/all", response_model=RunPage)
+@router.get(
+    "/logs/all",
+    response_model=RunPage,
+    summary="Get all job logs",
+    description="Runs of every job, newest first: `limit` default 100, max 200.",
+    responses=docs.example(docs.RUN_PAGE, docs.errors(400)),
+)
 async def all_logs(_: AdminDep, limit: str | None = None, offset: str | None = None) -> RunPage:
     page = await runs_service.list_all(limit=limit, offset=offset)
     return RunPage.of(page)
 
 
-@router.get("/{jobId}/logs", response_model=RunPage)
+@router.get(
+    "/{jobId}/logs",
+    response_model=RunPage,
+    summary="Get job execution logs",
+    description="Runs of one job, newest first: `limit` default 50, max 100. A run in progress has nulls.",
+    responses=docs.example(docs.RUN_PAGE, docs.errors(400, 404)),
+)
 async def job_logs(
     jobId: str,  # noqa: N803 - the spec's name
     _: AdminDep,
@@ -29,7 +42,13 @@ async def job_logs(
     return RunPage.of(page)
 
 
-@router.post("/{jobId}/trigger", response_model=ActionResult)
+@router.post(
+    "/{jobId}/trigger",
+    response_model=ActionResult,
+    summary="Trigger a job manually",
+    description="Runs the job now, enabled or not. 409 while a run holds the job; 503 while Redis is down.",
+    responses=docs.example(docs.TRIGGERED, docs.errors(400, 404, 409, 503)),
+)
 async def trigger_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> ActionResult:  # noqa: N803
     await runs_service.trigger(rt, job_id=jobId, actor=user.actor)
     return ActionResult(message="Job triggered successfully")

@@ -29,6 +29,9 @@ async def test_trigger_runs_the_job_and_records_it(client: httpx.AsyncClient, au
     )
     assert ISO_MS.match(entry["startedAt"]) and ISO_MS.match(entry["completedAt"])
     assert entry["duration"] >= 50
+    # A run is closed in the database, then its lease released: `running: false` guarantees the result
+    # is readable, and a read between the two (a fraction of a millisecond) still sees the lease.
+    await wait_until(lambda: _idle(client, "quick", auth), timeout=2)
     job = (await client.get("/api/jobs/quick", headers=auth)).json()
     assert (job["lastRun"], job["lastResult"], job["lastDuration"], job["running"]) == (
         entry["startedAt"],
@@ -48,6 +51,8 @@ async def test_trigger_while_running_is_409_and_running_is_reported(
     assert again.json() == {"success": False, "error": "already_running", "message": "Job is already running"}
     assert (await client.get("/api/jobs/slow", headers=auth)).json()["running"] is True
     await wait_for_logs(client, "slow", auth)
+    # The run is closed in the database a moment before its lease is released (see the test above).
+    await wait_until(lambda: _idle(client, "slow", auth), timeout=2)
     assert (await client.get("/api/jobs/slow", headers=auth)).json()["running"] is False
     assert (await client.post("/api/jobs/slow/trigger", headers=auth)).status_code == 200
 

@@ -1,4 +1,4 @@
-"""Real jobs-gateway processes for end-to-end tests: `arq workers.WorkerSettings` and uvicorn."""
+"""Real jobs-gateway processes for end-to-end tests: `jobs-gateway worker` and uvicorn."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
 _FIELDS = (
     "app_env database_url redis_url jwt_secret heartbeat_seconds lease_ttl_seconds queued_lease_ttl_seconds "
     "worker_poll_delay reconcile_interval_seconds misfire_grace_seconds shutdown_grace_seconds job_timeout_seconds "
-    "scheduler_timezone log_level embedded_worker worker_max_jobs"
+    "scheduler_timezone log_level embedded_worker worker_max_jobs worker_idle_poll_seconds"
 ).split()
 
 
@@ -88,12 +88,12 @@ class _Process:
 
 
 class WorkerProcess(_Process):
-    """`arq workers.WorkerSettings`, exactly as the README runs a standalone worker."""
+    """`jobs-gateway worker`, exactly as the README runs a standalone worker."""
 
     ready_text = "Starting worker for"
 
     def __init__(self, settings: Settings, workdir: Path, name: str = "worker", **extra: Any) -> None:
-        super().__init__([str(BIN / "arq"), "workers.WorkerSettings"], env_for(settings, **extra), workdir, name)
+        super().__init__([str(BIN / "jobs-gateway"), "worker"], env_for(settings, **extra), workdir, name)
 
 
 class ApiProcess(_Process):

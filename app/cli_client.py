@@ -1,0 +1,166 @@
+"""`jobs-gateway jobs …`: drive a running API from a terminal, over its REST API and GraphQL subscription.
+
+Only HTTP and websockets here: the commands work against any instance, local or remote, with a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from app.auth import ADMIN_PERMISSION, issue_token
+from app.config import get_settings
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+URL_ENV, TOKEN_ENV = "JOBS_GATEWAY_URL", "JOBS_GATEWAY_TOKEN"
+CLI_SUB = "cli"
+HTTP_TIMEOUT_SECONDS = 10.0
+FOLLOW_PAGE = 100
+STATUS_QUERY = "subscription Follow($id: ID) { jobStatus(id: $id) { id running lastRun lastResult } }"
+# graphql-transport-ws closes a refused or expired connection with 4403.
+FORBIDDEN_CLOSE = 4403
+
+
+class CliError(Exception):
+    """Printed as `jobs-gateway: <message>`; the command exits 1."""
+
+
+def resolve_url(url: str | None) -> str:
+    return (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+
+
+def resolve_token(token: str | None) -> str:
+    """--token, else JOBS_GATEWAY_TOKEN, else one minted from the configured signing key (sub `cli`)."""
+    if token or os.environ.get(TOKEN_ENV):
+        return token or os.environ[TOKEN_ENV]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            settings = get_settings()
+        except (ValidationError, ValueError) as exc:
+            raise CliError(f"no token: pass --token or set {TOKEN_ENV} (settings cannot sign one: {exc})") from exc
+    if caught:  # a throwaway random secret: a token signed with it would not verify anywhere
+        raise CliError(f"no token: pass --token or set {TOKEN_ENV}, or set JWT_SECRET to the API's secret")
+    try:
+        return issue_token(settings, sub=CLI_SUB, permissions=[ADMIN_PERMISSION], ttl=timedelta(hours=1))
+    except ValueError as exc:
+        raise CliError(f"no token: pass --token or set {TOKEN_ENV} ({exc})") from exc
+
+
+@dataclass
+class Api:
+    url: str
+    token: str
+    _client: httpx.AsyncClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        self._client = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=HTTP_TIMEOUT_SECONDS)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def call(self, method: str, path: str, **params: Any) -> Any:
+        try:
+            response = await self._client.request(method, path, params=params or None)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach {self.url}: {exc}") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_error:
+            message = body.get("message") if isinstance(body, dict) else None
+            raise CliError(f"{response.status_code} {message or response.reason_phrase}")
+        return body
+
+    def websocket_url(self) -> str:
+        return self.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + "/graphql"
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def jobs_table(jobs: Iterable[dict[str, Any]]) -> str:
+    rows = [["ID", "ENABLED", "RUNNING", "SCHEDULE", "NEXT RUN", "LAST RUN", "LAST RESULT"]]
+    for job in jobs:
+        keys = ("id", "enabled", "running", "schedule", "nextRun", "lastRun", "lastResult")
+        rows.append([_cell(job[k]) for k in keys])
+    return table(rows)
+
+
+def run_line(run: dict[str, Any]) -> str:
+    """One run, as `jobs logs` prints it: start, result, duration, who, details."""
+    result = run["result"] or "running"
+    duration = "-" if run["duration"] is None else f"{run['duration']}ms"
+    return f"{run['startedAt']}  #{run['id']}  {result:<7}  {duration:>9}  {run['triggeredBy']}  {run['details'] or ''}"
+
+
+async def list_jobs(api: Api, *, as_json: bool) -> str:
+    jobs = await api.call("GET", "/api/jobs")
+    return json.dumps(jobs, indent=2) if as_json else jobs_table(jobs)
+
+
+async def trigger(api: Api, job_id: str) -> str:
+    body = await api.call("POST", f"/api/jobs/{job_id}/trigger")
+    return str(body["message"])
+
+
+async def recent_runs(api: Api, job_id: str, limit: int) -> list[dict[str, Any]]:
+    """The job's latest runs, oldest first."""
+    page = await api.call("GET", f"/api/jobs/{job_id}/logs", limit=limit)
+    return list(reversed(page["logs"]))
+
+
+async def follow(api: Api, job_id: str, printed: set[int], emit: Any) -> None:
+    """Print each run of the job as it finishes, until the job is deleted or the connection ends.
+
+    The subscription says when the job's state changes; the finished runs themselves come from the
+    REST logs, so nothing is missed when several changes are coalesced into one message."""
+    try:
+        async with connect(api.websocket_url(), subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+            await _subscribe(ws, api.token, job_id)
+            while True:
+                message = json.loads(await ws.recv())
+                if message["type"] == "complete":
+                    return  # the job was deleted
+                if message["type"] == "error" or message.get("payload", {}).get("errors"):
+                    raise CliError(f"subscription refused: {message.get('payload')}")
+                if message["type"] == "next":
+                    for run in await recent_runs(api, job_id, FOLLOW_PAGE):
+                        if run["completedAt"] and run["id"] not in printed:
+                            printed.add(run["id"])
+                            emit(run_line(run))
+    except ConnectionClosed as exc:
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        if code == FORBIDDEN_CLOSE:
+            raise CliError("the API closed the subscription: token refused or expired") from exc
+        raise CliError(f"the API closed the subscription (code {code}); it may be restarting") from exc
+    except OSError as exc:
+        raise CliError(f"cannot reach {api.websocket_url()}: {exc}") from exc
+
+
+async def _subscribe(ws: ClientConnection, token: str, job_id: str) -> None:
+    await ws.send(json.dumps({"type": "connection_init", "payload": {"token": token}}))
+    ack = json.loads(await asyncio.wait_for(ws.recv(), HTTP_TIMEOUT_SECONDS))
+    if ack.get("type") != "connection_ack":
+        raise CliError(f"subscription refused: {ack}")
+    payload = {"query": STATUS_QUERY, "variables": {"id": job_id}}
+    await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))

@@ -1,0 +1,1 @@
+"""Operability: Prometheus metrics, health checks, structured logs and the request middleware."""

@@ -1,0 +1,117 @@
+"""Every Prometheus metric jobs-gateway exposes, and the small functions the code calls to record them.
+
+The metrics live in prometheus_client's default registry, one set per process: each API instance and
+each standalone worker exposes what happened in it, and Prometheus sums across them. A run is counted
+where it happens: started by the worker that runs it, finished by whoever closes it (that worker, or a
+reaper in any process when the worker was lost).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Runs last from milliseconds (cleanups) to many minutes (syncs, reindexes).
+RUN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# Scheduler lag: a healthy worker starts a fire within a poll delay; minutes mean no worker was there.
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+HTTP_REQUESTS = Counter(
+    "jobs_gateway_http_requests_total",
+    "HTTP requests by method, route template and status code.",
+    ["method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "jobs_gateway_http_request_duration_seconds",
+    "HTTP request latency by method and route template.",
+    ["method", "route"],
+)
+RUNS_STARTED = Counter(
+    "jobs_gateway_runs_started_total",
+    "Runs whose handler started, by job and trigger (scheduler or manual).",
+    ["job", "trigger"],
+)
+RUNS_FINISHED = Counter(
+    "jobs_gateway_runs_finished_total",
+    "Runs closed, by job and result (success or error), counted in the process that closed them.",
+    ["job", "result"],
+)
+RUN_DURATION = Histogram(
+    "jobs_gateway_run_duration_seconds", "Duration of finished runs, by job.", ["job"], buckets=RUN_BUCKETS
+)
+FIRES_SKIPPED = Counter(
+    "jobs_gateway_fires_skipped_total",
+    "Scheduled fires skipped because the previous run of the job was still going (overlap policy forbid).",
+    ["job"],
+)
+FIRES_MISSED = Counter(
+    "jobs_gateway_fires_missed_total",
+    "Scheduled fires that came due later than MISFIRE_GRACE_SECONDS (no worker ran) and were not run.",
+    ["job"],
+)
+LEASE_LOSSES = Counter(
+    "jobs_gateway_lease_losses_total",
+    "Runs whose lease was lost: reason worker_lost (reaped after the worker vanished) or lease_lost "
+    "(the handler was cancelled because its lease could not be renewed).",
+    ["job", "reason"],
+)
+SCHEDULER_LAG = Histogram(
+    "jobs_gateway_scheduler_lag_seconds",
+    "Delay between a scheduled fire time and the start of its handler.",
+    buckets=LAG_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "jobs_gateway_queue_depth",
+    "Entries in the arq queue (due and deferred fires, queued triggers), read from Redis at scrape time; "
+    "NaN when Redis did not answer.",
+)
+WEBSOCKET_SUBSCRIBERS = Gauge(
+    "jobs_gateway_websocket_subscribers", "Websockets (GraphQL subscriptions, the dashboard) connected to this process."
+)
+LIVE_SUBSCRIPTIONS = Gauge(
+    "jobs_gateway_live_subscriptions",
+    "Subscriptions fed by this process's one Redis event subscription (shared streams count once).",
+)
+EVENTS_PUBLISHED = Counter(
+    "jobs_gateway_events_published_total", "State-change events published on Redis, by event.", ["event"]
+)
+EVENTS_DELIVERED = Counter(
+    "jobs_gateway_events_delivered_total", "Job state changes handed to a subscriber of this process."
+)
+EVENTS_DROPPED = Counter(
+    "jobs_gateway_events_dropped_total",
+    "Job state changes dropped for a slow subscriber because a newer state of the same job replaced them.",
+)
+
+SCHEDULER = "scheduler"
+
+
+def trigger_kind(triggered_by: str) -> str:
+    """`scheduler` or `manual`: never the user id, which would make one series per user."""
+    return SCHEDULER if triggered_by == SCHEDULER else "manual"
+
+
+def run_started(job_id: str, triggered_by: str, lag_seconds: float | None) -> None:
+    RUNS_STARTED.labels(job=job_id, trigger=trigger_kind(triggered_by)).inc()
+    if lag_seconds is not None:
+        SCHEDULER_LAG.observe(max(0.0, lag_seconds))
+
+
+def run_finished(job_id: str, result: str, duration_ms: int) -> None:
+    RUNS_FINISHED.labels(job=job_id, result=result).inc()
+    RUN_DURATION.labels(job=job_id).observe(duration_ms / 1000)
+
+
+def lease_lost(job_id: str, reason: str) -> None:
+    LEASE_LOSSES.labels(job=job_id, reason=reason).inc()
+
+
+def fire_skipped(job_id: str) -> None:
+    FIRES_SKIPPED.labels(job=job_id).inc()
+
+
+def fire_missed(job_id: str) -> None:
+    FIRES_MISSED.labels(job=job_id).inc()
+
+
+def event_published(event: str) -> None:
+    EVENTS_PUBLISHED.labels(event=event).inc()

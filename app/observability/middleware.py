@@ -1,0 +1,94 @@
+"""Per-request context and HTTP metrics, as one outermost ASGI middleware.
+
+Every request gets an id (a sane `X-Request-ID` from the caller, else a new one), echoed in the
+response and bound to every log line logged while it is served. Metrics use the matched route's
+template (`/api/jobs/{jobId}`), never the raw path, so that ids in URLs cannot multiply the series.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.observability import metrics
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A caller's id is logged and echoed, so only short, plain tokens are honoured.
+_SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+UNMATCHED = "<unmatched>"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def request_id_of(scope: Scope) -> str:
+    for name, value in scope.get("headers") or []:
+        if name == b"x-request-id":
+            text: str = value.decode("latin-1")
+            if _SANE_ID.fullmatch(text):
+                return text
+    return uuid.uuid4().hex
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path: object = getattr(route, "path", None)
+    return path if isinstance(path, str) and path else UNMATCHED
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_of(scope)
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self._http(scope, receive, send, request_id)
+        finally:
+            structlog.contextvars.unbind_contextvars("user")  # bound by the auth dependency, if any
+            structlog.contextvars.reset_contextvars(**tokens)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        accepted = False
+
+        async def counting_send(message: Message) -> None:
+            nonlocal accepted
+            await send(message)
+            if message["type"] == "websocket.accept" and not accepted:
+                accepted = True
+                metrics.WEBSOCKET_SUBSCRIBERS.inc()
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            if accepted:
+                metrics.WEBSOCKET_SUBSCRIBERS.dec()
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        status = 500  # what the client sees when the app raises before answering
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = route_template(scope)
+            method = scope.get("method", "GET") if scope.get("method") in METHODS else "OTHER"
+            metrics.HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
+            metrics.HTTP_DURATION.labels(method=method, route=route).observe(time.perf_counter() - started)

@@ -1,0 +1,76 @@
+"""`/healthz`, `/readyz` and `/metrics`: unauthenticated, cheap, and free of anything sensitive.
+
+They are infrastructure, not API, and stay out of /docs, whose every operation needs the bearer token;
+the README documents them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from app.errors import NotFound
+from app.observability import health, metrics
+from app.runtime import Runtime
+
+# The queue depth read at scrape time may take this long; Prometheus' own scrape timeout is 10 s.
+QUEUE_DEPTH_TIMEOUT_SECONDS = 0.5
+
+router = APIRouter(tags=["operations"], include_in_schema=False)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers. Nothing else is checked, so a Redis outage restarts nothing."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: the database, Redis and (when embedded) the worker loop, each within READINESS_TIMEOUT_SECONDS."""
+    rt: Runtime | None = getattr(request.app.state, "runtime", None)
+    if rt is None:
+        return _not_ready(health.Readiness({"startup": health.FAILING}))
+    checks: dict[str, health.Check] = {
+        "database": health.database_answers,
+        "redis": health.redis_answers(rt.redis),
+    }
+    worker = getattr(request.app.state, "worker", None)
+    if worker is not None:
+        checks["worker"] = _alive(worker)
+    result = await health.readiness(checks, rt.settings.readiness_timeout_seconds)
+    if result.ready:
+        return JSONResponse({"status": "ready", "checks": result.checks})
+    return _not_ready(result)
+
+
+def _alive(worker: Any) -> health.Check:
+    async def check() -> bool:
+        return bool(worker.alive())
+
+    return check
+
+
+def _not_ready(result: health.Readiness) -> JSONResponse:
+    # The error vocabulary's shape, plus the checks: a probe reads the status, a person the message.
+    body = {
+        "success": False,
+        "error": "not_ready",
+        "message": f"Not ready: {', '.join(result.failing)}",
+        "status": "unavailable",
+        "checks": result.checks,
+    }
+    return JSONResponse(body, status_code=503)
+
+
+@router.get("/metrics")
+async def prometheus_metrics(request: Request) -> Response:
+    """This process's metrics in Prometheus' text format; the queue depth is read from Redis now."""
+    rt: Runtime | None = getattr(request.app.state, "runtime", None)
+    if rt is not None:
+        if not rt.settings.metrics_enabled:
+            raise NotFound("Metrics are turned off (METRICS_ENABLED=false)")
+        metrics.QUEUE_DEPTH.set(await health.queue_depth(rt.redis, QUEUE_DEPTH_TIMEOUT_SECONDS))
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,255 @@
+"""B3: REST reads — `GET /api/jobs` (20 jobs) under wrk, and the run logs with 1,000,000 run rows.
+
+One `uvicorn app.main:app` process (no embedded worker: an API instance as the README scales them out),
+on SQLite, with a bearer token. Baseline in the same run: a bare FastAPI app serving the same JSON through
+`response_model` behind the same JWT dependency (bench/rest_baseline.py), under the same uvicorn command.
+`wrk -t2 -c50` for throughput and p99, `wrk -t1 -c1` for the latency of one client at a time.
+The run logs are read at offset 0 and offset 500,000 of 1,000,000 runs (600,000 of them in one job).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import common
+from bench.common import Stack, figure, pick
+
+JOBS = 20
+RUNS = pick(smoke=20_000, quick=1_000_000, full=1_000_000)
+DEEP = RUNS // 2
+HOT = "bench-hot"  # 60 % of the runs: its log has a page at offset RUNS / 2
+DURATION = pick(smoke=1, quick=3, full=10)
+ONE_DURATION = pick(smoke=1, quick=2, full=5)
+REPS = pick(smoke=1, quick=3, full=3)  # smoke mode only checks that the script still works
+LOG_REPS = pick(smoke=1, quick=3, full=3)  # smoke mode only checks that the pages answer
+WRK = "wrk"
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, token: str, *, connections: int, threads: int, duration: int) -> dict[str, float]:
+    """requests/s, p50 and p99 (ms) of one wrk run; fails on any non-2xx answer or socket error."""
+    # A slow answer is a measurement, not a failure: wrk's 2 s default timeout would drop it from the figures.
+    argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "30s"]
+    argv += ["-H", f"Authorization: Bearer {token}", url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=True).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors on {url}:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+        assert m is not None, out
+        return float(m.group(1)) * _UNITS[m.group(2)]
+
+    return {"rps": rps, "p50": pct("50"), "p99": pct("99")}
+
+
+def create_jobs(api_url: str, token: str) -> list[dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=api_url, headers=headers, timeout=30) as client:
+        existing = len(client.get("/api/jobs").json())
+        for i in range(JOBS - existing):
+            job_id = HOT if i == 0 else f"bench-job-{i}"
+            body = {"id": job_id, "name": f"Bench {i}", "description": "B3", "type": "bench_probe"}
+            r = client.post("/api/jobs", json={**body, "schedule": "0 0 1 1 *", "enabled": i % 2 == 0})
+            assert r.status_code == 201, r.text
+        jobs: list[dict[str, Any]] = client.get("/api/jobs").json()
+    assert len(jobs) == JOBS, len(jobs)
+    return jobs
+
+
+def seed_runs(db_file: Path, n: int) -> float:
+    """n finished runs in one INSERT … SELECT (seconds taken): 60 % in HOT, the rest over 19 jobs."""
+    started = time.monotonic()
+    con = sqlite3.connect(db_file, timeout=30)
+    try:
+        # A bulk load: the per-row counting trigger is dropped for the insert, and the counters rebuilt after.
+        (trigger,) = con.execute("SELECT sql FROM sqlite_master WHERE name = 'job_run_counted'").fetchone()
+        con.execute("DROP TRIGGER job_run_counted")
+        con.execute(
+            """WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?)
+            INSERT INTO job_run (job_id, token, attempt, triggered_by, fire_at, started_at, completed_at,
+                                 duration_ms, result, details)
+            SELECT CASE WHEN x % 10 < 6 THEN ? ELSE 'bench-job-' || (1 + x % 19) END, 'seed-' || x, 1,
+                   'scheduler', NULL, '2026-01-01 00:00:00.000000+00:00', '2026-01-01 00:00:01.000000+00:00',
+                   1000, 'success', 'Seeded run ' || x
+            FROM c""",
+            (n, HOT),
+        )
+        con.execute("DELETE FROM job_run_count")
+        con.execute("INSERT INTO job_run_count (job_id, runs) SELECT job_id, COUNT(*) FROM job_run GROUP BY job_id")
+        con.execute(trigger)
+        con.commit()
+    finally:
+        con.close()
+    return time.monotonic() - started
+
+
+def main() -> None:
+    list_runs: dict[str, list[dict[str, float]]] = {"api": [], "baseline": [], "api1": [], "baseline1": []}
+    log_runs: dict[str, list[dict[str, float]]] = {}
+    with Stack("bench-b3-") as st:
+        redis = st.redis()
+        url = common.migrated_sqlite(st.workdir / "db")
+        settings = common.bench_settings(database_url=url, redis_url=redis.url, embedded_worker=False)
+        token = common.token_for(settings)
+        api = st.api(settings)
+        jobs = create_jobs(api.url, token)
+        seconds = seed_runs(st.workdir / "db" / "jobs.sqlite3", RUNS)
+        print(f"seeded {RUNS:,} runs in {seconds:.1f} s", flush=True)
+        jobs_json = st.workdir / "jobs.json"
+        jobs_json.write_text(json.dumps(jobs))
+        port = common.free_port()
+        env = common.child_env(BENCH_JOBS_JSON=jobs_json, JWT_SECRET=common.SECRET, APP_ENV="test")
+        argv = [str(common.ROOT / ".venv/bin/uvicorn"), "bench.rest_baseline:app", "--host", "127.0.0.1"]
+        base = st.popen([*argv, "--port", str(port)], "baseline", env)
+        base_url = f"http://127.0.0.1:{port}"
+        _wait_up(base_url, token, base)
+        targets = {"api": f"{api.url}/api/jobs", "baseline": f"{base_url}/api/jobs"}
+        # Same answer from both, byte for byte after parsing.
+        h = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(targets["api"], headers=h).json() == httpx.get(targets["baseline"], headers=h).json()
+        for target in targets.values():  # warm-up
+            wrk(target, token, connections=10, threads=1, duration=1)
+        for _ in range(REPS):
+            for name, target in targets.items():
+                list_runs[name].append(wrk(target, token, connections=50, threads=2, duration=DURATION))
+                list_runs[name + "1"].append(wrk(target, token, connections=1, threads=1, duration=ONE_DURATION))
+        pages = {
+            "all runs, limit 200, offset 0": "/api/jobs/logs/all?limit=200",
+            f"all runs, limit 200, offset {DEEP:,}": f"/api/jobs/logs/all?limit=200&offset={DEEP}",
+            f"one job ({int(RUNS * 0.6):,} runs), default limit 50, offset 0": f"/api/jobs/{HOT}/logs",
+            f"one job, default limit 50, offset {DEEP:,}": f"/api/jobs/{HOT}/logs?offset={DEEP}",
+        }
+        for label, path in pages.items():
+            page = httpx.get(api.url + path, headers=h, timeout=30).json()
+            assert page["total"] >= RUNS * 0.6 and len(page["logs"]) > 0, page
+            log_runs[label] = [
+                wrk(api.url + path, token, connections=1, threads=1, duration=ONE_DURATION) for _ in range(LOG_REPS)
+            ]
+    write(list_runs, log_runs, seconds)
+
+
+def _wait_up(url: str, token: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the baseline app exited")
+        try:
+            if httpx.get(f"{url}/api/jobs", headers={"Authorization": f"Bearer {token}"}).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the baseline app did not start")
+
+
+def write(lists: dict[str, list[dict[str, float]]], logs: dict[str, list[dict[str, float]]], seeded: float) -> Path:
+    def col(name: str, key: str) -> list[float]:
+        return [r[key] for r in lists[name]]
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    share = [a / b for a, b in zip(col("api", "rps"), col("baseline", "rps"), strict=True)]
+    p99_ratio = [a / b for a, b in zip(col("api", "p99"), col("baseline", "p99"), strict=True)]
+    figures = [
+        figure("GET /api/jobs, 50 connections: jobs-gateway", "req/s", col("api", "rps")),
+        figure(
+            "GET /api/jobs, 50 connections: bare FastAPI + response_model",
+            "req/s",
+            col("baseline", "rps"),
+            baseline=True,
+        ),
+        figure(
+            "jobs-gateway req/s ÷ baseline req/s", "%", [100 * s for s in share], target="≥ 60", met=med(share) >= 0.6
+        ),
+        figure("GET /api/jobs, 50 connections: jobs-gateway p50", "ms", col("api", "p50")),
+        figure("GET /api/jobs, 50 connections: jobs-gateway p99", "ms", col("api", "p99")),
+        figure("GET /api/jobs, 50 connections: baseline p99", "ms", col("baseline", "p99"), baseline=True),
+        figure("jobs-gateway p99 ÷ baseline p99", "×", p99_ratio, target="≤ 2", met=med(p99_ratio) <= 2),
+        figure(
+            "GET /api/jobs, 1 connection: jobs-gateway p50",
+            "ms",
+            col("api1", "p50"),
+            target="≤ 2",
+            met=med(col("api1", "p50")) <= 2,
+        ),
+        figure("GET /api/jobs, 1 connection: jobs-gateway p99", "ms", col("api1", "p99")),
+        figure("GET /api/jobs, 1 connection: baseline p50", "ms", col("baseline1", "p50"), baseline=True),
+    ]
+    for label, runs in logs.items():
+        p50 = [r["p50"] for r in runs]
+        shallow = "offset 0" in label
+        figures.append(
+            figure(
+                f"run logs, {label}: p50",
+                "ms",
+                p50,
+                target="≤ 10" if shallow else None,
+                met=med(p50) <= 10 if shallow else None,
+            )
+        )
+        figures.append(figure(f"run logs, {label}: p99", "ms", [r["p99"] for r in runs]))
+    notes = (
+        f"wrk {DURATION} s per run at 50 connections (2 threads) and {ONE_DURATION} s at 1 connection, {REPS} "
+        "repetitions alternating jobs-gateway and the baseline; each figure the median of the repetitions "
+        f"(min–max). The 1,000,000 runs were inserted with one INSERT … SELECT in {seeded:.1f} s (the counting "
+        "trigger dropped for the bulk load and the counters rebuilt after it).\n\n"
+        "Why throughput fell as connections grew (about 800 req/s at 4 connections, 500 at 50, while the "
+        "baseline held): CPython's garbage collector. A request suspended on Redis or the database keeps its "
+        "objects alive, so with 50 in flight every young-generation pass (each 700 net allocations) found them "
+        "alive and promoted them, and the full collections that followed walked the whole start-up heap "
+        "(about 340,000 objects) for some 150 ms each. Counted with gc.callbacks over 5 s at 50 connections: "
+        "560 young passes (132 ms), 51 middle (236 ms), 5 full (739 ms), 1.1 s of the 4.65 s of CPU; at 4 "
+        "connections 76 ms. CPU per request from /proc rose from 0.93–1.2 ms at 4 connections to 1.25–1.8 ms at "
+        "50. Fix (app/gc_tuning.py, called when the app has started): freeze the start-up heap out of the "
+        "collector's reach and start young passes at 10,000 net allocations; then one pass (3.5 ms) in 4 s at "
+        "50 connections, 50 connections serve as many requests as 4 (0.88 vs 0.91–1.04 ms of CPU per "
+        "request) and p99 at 50 connections halved (about 200 ms to 100 ms) on the same machine and moment. "
+        "Not the cause, counted the same way: SQLite reads interrupted by the 2 ms inline budget (0 of 2,635 "
+        "reads at 50 connections; 1 of 1,934 in another run), so aiosqlite's thread is idle on this path.\n\n"
+        "Where the time goes now (py-spy --gil at 50 connections, each sample charged to its innermost "
+        "library): tortoise 33 % plus our SQLite client and timestamp field 5 %, FastAPI routing and "
+        "dependencies 18 %, PyJWT 7 %, uvicorn 7 %, pydantic 6 %, asyncio 5.5 %, logging of the access line 5 %, "
+        "redis-py 3 %, our middlewares 2.5 % (request context 1.5 %, prometheus 0.8 %, body limit 0.2 %). "
+        'Measured alone, `Job.all().order_by("id")` for 20 rows costs 280–300 µs: 36 µs running the SQL, '
+        "about 95 µs building the query and 170 µs making 20 model instances (16 fields each). The route now "
+        "returns plain dicts that `response_model` validates once, as the baseline does, instead of JobOut "
+        "instances validated twice (about 50 µs a request). Fixed earlier (each measured before and after): "
+        "the `get_runtime` dependency was a plain `def`, so FastAPI ran it in its thread pool on every request; "
+        "tortoise parsed SQLite timestamps in pure Python (about 28 µs each, 400 per log page); every SQLite "
+        "read went through aiosqlite's worker thread and waited on its connection lock (reads outside "
+        "transactions now run inline within a 2 ms budget, app/sqlite_client.py); redis-py's pool held its lock "
+        "across a yielding connection check, so 50 concurrent requests queued for a connection one loop turn "
+        "each (app/redis_pool.py); and every log page counted up to a million rows for its `total` (now per-job "
+        "counters kept by triggers, migration 0003). Before these, GET /api/jobs at one connection took 2.7 ms "
+        "p50 and a 200-run page 22 ms.\n\n"
+        "The throughput target (≥ 60 % of a route that does no I/O at all) is not met on this design: the "
+        "baseline spends about 0.25 ms of CPU per request, so 60 % allows 0.42 ms, and the ORM read of the 20 "
+        "rows alone takes 0.28–0.30 ms (above), before JWT, routing, Redis and the access line that both share "
+        "or only jobs-gateway pays (about 0.9 ms in all). Variants "
+        "of the same process measured while profiling (not part of this script): with the job rows served from "
+        "memory but the lease MGET kept, about 45 % of the baseline; with neither the database read nor the "
+        "Redis round trip, about 85 %. Reaching it takes a per-process snapshot of the list kept current by "
+        "the `jg:events` stream (every change of a job row or lease is published) with a short maximum age, "
+        "giving up read-your-writes across instances for the time an event takes to arrive. We kept every "
+        "read on the stores, as the README's architecture requires (truth lives in the database and Redis).\n\n"
+        "Deep pages: offset 500,000 walks 500,000 index entries, O(offset) by SQL's definition; the first page "
+        "costs the same with a million runs as with a hundred. A keyset cursor (`before=<run id>`) would make "
+        "every page as cheap as the first; see the README."
+    )
+    return common.write_result("b3_rest", "B3 REST reads", figures, notes=notes)
+
+
+if __name__ == "__main__":
+    main()

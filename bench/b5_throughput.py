@@ -1,0 +1,195 @@
+"""B5: no-op runs per second through the whole path (lease, run record, events), 1 and 2 workers,
+SQLite and PostgreSQL; baselines: plain arq no-op jobs per second at its default poll_delay and at 0.005.
+
+Each repetition queues N runs of N distinct jobs at once (the trigger's own lease-and-enqueue, as the API
+does it) on running `jobs-gateway worker` processes and measures from the first run's start to the last
+run's end, from the run records. arq: N `enqueue_job` calls, measured from its job results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import defaultdict
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+from arq.connections import ArqRedis, RedisSettings, create_pool
+
+from app import queue
+from app.runs import lease
+from bench import common
+from bench.common import CpuMeter, SqlDb, Stack, figure, parse_ts, pick
+from bench.job_types import PROBE_TYPE
+
+N = pick(smoke=60, quick=600, full=3000)
+REPS = 3
+PARALLEL_ENQUEUE = 32
+
+
+async def queue_runs(redis_url: str, ids: list[str], rep: int) -> float:
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    gate = asyncio.Semaphore(PARALLEL_ENQUEUE)
+
+    async def one(job_id: str) -> None:
+        async with gate:
+            ok = await queue.lease_and_enqueue_run(
+                pool, lease_key=lease.key(job_id), lease_ttl=60, job_id=job_id, token=f"r{rep}-{job_id}",
+                triggered_by="bench",
+            )  # fmt: skip
+            assert ok, f"{job_id} still leased"
+
+    try:
+        t0 = time.time()
+        await asyncio.gather(*(one(j) for j in ids))
+        return time.time() - t0
+    finally:
+        await pool.aclose()
+
+
+async def wait_runs(url: str, expected: int, timeout: float) -> tuple[float, float, int]:
+    """(first start, last end, completed) of the runs with id > 0 once `expected` have completed."""
+    deadline = time.monotonic() + timeout
+    async with SqlDb(url) as db:
+        while True:
+            rows = await db.fetch("SELECT COUNT(*) FROM job_run WHERE completed_at IS NOT NULL")
+            done = int(rows[0][0])
+            if done >= expected or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        span = await db.fetch("SELECT MIN(started_at), MAX(completed_at) FROM job_run WHERE result = 'success'")
+        ok = await db.fetch("SELECT COUNT(*) FROM job_run WHERE result = 'success'")
+        bad = await db.fetch("SELECT result, details, COUNT(*) FROM job_run WHERE result != 'success' GROUP BY 1, 2")
+        if bad:
+            print("  failed runs:", bad, flush=True)
+        await db.execute("DELETE FROM job_run")
+    return parse_ts(span[0][0]), parse_ts(span[0][1]), int(ok[0][0])
+
+
+def product_rates(st: Stack, url: str, workers: int, label: str) -> list[float]:
+    r = st.redis()
+    settings = common.bench_settings(database_url=url, redis_url=r.url, log_level="WARNING", embedded_worker=False)
+    ids = [f"t{i:05d}" for i in range(N)]
+    asyncio.run(_insert(url, ids))
+    procs = [st.worker(settings, name=f"{label}-w{i}") for i in range(workers)]
+    time.sleep(1.0)
+    rates = []
+    meters = [CpuMeter(p.proc.pid) for p in procs if p.proc is not None]
+    for rep in range(REPS):
+        for m in meters:
+            m.start()
+        machine0 = psutil.cpu_times()
+        asyncio.run(queue_runs(r.url, ids, rep))
+        first, last, ok = asyncio.run(wait_runs(url, N, timeout=120))
+        assert ok == N, f"{label}: {ok} of {N} runs succeeded"
+        rates.append(N / (last - first))
+        workers_cpu = sum(m.percent() for m in meters)
+        busy = _busy_percent(machine0, psutil.cpu_times())
+        CPU[label].append((workers_cpu, busy))
+        print(f"  {label} rep {rep}: {rates[-1]:.0f} runs/s; workers {workers_cpu:.0f} % of a core, "
+              f"machine {busy:.0f} % busy", flush=True)  # fmt: skip
+    for p in procs:
+        p.stop()
+    return rates
+
+
+CPU: dict[str, list[tuple[float, float]]] = defaultdict(list)
+
+
+def _busy_percent(t0: Any, t1: Any) -> float:
+    """How busy all cores were between two psutil.cpu_times() samples, in % of the whole machine."""
+    idle = (t1.idle + getattr(t1, "iowait", 0)) - (t0.idle + getattr(t0, "iowait", 0))
+    total = sum(t1) - sum(t0)
+    return 100 * (1 - idle / total) if total > 0 else 0.0
+
+
+async def _insert(url: str, ids: list[str]) -> None:
+    async with SqlDb(url) as db:
+        await db.execute("DELETE FROM job WHERE id LIKE 't%'")
+        await db.insert_jobs(ids, job_type=PROBE_TYPE, schedule="0 0 1 1 *", enabled=False)
+
+
+async def arq_drain(pool: ArqRedis) -> float:
+    await pool.flushdb()
+    jobs = await asyncio.gather(*(pool.enqueue_job("noop") for _ in range(N)))
+    for job in jobs:
+        assert job is not None
+        await job.result(timeout=120, poll_delay=0.05)
+    infos = [await j.result_info() for j in jobs]
+    first = min(i.start_time for i in infos if i is not None)
+    last = max(i.finish_time for i in infos if i is not None)
+    return N / (last - first).total_seconds()
+
+
+def arq_rates(st: Stack, poll_delay: float, workers: int) -> list[float]:
+    r = st.redis()
+    env = common.child_env(BENCH_REDIS_URL=r.url, BENCH_POLL_DELAY=str(poll_delay))
+    arq = str(common.ROOT / ".venv/bin/arq")
+    procs = [st.popen([arq, "bench.arq_baseline.WorkerSettings"], f"arq-{poll_delay}-{i}", env) for i in range(workers)]
+    time.sleep(1.5)
+
+    async def run() -> list[float]:
+        pool = await create_pool(RedisSettings.from_dsn(r.url))
+        try:
+            return [await arq_drain(pool) for _ in range(REPS)]
+        finally:
+            await pool.aclose()
+
+    rates = asyncio.run(run())
+    print(f"  arq poll_delay {poll_delay} × {workers}: {[round(x) for x in rates]} jobs/s", flush=True)
+    for p in procs:
+        p.terminate()
+        p.wait(10)
+    return rates
+
+
+def main() -> None:
+    figures: list[dict[str, Any]] = []
+    results: dict[str, list[float]] = {}
+    with Stack("bench-b5-") as st:
+        lite = common.migrated_sqlite(st.workdir / "lite")
+        results["sqlite 1"] = product_rates(st, lite, 1, "sqlite-1w")
+        results["sqlite 2"] = product_rates(st, lite, 2, "sqlite-2w")
+        with_pg = common.mode() != "smoke" and os.environ.get("BENCH_SKIP_POSTGRES") != "1"
+        if with_pg and common.postgres_unavailable_reason() is None:
+            pg = common.migrated_postgres(st.postgres(), "bench_b5")
+            results["postgres 1"] = product_rates(st, pg, 1, "pg-1w")
+            results["postgres 2"] = product_rates(st, pg, 2, "pg-2w")
+        results["arq default 1"] = arq_rates(st, 0.5, 1)
+        results["arq default 2"] = arq_rates(st, 0.5, 2)
+        results["arq 0.005 1"] = arq_rates(st, 0.005, 1)
+
+    def med(key: str) -> float:
+        values = sorted(results[key])
+        return values[len(values) // 2]
+
+    figures.append(
+        figure("1 worker, SQLite", "runs/s", results["sqlite 1"], target="≥ 300", met=med("sqlite 1") >= 300)
+    )
+    figures.append(figure("2 workers, SQLite", "runs/s", results["sqlite 2"]))
+    if "postgres 1" in results:
+        gain = [100 * (b / a - 1) for a, b in zip(results["postgres 1"], results["postgres 2"], strict=True)]
+        figures += [
+            figure("1 worker, PostgreSQL", "runs/s", results["postgres 1"]),
+            figure("2 workers, PostgreSQL", "runs/s", results["postgres 2"]),
+            figure("second worker's gain, PostgreSQL", "%", gain, target="≥ 60", met=sorted(gain)[1] >= 60),
+        ]
+    for label, samples in CPU.items():
+        figures.append(figure(f"{label}: workers' CPU during the drain", "% of a core", [w for w, _ in samples]))
+        figures.append(figure(f"{label}: whole machine busy during the drain", "%", [b for _, b in samples]))
+    figures += [
+        figure("arq no-op, poll_delay 0.5 (default), 1 worker", "jobs/s", results["arq default 1"], baseline=True),
+        figure("arq no-op, poll_delay 0.5 (default), 2 workers", "jobs/s", results["arq default 2"], baseline=True),
+        figure("arq no-op, poll_delay 0.005, 1 worker", "jobs/s", results["arq 0.005 1"], baseline=True),
+    ]
+    ratio = med("sqlite 1") / med("arq default 1")
+    notes = (
+        f"{N} runs of {N} distinct no-op jobs queued at once per repetition, {REPS} repetitions, workers at "
+        f"WORKER_MAX_JOBS 10. One worker on SQLite runs {ratio:.2f}× plain arq's no-op jobs/s at its default."
+    )
+    common.write_result("b5_throughput", "B5 run throughput", figures, notes=notes)
+
+
+if __name__ == "__main__":
+    main()

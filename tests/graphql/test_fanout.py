@@ -1,0 +1,213 @@
+"""Identical `jobStatus` subscriptions share one execution and one serialised payload (app.graphql_fanout)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from strawberry.types.execution import ExecutionResult
+from websockets.asyncio.client import ClientConnection, connect
+
+from app import events
+from app.config import Settings
+from app.graphql_fanout import Fanout, Member, share_key
+from app.main import create_app
+from app.runs import lease
+from app.runtime import Runtime
+from tests.conftest import make_token
+from tests.support.servers import free_port
+
+STATUS = "subscription S($id: ID) { jobStatus(id: $id) { id running lastResult enabled } }"
+OTHER = 'subscription { jobStatus(id: "metadata-sync") { id running } }'
+JOB = "metadata-sync"
+
+
+@asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[tuple[FastAPI, str]]:
+    """The real app under a real uvicorn server in this process, so that its state can be inspected."""
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(20):
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+                await asyncio.sleep(0.02)
+        yield app, f"ws://127.0.0.1:{port}/graphql"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+
+
+async def subscriber(url: str, settings: Settings, query: str, variables: dict[str, Any]) -> ClientConnection:
+    ws = await connect(url, subprotocols=["graphql-transport-ws"])  # type: ignore[list-item]
+    await ws.send(json.dumps({"type": "connection_init", "payload": {"token": make_token(settings)}}))
+    assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "connection_ack"
+    await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": variables}}))
+    return ws
+
+
+async def next_raw(ws: ClientConnection) -> str:
+    raw = await asyncio.wait_for(ws.recv(), 5)
+    assert isinstance(raw, str)
+    return raw
+
+
+def state_of(raw: str) -> dict[str, Any]:
+    message = json.loads(raw)
+    assert message["type"] == "next", message
+    state: dict[str, Any] = message["payload"]["data"]["jobStatus"]
+    return state
+
+
+async def set_running(rt: Runtime, running: bool) -> None:
+    """What a worker does when a run starts or ends: hold or drop the lease, then publish."""
+    if running:
+        assert await lease.acquire(rt.redis, JOB, secrets.token_hex(8), 30)
+        await events.publish(rt.redis, "run.started", JOB, running=True)
+    else:
+        await rt.redis.delete(lease.key(JOB))
+        await events.publish(rt.redis, "run.finished", JOB, running=False)
+
+
+async def test_identical_subscriptions_share_one_execution_and_one_payload(settings: Settings) -> None:
+    async with served(settings) as (app, url), AsyncExitStack() as stack:
+        rt: Runtime = app.state.runtime
+        fanout: Fanout = app.state.fanout
+        await asyncio.wait_for(app.state.hub.connected.wait(), 5)
+        same = [
+            await stack.enter_async_context(await subscriber(url, settings, STATUS, {"id": JOB})) for _ in range(25)
+        ]
+        other = await stack.enter_async_context(await subscriber(url, settings, OTHER, {}))
+        firsts = [await next_raw(ws) for ws in same]
+        assert len(set(firsts)) == 1  # byte for byte the same frame
+        assert state_of(firsts[0]) == {"id": JOB, "running": False, "lastResult": None, "enabled": True}
+        assert state_of(await next_raw(other)) == {"id": JOB, "running": False}
+        assert len(fanout.streams) == 2  # one per distinct document and variables, not one per socket
+
+        for running in (True, False, True):
+            await set_running(rt, running)
+            frames = [await next_raw(ws) for ws in same]
+            assert len(set(frames)) == 1
+            assert state_of(frames[0])["running"] is running
+            assert state_of(await next_raw(other))["running"] is running
+
+        shared = next(s for s in fanout.streams.values() if s.key.query == STATUS)
+        assert len(shared.members) == 25
+        assert shared.executions == 4  # the first state and three changes, whatever the member count
+
+        # A late subscriber gets the current state at once, from the shared stream's latest payload.
+        late = await stack.enter_async_context(await subscriber(url, settings, STATUS, {"id": JOB}))
+        assert state_of(await next_raw(late))["running"] is True
+        assert shared.executions == 4
+        await rt.redis.delete(lease.key(JOB))
+
+    assert fanout.streams == {}  # every socket gone: no stream, no hub mailbox left behind
+    assert not app.state.hub._mailboxes
+
+
+async def test_shared_and_unshared_paths_answer_an_unknown_job_alike(settings: Settings) -> None:
+    unshared = "subscription S($id: ID) { ... on Subscription { jobStatus(id: $id) { id running } } }"
+    shared = "subscription S($id: ID) { jobStatus(id: $id) { id running } }"
+    assert share_key(unshared, {"id": "nope"}, None) is None
+    assert share_key(shared, {"id": "nope"}, None) is not None
+    answers = []
+    async with served(settings) as (_, url):
+        for query in (unshared, shared):
+            async with await subscriber(url, settings, query, {"id": "nope"}) as ws:
+                messages = [json.loads(await next_raw(ws))]
+                while messages[-1]["type"] == "next":
+                    messages.append(json.loads(await next_raw(ws)))
+            for m in messages:
+                for error in m.get("payload", {}).get("errors", []) if isinstance(m.get("payload"), dict) else []:
+                    error.pop("locations", None)
+            answers.append(messages)
+    assert answers[0] == answers[1]
+    assert answers[1][0]["payload"]["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    assert answers[1][-1]["type"] == "complete"
+
+
+def test_only_single_root_jobstatus_subscriptions_are_shared() -> None:
+    assert share_key(STATUS, {"id": JOB}, None) is not None
+    assert share_key(STATUS, {"id": JOB}, "S") is not None
+    assert share_key(STATUS, {"id": JOB}, "Other") is None
+    assert share_key("subscription { jobStatus { id } }", None, None) == share_key(
+        "subscription { jobStatus { id } }", {}, None
+    )
+    assert share_key("{ jobs { id } }", None, None) is None
+    assert share_key("subscription { jobStatus { id } a: jobStatus { id } }", None, None) is None
+    assert share_key("subscription {", None, None) is None
+    # Same variables in another order: the same stream. Another job: another stream.
+    a = share_key(STATUS, {"id": JOB, "x": 1}, None)
+    assert a == share_key(STATUS, {"x": 1, "id": JOB}, None)
+    assert a != share_key(STATUS, {"id": "other"}, None)
+    # Only a stream watching one job replays its latest state to a late subscriber.
+    assert a is not None and a.replay_latest
+    assert not share_key(STATUS, {"id": None}, None).replay_latest  # type: ignore[union-attr]
+    assert share_key(OTHER, None, None).replay_latest  # type: ignore[union-attr]
+
+
+async def test_a_stalled_socket_keeps_the_newest_frame_per_job_and_never_delays_the_others() -> None:
+    gate = asyncio.Event()  # a paused transport: sends wait until it drains
+    slow_sent: list[str] = []
+    fast_sent: list[str] = []
+
+    async def slow_send(frame: str) -> None:
+        await gate.wait()
+        slow_sent.append(frame)
+
+    async def fast_send(frame: str) -> None:
+        fast_sent.append(frame)
+
+    slow = Member("1", slow_send, expires_at=float("inf"), is_current=lambda: True)
+    fast = Member("1", fast_send, expires_at=float("inf"), is_current=lambda: True)
+    offers = [("a", "a1"), ("a", "a2"), ("b", "b1"), ("a", "a3")]
+    for job, frame in offers:
+        slow.offer(job, frame)
+        fast.offer(job, frame)
+    assert fast_sent == ["a1", "a2", "b1", "a3"]  # written at once, with no await in between
+    assert slow_sent == [] and slow.writer is not None
+    gate.set()
+    await asyncio.wait_for(slow.flushed(), 5)
+    assert slow_sent == ["a1", "a3", "b1"]  # the one in flight, then the newest of each job
+
+
+async def test_members_with_an_expired_token_or_a_completed_operation_get_nothing() -> None:
+    fanout = Fanout()
+    key = share_key(STATUS, {"id": JOB}, None)
+    assert key is not None
+    got: dict[str, list[str]] = {"live": [], "expired": [], "completed": []}
+    release = asyncio.Event()
+
+    async def results() -> AsyncIterator[ExecutionResult]:
+        yield ExecutionResult(data={"jobStatus": {"id": JOB}}, errors=None)
+        await release.wait()
+
+    async def open_stream() -> AsyncIterator[ExecutionResult]:
+        return results()
+
+    def member(name: str, expires_at: float, current: bool) -> Member:
+        async def send(frame: str) -> None:
+            got[name].append(frame)
+
+        return Member("7", send, expires_at=expires_at, is_current=lambda: current)
+
+    members = [member("live", float("inf"), True), member("expired", 0.0, True), member("completed", 1e12, False)]
+    stream = None
+    for m in members:
+        stream = fanout.join(key, m, open_stream, lambda: JOB)
+    assert stream is not None
+    await asyncio.sleep(0.05)
+    assert [json.loads(f) for f in got["live"]] == [
+        {"id": "7", "type": "next", "payload": {"data": {"jobStatus": {"id": JOB}}}}
+    ]
+    assert got["expired"] == [] and got["completed"] == []
+    release.set()
+    assert [await asyncio.wait_for(m.ended, 5) for m in members] == [None, None, None]  # complete
+    assert fanout.streams == {}

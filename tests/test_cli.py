@@ -1,0 +1,154 @@
+"""`jobs-gateway` as an operator runs it: a real process against a real API process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+
+from app.config import Settings
+from app.runtime import Runtime
+from tests.conftest import SECRET, make_token
+from tests.factories import make_job
+from tests.support.processes import BIN, ApiProcess, WorkerProcess, env_for
+from tests.support.servers import RedisServer, free_port
+
+pytestmark = pytest.mark.slow
+CLI = str(BIN / "jobs-gateway")
+
+
+@pytest.fixture
+def api(settings: Settings, orm: Runtime, tmp_path: Path) -> Iterator[ApiProcess]:
+    with ApiProcess(settings, tmp_path, free_port()) as process:
+        yield process
+
+
+def cli(
+    settings: Settings, *args: str, token: str | None = None, timeout: float = 30, **env: str
+) -> subprocess.CompletedProcess[str]:
+    environment = env_for(settings, **env)
+    if token is not None:
+        environment["JOBS_GATEWAY_TOKEN"] = token
+    return subprocess.run(
+        [CLI, *args], env=environment, capture_output=True, text=True, timeout=timeout, cwd=tempfile.gettempdir()
+    )
+
+
+def test_token_prints_a_token_the_api_accepts(settings: Settings) -> None:
+    done = cli(settings, "token", "--sub", "7", "--ttl", "10m")
+    assert done.returncode == 0, done.stderr
+    claims = jwt.decode(done.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert (claims["sub"], claims["permissions"]) == ("7", ["settings.update"])
+    assert 590 <= claims["exp"] - claims["iat"] <= 600
+
+
+async def test_jobs_list_shows_every_job_with_its_status(api: ApiProcess, settings: Settings) -> None:
+    await make_job(id="listed", schedule="0 0 1 1 *")
+    done = cli(settings, "jobs", "list", "--url", api.url, token=make_token(settings))
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header.split() == ["ID", "ENABLED", "RUNNING", "SCHEDULE", "NEXT", "RUN", "LAST", "RUN", "LAST", "RESULT"]
+    listed = {row.split()[0]: row.split() for row in rows}
+    assert {"metadata-sync", "cleanup-expired-tokens", "listed"} <= listed.keys()
+    assert listed["listed"][1:3] == ["true", "false"]
+    as_json = cli(settings, "jobs", "list", "--json", "--url", api.url, token=make_token(settings))
+    assert "listed" in {job["id"] for job in json.loads(as_json.stdout)}
+
+
+async def test_jobs_trigger_runs_the_job_and_logs_shows_the_run(api: ApiProcess, settings: Settings) -> None:
+    await make_job(id="by-cli", schedule="0 0 1 1 *", payload={"seconds": 0.3, "summary": "from the terminal"})
+    token = make_token(settings, sub="9")
+    done = cli(settings, "jobs", "trigger", "by-cli", "--url", api.url, token=token)
+    assert (done.returncode, done.stdout.strip()) == (0, "Job triggered successfully")
+    deadline = time.monotonic() + 20
+    while "success" not in (logs := cli(settings, "jobs", "logs", "by-cli", "--url", api.url, token=token)).stdout:
+        assert time.monotonic() < deadline, logs.stdout + logs.stderr
+        await asyncio.sleep(0.3)
+    [line] = logs.stdout.splitlines()
+    assert "success" in line and "user:9" in line and line.endswith("from the terminal")
+
+
+async def test_jobs_trigger_of_a_running_job_exits_1_with_the_conflict(api: ApiProcess, settings: Settings) -> None:
+    await make_job(id="stuck", type="test_block", schedule="0 0 1 1 *")  # runs until the API stops
+    token = make_token(settings)
+    assert cli(settings, "jobs", "trigger", "stuck", "--url", api.url, token=token).returncode == 0
+    again = cli(settings, "jobs", "trigger", "stuck", "--url", api.url, token=token)
+    assert (again.returncode, again.stderr.strip()) == (1, "jobs-gateway: 409 Job is already running")
+
+
+async def test_errors_exit_1_with_the_apis_message(api: ApiProcess, settings: Settings) -> None:
+    missing = cli(settings, "jobs", "trigger", "no-such-job", "--url", api.url, token=make_token(settings))
+    assert (missing.returncode, missing.stderr.strip()) == (1, "jobs-gateway: 404 Job 'no-such-job' not found")
+    refused = cli(settings, "jobs", "list", "--url", api.url, token="not-a-jwt")
+    assert refused.returncode == 1 and refused.stderr.startswith("jobs-gateway: 401 Invalid token")
+    unreachable = cli(settings, "jobs", "list", "--url", f"http://127.0.0.1:{free_port()}", token="x")
+    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+
+
+async def test_without_a_token_one_is_signed_with_the_configured_secret(api: ApiProcess, settings: Settings) -> None:
+    done = cli(settings, "jobs", "trigger", "metadata-sync", "--url", api.url)  # JWT_SECRET comes from env_for
+    assert done.returncode == 0, done.stderr
+    without_secret = cli(settings.model_copy(update={"jwt_secret": None}), "jobs", "list", "--url", api.url)
+    assert without_secret.returncode == 1 and "no token" in without_secret.stderr
+
+
+async def test_logs_follow_prints_each_run_as_it_finishes(api: ApiProcess, settings: Settings) -> None:
+    await make_job(id="followed", schedule="0 0 1 1 *", payload={"seconds": 0.2, "summary": "tick"})
+    token = make_token(settings)
+    environment = env_for(settings)
+    environment["JOBS_GATEWAY_TOKEN"] = token
+    follower = await asyncio.create_subprocess_exec(
+        CLI,
+        "jobs",
+        "logs",
+        "followed",
+        "--follow",
+        "--url",
+        api.url,
+        env=environment,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert follower.stderr is not None and follower.stdout is not None
+    try:
+        assert b"following followed" in await asyncio.wait_for(follower.stderr.readline(), 20)
+        lines = []
+        for n in range(2):
+            await asyncio.sleep(0.3)  # the subscription is set up just after the banner
+            done = await asyncio.to_thread(cli, settings, "jobs", "trigger", "followed", "--url", api.url, token=token)
+            assert done.returncode == 0, done.stderr
+            lines.append((await asyncio.wait_for(follower.stdout.readline(), 20)).decode())
+            assert "success" in lines[-1] and lines[-1].rstrip().endswith("tick"), (n, lines)
+        assert lines[0] != lines[1]
+        follower.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(follower.wait(), 10) == 130
+    finally:
+        if follower.returncode is None:
+            follower.kill()
+            await follower.wait()
+
+
+def test_worker_exits_non_zero_once_redis_is_gone_for_good(settings: Settings, tmp_path: Path) -> None:
+    with RedisServer() as redis_server:  # our own, stopped below
+        own = settings.model_copy(update={"redis_url": redis_server.url})
+        worker = WorkerProcess(own, tmp_path, "cli-worker", worker_redis_retry_seconds=1)
+        worker.argv = [CLI, "worker"]
+        worker.start()
+        try:
+            time.sleep(0.5)
+            redis_server.stop()
+            started = time.monotonic()
+            code = worker.wait(60)
+        finally:
+            worker.stop()
+    print(f"worker gave up {time.monotonic() - started:.1f} s after Redis stopped")
+    assert code == 1, worker.tail()
+    assert "Redis unreachable for longer than WORKER_REDIS_RETRY_SECONDS" in worker.tail()
