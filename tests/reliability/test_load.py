@@ -27,7 +27,7 @@ from tests.reliability.harness import Cluster, create_job, figure, rss_mb, runni
 from tests.support.processes import ROOT
 from workers.tasks import SKIPPED_FIRES_KEY
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.load]
 
 JOBS = 200
 SUBSCRIBERS = 1000
