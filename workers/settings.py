@@ -45,6 +45,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     await Tortoise.init(config=db.tortoise_config(settings), _enable_global_fallback=True)
     registry.load([BUILTIN_HANDLERS, *settings.job_type_modules])
     ctx["redis"].connection_pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_SECONDS
+    await ctx["redis"].connection_pool.disconnect()  # connections made before (arq's ping) had no timeout
     rt = Runtime(settings=settings, redis=ctx["redis"])
     ctx["runtime"] = rt
     await jobs_service.register_builtin_jobs()

@@ -11,7 +11,7 @@ from typing import Any
 from arq.constants import default_queue_name
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from tortoise import connections
+from tortoise.transactions import in_transaction
 
 OK, FAILING, TIMEOUT = "ok", "failing", "timeout"
 
@@ -32,7 +32,10 @@ class Readiness:
 
 
 async def database_answers() -> bool:
-    await connections.get("default").execute_query("SELECT 1")
+    # Through a transaction: on SQLite a bare SELECT goes to the read-only connection, which would
+    # answer even while the connection that writes is wedged.
+    async with in_transaction("default") as conn:
+        await conn.execute_query("SELECT 1")
     return True
 
 

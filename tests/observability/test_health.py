@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 from fastapi import FastAPI
+from tortoise.transactions import in_transaction
 
 from app.config import Settings
 from tests.conftest import make_settings, running_app
@@ -63,3 +65,23 @@ async def test_readyz_names_an_embedded_worker_that_stopped(app_client: tuple[Fa
     assert response.status_code == 503
     assert response.json()["checks"] == {"database": "ok", "redis": "ok", "worker": "failing"}
     assert response.json()["message"] == "Not ready: worker"
+
+
+@pytest.mark.sqlite_only  # PostgreSQL's pool hands readiness its own connection: nothing is wedged there
+async def test_readyz_fails_while_the_sqlite_connection_that_writes_is_held(client: httpx.AsyncClient) -> None:
+    held = asyncio.Event()
+
+    async def hold_the_writer() -> None:
+        async with in_transaction("default"):
+            held.set()
+            await asyncio.sleep(3)
+
+    holder = asyncio.create_task(hold_the_writer())
+    await held.wait()
+    try:
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["checks"]["database"] == "timeout"
+    finally:
+        await holder
+    assert (await client.get("/readyz")).status_code == 200
