@@ -47,10 +47,11 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The whole suite on SQLite, then the whole suite again on a throwaway PostgreSQL cluster (initdb/pg_ctl).
+# The whole suite on SQLite, then again on a throwaway PostgreSQL cluster (initdb/pg_ctl); the browser tests
+# drive the page through the GraphQL API, whose own tests run on both, so they run once.
 test: install system-deps lint
 	$(BIN)/pytest --ignore=tests/reliability
-	$(BIN)/pytest --backend postgres --ignore=tests/reliability
+	$(BIN)/pytest --backend postgres --ignore=tests/reliability --ignore=tests/browser
 
 # Faults, load and hostile input against real processes, on SQLite then PostgreSQL (docs/reliability.md).
 test-reliability: install system-deps
