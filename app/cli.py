@@ -8,8 +8,10 @@ import asyncio
 import os
 import subprocess
 import sys
+import traceback
 from datetime import timedelta
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 from redis.exceptions import RedisError
@@ -19,6 +21,7 @@ from app.auth import ADMIN_PERMISSION, issue_token
 from app.config import Settings, get_settings
 from app.jobs.schedule import ScheduleError, parse_go_duration
 from app.logs import configure_logging
+from app.observability.worker_metrics import MetricsPortUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,15 +86,20 @@ def cmd_worker(_: argparse.Namespace) -> None:
         run_standalone(_settings())
     except db.SchemaBehind as exc:
         sys.exit(f"jobs-gateway worker: {exc}")
-    except (RedisError, OSError) as exc:
-        print(
-            f"jobs-gateway worker: Redis unreachable for longer than WORKER_REDIS_RETRY_SECONDS ({exc}); exiting",
-            file=sys.stderr,
-            flush=True,
-        )
-        # arq's close() needs Redis, so its shutdown hook never ran: the database client's thread would
-        # keep a plain exit waiting forever. The process is done; the OS reclaims its connections.
-        os._exit(1)
+    except RedisError as exc:  # redis' ConnectionError and TimeoutError included
+        _die(f"jobs-gateway worker: Redis unreachable for longer than WORKER_REDIS_RETRY_SECONDS ({exc}); exiting")
+    except MetricsPortUnavailable as exc:
+        _die(f"jobs-gateway worker: {exc}; exiting")
+    except Exception as exc:
+        traceback.print_exc()
+        _die(f"jobs-gateway worker: {type(exc).__name__}: {exc}; exiting")
+
+
+def _die(message: str) -> NoReturn:
+    print(message, file=sys.stderr, flush=True)
+    # arq's shutdown hook never ran (its close() needs Redis, or start-up failed half-way): the database
+    # client's thread would keep a plain exit waiting forever. The process is done; the OS reclaims the rest.
+    os._exit(1)
 
 
 def _api(args: argparse.Namespace) -> cli_client.Api:

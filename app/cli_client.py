@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import ValidationError
@@ -44,13 +45,13 @@ def resolve_token(token: str | None) -> str:
     """--token, else JOBS_GATEWAY_TOKEN, else one minted from the configured signing key (sub `cli`)."""
     if token or os.environ.get(TOKEN_ENV):
         return token or os.environ[TOKEN_ENV]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the throwaway-secret warning: the error below says it better
         try:
             settings = get_settings()
         except (ValidationError, ValueError) as exc:
             raise CliError(f"no token: pass --token or set {TOKEN_ENV} (settings cannot sign one: {exc})") from exc
-    if caught:  # a throwaway random secret: a token signed with it would not verify anywhere
+    if settings.throwaway_secret:  # a token signed with it would verify in no other process
         raise CliError(f"no token: pass --token or set {TOKEN_ENV}, or set JWT_SECRET to the API's secret")
     try:
         return issue_token(settings, sub=CLI_SUB, permissions=[ADMIN_PERMISSION], ttl=timedelta(hours=1))
@@ -119,13 +120,13 @@ async def list_jobs(api: Api, *, as_json: bool) -> str:
 
 
 async def trigger(api: Api, job_id: str) -> str:
-    body = await api.call("POST", f"/api/jobs/{job_id}/trigger")
+    body = await api.call("POST", f"/api/jobs/{quote(job_id, safe='')}/trigger")
     return str(body["message"])
 
 
 async def recent_runs(api: Api, job_id: str, limit: int) -> list[dict[str, Any]]:
     """The job's latest runs, oldest first."""
-    page = await api.call("GET", f"/api/jobs/{job_id}/logs", limit=limit)
+    page = await api.call("GET", f"/api/jobs/{quote(job_id, safe='')}/logs", limit=limit)
     return list(reversed(page["logs"]))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway_seconds: int = Field(default=30, ge=0)
+    # Set when development made up a random JWT_SECRET: tokens signed with it verify in no other process.
+    _throwaway_secret: bool = PrivateAttr(default=False)
 
     scheduler_timezone: str = "UTC"
     embedded_worker: bool = True
@@ -130,6 +132,7 @@ class Settings(BaseSettings):
             # Development without a secret: tokens from another process will not verify,
             # which is safe; `make run` writes a persistent secret into .env instead.
             self.jwt_secret = secrets.token_urlsafe(48)
+            self._throwaway_secret = True
             warnings.warn("JWT_SECRET is unset: using a random secret for this process", stacklevel=2)
             return
         if secret is None:
@@ -140,6 +143,11 @@ class Settings(BaseSettings):
             )
         if len(secret.encode()) < MIN_SECRET_BYTES or secret.lower() in PLACEHOLDER_SECRETS:
             raise ConfigError(f"JWT_SECRET must be a random string of at least {MIN_SECRET_BYTES} bytes.")
+
+    @property
+    def throwaway_secret(self) -> bool:
+        """JWT_SECRET was unset in development and this process made one up."""
+        return self._throwaway_secret
 
     @cached_property
     def tz(self) -> ZoneInfo:

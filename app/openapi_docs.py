@@ -8,6 +8,8 @@ from typing import Any, Literal
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
+from app.outages import DATABASE_DOWN, REDIS_DOWN
+
 
 class ErrorBody(BaseModel):
     """Every REST error (app/rest_errors.py)."""
@@ -27,7 +29,7 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
     404: ("No job with this id", "job_not_found", "Job 'metadata-sync' not found"),
     409: ("The job is running (or the id exists, or it is built in)", "already_running", "Job is already running"),
     413: ("Request body over MAX_BODY_BYTES", "payload_too_large", "Request body is larger than 65536 bytes"),
-    503: ("Redis (the job queue) is unavailable", "unavailable", "The job queue (Redis) is unavailable; try again"),
+    503: (f"Redis or the database is out of reach; the database says '{DATABASE_DOWN}'", "unavailable", REDIS_DOWN),
 }
 
 

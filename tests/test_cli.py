@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 
@@ -93,6 +95,21 @@ async def test_errors_exit_1_with_the_apis_message(api: ApiProcess, settings: Se
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
 
 
+async def test_a_job_id_with_url_characters_reaches_the_api_as_one_path_segment(
+    api: ApiProcess, settings: Settings
+) -> None:
+    # Unescaped, `?` would start a query string (POST /api/jobs/odd: 405) and `#` a fragment.
+    token = make_token(settings)
+    for command in ("trigger", "logs"):
+        for job_id in ("odd?id", "odd#id", "odd id"):
+            done = cli(settings, "jobs", command, job_id, "--url", api.url, token=token)
+            assert (done.returncode, done.stderr.split(" Invalid job ID")[0]) == (1, "jobs-gateway: 400"), (
+                command,
+                job_id,
+                done.stderr,
+            )
+
+
 async def test_without_a_token_one_is_signed_with_the_configured_secret(api: ApiProcess, settings: Settings) -> None:
     done = cli(settings, "jobs", "trigger", "metadata-sync", "--url", api.url)  # JWT_SECRET comes from env_for
     assert done.returncode == 0, done.stderr
@@ -139,11 +156,14 @@ async def test_logs_follow_prints_each_run_as_it_finishes(api: ApiProcess, setti
 def test_worker_exits_non_zero_once_redis_is_gone_for_good(settings: Settings, tmp_path: Path) -> None:
     with RedisServer() as redis_server:  # our own, stopped below
         own = settings.model_copy(update={"redis_url": redis_server.url})
-        worker = WorkerProcess(own, tmp_path, "cli-worker", worker_redis_retry_seconds=1)
+        port = free_port()
+        worker = WorkerProcess(own, tmp_path, "cli-worker", worker_redis_retry_seconds=1, worker_metrics_port=port)
         worker.argv = [CLI, "worker"]
+        # The metrics server starts last in the worker's start-up: once it answers, the worker is up.
+        worker.ready_text = "worker metrics on"
         worker.start()
         try:
-            time.sleep(0.5)
+            assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
             redis_server.stop()
             started = time.monotonic()
             code = worker.wait(60)
@@ -152,3 +172,20 @@ def test_worker_exits_non_zero_once_redis_is_gone_for_good(settings: Settings, t
     print(f"worker gave up {time.monotonic() - started:.1f} s after Redis stopped")
     assert code == 1, worker.tail()
     assert "Redis unreachable for longer than WORKER_REDIS_RETRY_SECONDS" in worker.tail()
+
+
+def test_worker_whose_metrics_port_is_taken_exits_naming_the_port_not_redis(settings: Settings, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = WorkerProcess(settings, tmp_path, "port-worker", worker_metrics_port=port)
+        worker.ready_text = ""  # it is expected to exit during start-up
+        worker.start()
+        try:
+            code = worker.wait(60)
+        finally:
+            worker.stop()
+    assert code == 1, worker.tail()
+    assert f"cannot serve worker metrics on 127.0.0.1:{port} (WORKER_METRICS_PORT" in worker.tail()
+    assert "Redis unreachable" not in worker.tail()

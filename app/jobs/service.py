@@ -20,6 +20,7 @@ from app.jobs.ids import validate_job_id
 from app.jobs.inputs import JobCreate, parse_job_create
 from app.jobs.models import Job
 from app.jobs.schedule import FORMS, ScheduleError, interval_to_schedule, validate_schedule
+from app.observability import metrics
 from app.runs import lease
 from app.runs.models import Run
 from app.runtime import Runtime
@@ -182,6 +183,7 @@ async def delete(rt: Runtime, *, job_id: str, actor: str) -> None:
             await queue.cancel_fire(rt.redis, job_id=job.id, fire_at=job.next_run_at)
         except RedisError:
             log.warning("could not remove the pending fire of deleted job %s; it is dropped when it comes due", job.id)
+    metrics.job_deleted(job.id)
     await events.publish(rt.redis, "job.deleted", job.id)
 
 

@@ -27,32 +27,32 @@ HTTP_DURATION = Histogram(
 )
 RUNS_STARTED = Counter(
     "jobs_gateway_runs_started_total",
-    "Runs whose handler started, by job and trigger (scheduler or manual).",
-    ["job", "trigger"],
+    "Runs whose handler started, by job id and trigger (scheduler or manual).",
+    ["job_id", "trigger"],
 )
 RUNS_FINISHED = Counter(
     "jobs_gateway_runs_finished_total",
-    "Runs closed, by job and result (success or error), counted in the process that closed them.",
-    ["job", "result"],
+    "Runs closed, by job id and result (success or error), counted in the process that closed them.",
+    ["job_id", "result"],
 )
 RUN_DURATION = Histogram(
-    "jobs_gateway_run_duration_seconds", "Duration of finished runs, by job.", ["job"], buckets=RUN_BUCKETS
+    "jobs_gateway_run_duration_seconds", "Duration of finished runs, by job id.", ["job_id"], buckets=RUN_BUCKETS
 )
 FIRES_SKIPPED = Counter(
     "jobs_gateway_fires_skipped_total",
     "Scheduled fires skipped because the previous run of the job was still going (overlap policy forbid).",
-    ["job"],
+    ["job_id"],
 )
 FIRES_MISSED = Counter(
     "jobs_gateway_fires_missed_total",
     "Scheduled fires that came due later than MISFIRE_GRACE_SECONDS (no worker ran) and were not run.",
-    ["job"],
+    ["job_id"],
 )
 LEASE_LOSSES = Counter(
     "jobs_gateway_lease_losses_total",
     "Runs whose lease was lost: reason worker_lost (reaped after the worker vanished) or lease_lost "
     "(the handler was cancelled because its lease could not be renewed).",
-    ["job", "reason"],
+    ["job_id", "reason"],
 )
 SCHEDULER_LAG = Histogram(
     "jobs_gateway_scheduler_lag_seconds",
@@ -91,26 +91,36 @@ def trigger_kind(triggered_by: str) -> str:
 
 
 def run_started(job_id: str, triggered_by: str, lag_seconds: float | None) -> None:
-    RUNS_STARTED.labels(job=job_id, trigger=trigger_kind(triggered_by)).inc()
+    RUNS_STARTED.labels(job_id=job_id, trigger=trigger_kind(triggered_by)).inc()
     if lag_seconds is not None:
         SCHEDULER_LAG.observe(max(0.0, lag_seconds))
 
 
 def run_finished(job_id: str, result: str, duration_ms: int) -> None:
-    RUNS_FINISHED.labels(job=job_id, result=result).inc()
-    RUN_DURATION.labels(job=job_id).observe(duration_ms / 1000)
+    RUNS_FINISHED.labels(job_id=job_id, result=result).inc()
+    RUN_DURATION.labels(job_id=job_id).observe(duration_ms / 1000)
 
 
 def lease_lost(job_id: str, reason: str) -> None:
-    LEASE_LOSSES.labels(job=job_id, reason=reason).inc()
+    LEASE_LOSSES.labels(job_id=job_id, reason=reason).inc()
 
 
 def fire_skipped(job_id: str) -> None:
-    FIRES_SKIPPED.labels(job=job_id).inc()
+    FIRES_SKIPPED.labels(job_id=job_id).inc()
 
 
 def fire_missed(job_id: str) -> None:
-    FIRES_MISSED.labels(job=job_id).inc()
+    FIRES_MISSED.labels(job_id=job_id).inc()
+
+
+# Every metric labelled by job id: a deleted job's series go with it, so series do not grow with job churn.
+PER_JOB = (RUNS_STARTED, RUNS_FINISHED, RUN_DURATION, FIRES_SKIPPED, FIRES_MISSED, LEASE_LOSSES)
+
+
+def job_deleted(job_id: str) -> None:
+    """Drop this process's series of a deleted job (other processes keep theirs until they restart)."""
+    for metric in PER_JOB:
+        metric.remove_by_labels({"job_id": job_id})
 
 
 def event_published(event: str) -> None:

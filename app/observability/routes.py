@@ -1,7 +1,8 @@
-"""`/healthz`, `/readyz` and `/metrics`: unauthenticated, cheap, and free of anything sensitive.
+"""`/healthz`, `/readyz` and `/metrics`: unauthenticated (probes and Prometheus send no token) and cheap.
 
 They are infrastructure, not API, and stay out of /docs, whose every operation needs the bearer token;
-the README documents them."""
+the README documents them. /metrics names job ids and reads Redis on each scrape: the README tells
+operators to keep it off the public network (or turn it off with METRICS_ENABLED=false)."""
 
 from __future__ import annotations
 

@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 QUEUE_DEPTH_TIMEOUT_SECONDS = 0.5
 
 
+class MetricsPortUnavailable(Exception):
+    """WORKER_METRICS_PORT could not be bound (taken, or METRICS_HOST is not an address of this host)."""
+
+
 class WorkerMetricsServer:
     def __init__(self, server: WSGIServer, thread: threading.Thread, client: redis.Redis) -> None:
         self._server, self._thread, self._client = server, thread, client
@@ -45,7 +49,15 @@ class WorkerMetricsServer:
                 return math.nan
 
         metrics.QUEUE_DEPTH.set_function(depth)
-        server, thread = start_http_server(settings.worker_metrics_port, addr=settings.metrics_host)
+        address = f"{settings.metrics_host}:{settings.worker_metrics_port}"
+        try:
+            server, thread = start_http_server(settings.worker_metrics_port, addr=settings.metrics_host)
+        except OSError as exc:
+            client.close()
+            # Say which setting to change: a bare "Address already in use" names neither the port nor why.
+            raise MetricsPortUnavailable(
+                f"cannot serve worker metrics on {address} (WORKER_METRICS_PORT, METRICS_HOST): {exc.strerror or exc}"
+            ) from exc
         log.info("worker metrics on http://%s:%s/metrics", settings.metrics_host, settings.worker_metrics_port)
         return cls(server, thread, client)
 

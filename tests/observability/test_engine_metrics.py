@@ -32,31 +32,31 @@ async def test_a_run_whose_worker_vanished_counts_as_a_lease_loss_where_it_is_re
     job = await make_job(id="vanished")
     run = await begin(orm, job)
     await orm.redis.delete(lease.key("vanished"))  # the worker died: nobody renews the lease
-    before = sample("jobs_gateway_lease_losses_total", job="vanished", reason="worker_lost")
-    finished = sample("jobs_gateway_runs_finished_total", job="vanished", result="error")
+    before = sample("jobs_gateway_lease_losses_total", job_id="vanished", reason="worker_lost")
+    finished = sample("jobs_gateway_runs_finished_total", job_id="vanished", result="error")
     later = Runtime(settings=orm.settings, redis=orm.redis, clock=lambda: run.started_at + timedelta(minutes=5))
     assert await runs_service.reap_lost(later) == 1
-    assert sample("jobs_gateway_lease_losses_total", job="vanished", reason="worker_lost") == before + 1
-    assert sample("jobs_gateway_runs_finished_total", job="vanished", result="error") == finished + 1
+    assert sample("jobs_gateway_lease_losses_total", job_id="vanished", reason="worker_lost") == before + 1
+    assert sample("jobs_gateway_runs_finished_total", job_id="vanished", result="error") == finished + 1
     assert await runs_service.reap_lost(later) == 0  # counted once, however many reapers pass
-    assert sample("jobs_gateway_lease_losses_total", job="vanished", reason="worker_lost") == before + 1
+    assert sample("jobs_gateway_lease_losses_total", job_id="vanished", reason="worker_lost") == before + 1
 
 
 async def test_a_handler_cancelled_for_its_lost_lease_is_counted(orm: Runtime) -> None:
     job = await make_job(id="usurped", type="test_block")
     run = await begin(orm, job)
-    before = sample("jobs_gateway_lease_losses_total", job="usurped", reason="lease_lost")
+    before = sample("jobs_gateway_lease_losses_total", job_id="usurped", reason="lease_lost")
     task = asyncio.create_task(execute(orm, job, run))
     await asyncio.sleep(0.1)
     await orm.redis.set(lease.key("usurped"), "someone-else")
     await asyncio.wait_for(task, 5)
-    assert sample("jobs_gateway_lease_losses_total", job="usurped", reason="lease_lost") == before + 1
-    assert sample("jobs_gateway_runs_started_total", job="usurped", trigger="manual") >= 1
+    assert sample("jobs_gateway_lease_losses_total", job_id="usurped", reason="lease_lost") == before + 1
+    assert sample("jobs_gateway_runs_started_total", job_id="usurped", trigger="manual") >= 1
 
 
 async def test_a_fire_that_comes_due_past_the_grace_window_is_counted_as_missed(orm: Runtime) -> None:
     fire_at = orm.now().replace(microsecond=0) - timedelta(seconds=orm.settings.misfire_grace_seconds + 3600)
     await make_job(id="overslept", schedule="@every 1h", next_run_at=fire_at)
-    before = sample("jobs_gateway_fires_missed_total", job="overslept")
+    before = sample("jobs_gateway_fires_missed_total", job_id="overslept")
     assert await scheduler.claim_fire(orm, job_id="overslept", fire_at=fire_at) is None
-    assert sample("jobs_gateway_fires_missed_total", job="overslept") == before + 1
+    assert sample("jobs_gateway_fires_missed_total", job_id="overslept") == before + 1

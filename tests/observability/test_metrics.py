@@ -10,7 +10,7 @@ import httpx
 from app.config import Settings
 from tests.conftest import running_app
 from tests.factories import make_job, wait_for_logs, wait_until
-from tests.observability.scrape import has, value
+from tests.observability.scrape import has, samples, value
 
 
 async def scrape(client: httpx.AsyncClient) -> str:
@@ -35,11 +35,11 @@ async def test_a_manual_run_is_counted_with_its_job_trigger_result_and_duration(
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("jobs_gateway_runs_started_total", job="metered", trigger="manual") == 1
-    assert delta("jobs_gateway_runs_finished_total", job="metered", result="success") == 1
-    assert delta("jobs_gateway_runs_finished_total", job="metered-fail", result="error") == 1
-    assert delta("jobs_gateway_run_duration_seconds_count", job="metered") == 1
-    assert delta("jobs_gateway_run_duration_seconds_sum", job="metered") >= 0.05
+    assert delta("jobs_gateway_runs_started_total", job_id="metered", trigger="manual") == 1
+    assert delta("jobs_gateway_runs_finished_total", job_id="metered", result="success") == 1
+    assert delta("jobs_gateway_runs_finished_total", job_id="metered-fail", result="error") == 1
+    assert delta("jobs_gateway_run_duration_seconds_count", job_id="metered") == 1
+    assert delta("jobs_gateway_run_duration_seconds_sum", job_id="metered") >= 0.05
     assert delta("jobs_gateway_events_published_total", event="run.started") >= 2
     assert delta("jobs_gateway_events_published_total", event="run.finished") >= 2
     # Requests are labelled by route template, never by the raw path with its job id.
@@ -57,6 +57,18 @@ async def test_a_manual_run_is_counted_with_its_job_trigger_result_and_duration(
         "jobs_gateway_scheduler_lag_seconds_count",
     ):
         assert has(after, name), name
+
+
+async def test_a_deleted_jobs_series_leave_metrics(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    await make_job(id="churned", payload={"seconds": 0.01})
+    assert (await client.post("/api/jobs/churned/trigger", headers=auth)).status_code == 200
+    await wait_for_logs(client, "churned", auth)
+    before = await scrape(client)
+    assert has(before, "jobs_gateway_runs_finished_total", job_id="churned")
+    # Prometheus' target label `job` would rename ours to `exported_job`: per-job series say `job_id`.
+    assert not any("job" in labels for _, labels, _ in samples(before))
+    assert (await client.delete("/api/jobs/churned", headers=auth)).status_code == 204
+    assert "churned" not in await scrape(client)
 
 
 async def test_unknown_paths_share_one_series(client: httpx.AsyncClient) -> None:
@@ -77,14 +89,14 @@ async def test_scheduled_fires_record_lag_and_overlapping_fires_are_counted_as_s
 
     async def skipped() -> bool:
         text = await scrape(client)
-        return value(text, "jobs_gateway_fires_skipped_total", job="ticker") > value(
-            before, "jobs_gateway_fires_skipped_total", job="ticker"
+        return value(text, "jobs_gateway_fires_skipped_total", job_id="ticker") > value(
+            before, "jobs_gateway_fires_skipped_total", job_id="ticker"
         )
 
     await wait_until(skipped, timeout=20, interval=0.2)
     assert (await client.patch("/api/jobs/ticker", json={"enabled": False}, headers=auth)).status_code == 200
     after = await scrape(client)
-    assert value(after, "jobs_gateway_runs_started_total", job="ticker", trigger="scheduler") >= 1
+    assert value(after, "jobs_gateway_runs_started_total", job_id="ticker", trigger="scheduler") >= 1
     lag_count = value(after, "jobs_gateway_scheduler_lag_seconds_count") - value(
         before, "jobs_gateway_scheduler_lag_seconds_count"
     )

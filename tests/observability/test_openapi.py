@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from app.outages import DATABASE_DOWN, REDIS_DOWN
+
 # The errors each operation can answer besides 401 and 403 (which every authenticated one can).
 EXPECTED_ERRORS = {
     ("get", "/api/jobs"): set(),
@@ -79,3 +81,9 @@ async def test_operations_endpoints_stay_out_of_the_api_document(client: httpx.A
         assert path not in paths
         assert (await client.get(path)).status_code == 200  # and need no credentials
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_the_503_example_is_the_message_an_outage_really_answers(client: httpx.AsyncClient) -> None:
+    response = operations(await openapi(client))[("post", "/api/jobs/{jobId}/trigger")]["responses"]["503"]
+    assert response["content"]["application/json"]["example"]["message"] == REDIS_DOWN
+    assert DATABASE_DOWN in response["description"]

@@ -218,11 +218,11 @@ async def test_a_standalone_worker_serves_its_own_metrics(
         await wait_until(finished, timeout=20)
         async with httpx.AsyncClient(timeout=5) as scraper:
             text = (await scraper.get(f"http://127.0.0.1:{port}/metrics")).text
-        assert value(text, "jobs_gateway_runs_started_total", job="remote", trigger="manual") == 1
-        assert value(text, "jobs_gateway_runs_finished_total", job="remote", result="success") == 1
+        assert value(text, "jobs_gateway_runs_started_total", job_id="remote", trigger="manual") == 1
+        assert value(text, "jobs_gateway_runs_finished_total", job_id="remote", result="success") == 1
         assert value(text, "jobs_gateway_queue_depth") >= 0
         api_text = (await client.get("/metrics")).text
-        assert value(api_text, "jobs_gateway_runs_started_total", job="remote") == 0  # ran in the worker
+        assert value(api_text, "jobs_gateway_runs_started_total", job_id="remote") == 0  # ran in the worker
         assert "worker" not in (await client.get("/readyz")).json()["checks"]
         await client.aclose()
 
