@@ -17,6 +17,7 @@ and never delays the others. Events of one stream reach every member in order.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -29,6 +30,8 @@ from typing import Any
 from graphql import FieldNode, GraphQLError, NullValueNode, OperationDefinitionNode, OperationType, VariableNode, parse
 from graphql.error import GraphQLSyntaxError
 from strawberry.types.execution import ExecutionResult, PreExecutionError
+
+from app.aio import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +54,9 @@ class ShareKey:
 
 
 @lru_cache(maxsize=512)
-def _shared_root(query: str, operation_name: str | None) -> tuple[str, str | None] | None:
-    """(field, how its `id` argument is given) when the document is one shareable root field, else None.
+def _shared_root(query: str, operation_name: str | None) -> tuple[str, str | None, bool] | None:
+    """(field, how its `id` argument is given, whether that variable defaults to an id) when the document
+    is one shareable root field, else None.
 
     The second item is None (no id: every job), "literal" or the name of the variable holding it.
     """
@@ -73,10 +77,13 @@ def _shared_root(query: str, operation_name: str | None) -> tuple[str, str | Non
         return None
     id_arg = next((a for a in root.arguments or () if a.name.value == "id"), None)
     if id_arg is None or isinstance(id_arg.value, NullValueNode):
-        return root.name.value, None
+        return root.name.value, None, False
     if isinstance(id_arg.value, VariableNode):
-        return root.name.value, id_arg.value.name.value
-    return root.name.value, "literal"
+        name = id_arg.value.name.value
+        definition = next((d for d in operations[0].variable_definitions or () if d.variable.name.value == name), None)
+        default = definition.default_value if definition is not None else None
+        return root.name.value, name, default is not None and not isinstance(default, NullValueNode)
+    return root.name.value, "literal", False
 
 
 def share_key(query: object, variables: object, operation_name: object) -> ShareKey | None:
@@ -94,11 +101,13 @@ def share_key(query: object, variables: object, operation_name: object) -> Share
         canonical = json.dumps(variables or {}, sort_keys=True, separators=(",", ":"))
     except (TypeError, ValueError):
         return None
-    _, id_source = root
+    _, id_source, defaults_to_an_id = root
     if id_source is None or id_source == "literal":
         watches_one = id_source == "literal"
+    elif variables and id_source in variables:
+        watches_one = variables[id_source] is not None  # an explicit null overrides the default
     else:
-        watches_one = (variables or {}).get(id_source) is not None
+        watches_one = defaults_to_an_id
     return ShareKey(query, operation_name, canonical, watches_one)
 
 
@@ -182,15 +191,25 @@ KeyOf = Callable[[], str | None]
 class SharedStream:
     """One strawberry subscription stream whose results go to every member."""
 
-    def __init__(self, key: ShareKey, open_stream: StreamOpener, job_key: KeyOf, on_end: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        key: ShareKey,
+        open_stream: StreamOpener,
+        job_key: KeyOf,
+        on_end: Callable[[], None],
+        on_cancel: Callable[[asyncio.Task[None]], None],
+    ) -> None:
         self.key = key
         self.members: set[Member] = set()
         self.latest: str | None = None
         self._open = open_stream
         self._job_key = job_key
         self._on_end = on_end
+        self._on_cancel = on_cancel  # sees a cancelled task through to its end (Fanout.aclose awaits it)
         self.executions = 0
-        self.task = asyncio.create_task(self._run(), name="fanout-stream")
+        # A fresh context: the stream outlives the socket that opened it, and must not log every
+        # event under that socket's request id and user.
+        self.task = asyncio.create_task(self._run(), name="fanout-stream", context=contextvars.Context())
 
     def join(self, member: Member) -> None:
         self.members.add(member)
@@ -201,9 +220,11 @@ class SharedStream:
         self.members.discard(member)
         if member.writer is not None:
             member.writer.cancel()
+            self._on_cancel(member.writer)
         if not self.members:
             self._on_end()  # at once: a subscriber arriving while the task winds down starts a new stream
             self.task.cancel()
+            self._on_cancel(self.task)
 
     async def _run(self) -> None:
         end: Message | None = None  # None: complete
@@ -260,6 +281,7 @@ class Fanout:
 
     def __init__(self) -> None:
         self._streams: dict[ShareKey, SharedStream] = {}
+        self._ending: set[asyncio.Task[None]] = set()  # cancelled, still closing their generators
 
     @property
     def streams(self) -> Mapping[ShareKey, SharedStream]:
@@ -268,10 +290,25 @@ class Fanout:
     def join(self, key: ShareKey, member: Member, open_stream: StreamOpener, job_key: KeyOf) -> SharedStream:
         stream = self._streams.get(key)
         if stream is None:
-            stream = SharedStream(key, open_stream, job_key, on_end=lambda: self._forget(key, stream))
+            stream = SharedStream(
+                key, open_stream, job_key, on_end=lambda: self._forget(key, stream), on_cancel=self._wind_down
+            )
             self._streams[key] = stream
         stream.join(member)
         return stream
+
+    def _wind_down(self, task: asyncio.Task[None]) -> None:
+        if not task.done():
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+
+    async def aclose(self) -> None:
+        """End every stream and writer and wait until they have finished (at shutdown, before the hub stops)."""
+        tasks: list[asyncio.Task[None]] = list(self._ending)
+        for stream in list(self._streams.values()):
+            tasks.append(stream.task)
+            tasks.extend(m.writer for m in stream.members if m.writer is not None)
+        await cancel_and_wait(*tasks)
 
     def _forget(self, key: ShareKey, stream: SharedStream | None) -> None:
         # A stream that ended is replaced by the next joiner's; never drop its successor.

@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 gc_tuning.restore(gc_thresholds)
                 await stop_background_loops(loops)
+                await app.state.fanout.aclose()  # its streams close their hub mailboxes: before the hub stops
                 await hub.stop()
                 if worker is not None:
                     await worker.stop(s.shutdown_grace_seconds)

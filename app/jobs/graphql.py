@@ -47,7 +47,12 @@ class JobType:
 
     @strawberry.field(description="This job's runs, newest first; batched across jobs.")
     async def logs(self, info: strawberry.Info, limit: int | None = 50, offset: int | None = 0) -> JobLogPageType:
-        loader: DataLoader[LogKey, Page[Run]] = info.context.loaders.setdefault("job_logs", DataLoader(_load_logs))
+        # No cache: a websocket's context (and a shared stream's) outlives one execution, and every
+        # subscription event or query over it must read the runs as they are now. Batching stays.
+        loaders = info.context.loaders
+        loader: DataLoader[LogKey, Page[Run]] | None = loaders.get("job_logs")
+        if loader is None:
+            loader = loaders["job_logs"] = DataLoader(_load_logs, cache=False)
         return JobLogPageType.of(await loader.load((str(self.id), limit, offset)))
 
 

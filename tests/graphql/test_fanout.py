@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import structlog
 import uvicorn
 from fastapi import FastAPI
 from strawberry.types.execution import ExecutionResult
@@ -19,12 +20,16 @@ from app.config import Settings
 from app.graphql_fanout import Fanout, Member, share_key
 from app.main import create_app
 from app.runs import lease
+from app.runs import service as runs_service
 from app.runtime import Runtime
 from tests.conftest import make_token
+from tests.factories import make_job
 from tests.support.servers import free_port
 
 STATUS = "subscription S($id: ID) { jobStatus(id: $id) { id running lastResult enabled } }"
 OTHER = 'subscription { jobStatus(id: "metadata-sync") { id running } }'
+DEFAULTED = 'subscription S($id: ID = "metadata-sync") { jobStatus(id: $id) { id running } }'
+WITH_LOGS = "subscription S($id: ID) { jobStatus(id: $id) { id running logs(limit: 5) { total logs { id } } } }"
 JOB = "metadata-sync"
 
 
@@ -45,11 +50,14 @@ async def served(settings: Settings) -> AsyncIterator[tuple[FastAPI, str]]:
         await asyncio.wait_for(task, 20)
 
 
-async def subscriber(url: str, settings: Settings, query: str, variables: dict[str, Any]) -> ClientConnection:
-    ws = await connect(url, subprotocols=["graphql-transport-ws"])  # type: ignore[list-item]
+async def subscriber(
+    url: str, settings: Settings, query: str, variables: dict[str, Any], protocol: str = "graphql-transport-ws"
+) -> ClientConnection:
+    ws = await connect(url, subprotocols=[protocol])  # type: ignore[list-item]
     await ws.send(json.dumps({"type": "connection_init", "payload": {"token": make_token(settings)}}))
     assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "connection_ack"
-    await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": variables}}))
+    start = "subscribe" if protocol == "graphql-transport-ws" else "start"  # graphql-ws: the legacy protocol
+    await ws.send(json.dumps({"id": "1", "type": start, "payload": {"query": query, "variables": variables}}))
     return ws
 
 
@@ -61,7 +69,7 @@ async def next_raw(ws: ClientConnection) -> str:
 
 def state_of(raw: str) -> dict[str, Any]:
     message = json.loads(raw)
-    assert message["type"] == "next", message
+    assert message["type"] in {"next", "data"}, message
     state: dict[str, Any] = message["payload"]["data"]["jobStatus"]
     return state
 
@@ -151,6 +159,137 @@ def test_only_single_root_jobstatus_subscriptions_are_shared() -> None:
     assert a is not None and a.replay_latest
     assert not share_key(STATUS, {"id": None}, None).replay_latest  # type: ignore[union-attr]
     assert share_key(OTHER, None, None).replay_latest  # type: ignore[union-attr]
+
+
+def test_a_variable_default_id_counts_as_watching_one_job() -> None:
+    # No value given: the default applies, one job is watched, a late joiner is owed its state.
+    assert share_key(DEFAULTED, {}, None).replay_latest  # type: ignore[union-attr]
+    assert share_key(DEFAULTED, None, None).replay_latest  # type: ignore[union-attr]
+    assert share_key(DEFAULTED, {"id": "other"}, None).replay_latest  # type: ignore[union-attr]
+    # An explicit null overrides the default (GraphQL's rule): every job, no replay.
+    assert not share_key(DEFAULTED, {"id": None}, None).replay_latest  # type: ignore[union-attr]
+    null_default = "subscription S($id: ID = null) { jobStatus(id: $id) { id } }"
+    assert not share_key(null_default, {}, None).replay_latest  # type: ignore[union-attr]
+
+
+async def test_a_late_joiner_of_a_defaulted_id_gets_the_current_state_at_once(settings: Settings) -> None:
+    async with served(settings) as (app, url), AsyncExitStack() as stack:
+        await asyncio.wait_for(app.state.hub.connected.wait(), 5)
+        first = await stack.enter_async_context(await subscriber(url, settings, DEFAULTED, {}))
+        assert state_of(await next_raw(first)) == {"id": JOB, "running": False}
+        late = await stack.enter_async_context(await subscriber(url, settings, DEFAULTED, {}))
+        assert state_of(await next_raw(late)) == {"id": JOB, "running": False}
+        assert len(app.state.fanout.streams) == 1
+
+
+async def test_every_event_reads_the_jobs_logs_afresh_on_both_protocols(settings: Settings) -> None:
+    async with served(settings) as (app, url), AsyncExitStack() as stack:
+        rt: Runtime = app.state.runtime
+        await asyncio.wait_for(app.state.hub.connected.wait(), 5)
+        await make_job(id="quick", payload={"seconds": 0.05, "summary": "done"})
+        sockets = [
+            await stack.enter_async_context(await subscriber(url, settings, WITH_LOGS, {"id": "quick"}, protocol))
+            for protocol in ("graphql-transport-ws", "graphql-transport-ws", "graphql-ws")
+        ]
+        for ws in sockets:
+            assert state_of(await next_raw(ws))["logs"] == {"total": 0, "logs": []}
+        assert len(app.state.fanout.streams) == 1  # both transport-ws sockets share; graphql-ws does not
+
+        run_ids: list[int] = []
+        for runs in (1, 2):
+            await runs_service.trigger(rt, job_id="quick", actor="test")
+            for ws in sockets:
+                state = state_of(await next_raw(ws))
+                while state["running"] or state["logs"]["total"] < runs:  # bounded: next_raw times out
+                    state = state_of(await next_raw(ws))
+                assert state["logs"]["total"] == runs
+                ids = [int(entry["id"]) for entry in state["logs"]["logs"]]
+                assert len(ids) == runs and ids == sorted(ids, reverse=True)
+                run_ids.append(ids[0])
+        assert len(set(run_ids[:3])) == 1 and len(set(run_ids[3:])) == 1  # every socket: the same newest run
+        assert run_ids[3] > run_ids[0]  # the second run's event carries the second run
+
+
+async def test_a_shared_stream_does_not_run_in_its_first_subscribers_log_context() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def results() -> AsyncIterator[ExecutionResult]:
+        seen.append(structlog.contextvars.get_contextvars())
+        yield ExecutionResult(data={"jobStatus": {"id": JOB}}, errors=None)
+
+    async def open_stream() -> AsyncIterator[ExecutionResult]:
+        return results()
+
+    async def send(frame: str) -> None:
+        pass
+
+    fanout = Fanout()
+    key = share_key(STATUS, {"id": JOB}, None)
+    assert key is not None
+    member = Member("1", send, expires_at=float("inf"), is_current=lambda: True)
+    structlog.contextvars.bind_contextvars(request_id="first-subscriber", user="alice")
+    try:
+        fanout.join(key, member, open_stream, lambda: JOB)
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert await asyncio.wait_for(member.ended, 5) is None
+    assert seen == [{}]
+    await fanout.aclose()
+
+
+async def test_shutdown_ends_every_fanout_task_before_the_hub_stops(settings: Settings) -> None:
+    pending_at_hub_stop: list[asyncio.Task[Any]] = []
+    async with AsyncExitStack() as stack:
+        async with served(settings) as (app, url):
+            fanout: Fanout = app.state.fanout
+            hub = app.state.hub
+            await asyncio.wait_for(hub.connected.wait(), 5)
+            stop = hub.stop
+
+            async def stop_after_check() -> None:  # records what is still running when the hub goes
+                pending_at_hub_stop.extend(t for t in asyncio.all_tasks() if t.get_name().startswith("fanout-"))
+                await stop()
+
+            hub.stop = stop_after_check
+            for query, variables in ((STATUS, {"id": JOB}), (STATUS, {"id": JOB}), (OTHER, {}), (STATUS, {})):
+                ws = await stack.enter_async_context(await subscriber(url, settings, query, variables))
+                if variables != {} or query == OTHER:
+                    await next_raw(ws)  # the current state: the stream is live
+            async with asyncio.timeout(5):  # the every-job stream sends nothing until a change
+                while len(fanout.streams) < 3:  # noqa: ASYNC110 - nothing to wait on
+                    await asyncio.sleep(0.01)
+
+            # Streams whose generator takes a while to close (as one releasing a Redis subscription
+            # would): one whose last member has just left, one still live when the server stops.
+            async def slow_to_close() -> AsyncIterator[ExecutionResult]:
+                try:
+                    yield ExecutionResult(data={"jobStatus": None}, errors=None)
+                    await asyncio.Event().wait()
+                finally:
+                    await asyncio.sleep(1.0)  # cut short by a second cancel
+
+            async def open_slow() -> AsyncIterator[ExecutionResult]:
+                return slow_to_close()
+
+            async def send(frame: str) -> None:
+                pass
+
+            left: list[asyncio.Task[None]] = []
+            for job in ("left", "live"):
+                key = share_key(STATUS, {"id": job}, None)
+                assert key is not None
+                member = Member("1", send, expires_at=float("inf"), is_current=lambda: True)
+                slow = fanout.join(key, member, open_slow, lambda: None)
+                await asyncio.sleep(0.05)
+                if job == "left":
+                    slow.leave(member)
+                    left.append(slow.task)
+            tasks = [s.task for s in fanout.streams.values()] + left
+            assert len(tasks) == 5
+        # The server has shut down with the sockets still open on the client side.
+    assert pending_at_hub_stop == []
+    assert all(t.done() for t in tasks)
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("fanout-")]
 
 
 async def test_a_stalled_socket_keeps_the_newest_frame_per_job_and_never_delays_the_others() -> None:
