@@ -4,15 +4,20 @@ tortoise drives SQLite through aiosqlite: every statement is handed to a worker 
 waits behind a per-connection lock held for whole transactions. For a hot read such as `GET /api/jobs`
 the hand-off costs more than the query (about a third of a request's CPU, and milliseconds of
 scheduling delay on a busy machine). So reads outside a transaction first run on a second, read-only
-connection in the calling thread, with SQLite's progress handler as a budget: a read still running after
-`INLINE_BUDGET_SECONDS` is interrupted and re-run on the worker thread, so that a deep page or a large
-count never stalls the event loop for longer than the budget. Writes, transactions (which use
-tortoise's own wrapper) and anything the read-only connection refuses take tortoise's path unchanged.
+connection in the calling thread, with SQLite's progress handler as a budget: a read that has used
+`INLINE_BUDGET_SECONDS` of this thread's CPU time is interrupted and re-run on the worker thread, so that
+a deep page or a large count never keeps the event loop busy for longer than the budget. CPU time, not
+wall time, and no garbage collection during the read: on a busy machine the process is descheduled,
+and a collection can start inside the progress handler, for milliseconds that have nothing to do with
+the query; counted against a wall clock they interrupted short reads only to run them again. Writes,
+transactions (which use tortoise's own wrapper) and anything the read-only connection refuses take
+tortoise's path unchanged.
 WAL mode (tortoise's default) lets this reader see every committed write without blocking writers.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import sqlite3
 import time
@@ -53,21 +58,26 @@ class InlineReadSqliteClient(SqliteClient):
         await super().close()
 
     def _over_budget(self) -> int:
-        return 1 if time.perf_counter() > self._deadline else 0
+        return 1 if time.thread_time() > self._deadline else 0
 
     def _read_inline(self, query: str, values: list[Any] | None) -> list[dict[str, Any]]:
         if self._reader is None or not query.lstrip()[:6].upper() == "SELECT":
             raise _OverBudget
-        self._deadline = time.perf_counter() + INLINE_BUDGET_SECONDS
-        self.log.debug("%s: %s", query, values)  # as tortoise logs every statement
+        collecting = gc.isenabled()
+        gc.disable()
+        self._deadline = time.thread_time() + INLINE_BUDGET_SECONDS
         try:
             cursor = self._reader.execute(query, values or ())
             rows = cursor.fetchall()
         except sqlite3.OperationalError as exc:  # interrupted, busy, or refused as a write: the usual path
             raise _OverBudget from exc
+        finally:
+            if collecting:
+                gc.enable()
+        self.log.debug("%s: %s", query, values)  # as tortoise logs every statement; once, if answered here
         # Dicts, not sqlite3.Row: tortoise reads every row by column name (`dict(row)`, `row[name]`),
-        # and a Row finds a name by comparing it, case-insensitively, with each column in turn; for
-        # the 16 columns of a job that was a tenth of `GET /api/jobs` (B3).
+        # and a Row finds a name by comparing it, case-insensitively, with each column in turn: 20 job
+        # rows of 16 columns took 82 µs fetched and read as Rows, 67 µs as dicts (B3).
         names = [column[0] for column in cursor.description or ()]
         return [dict(zip(names, row, strict=True)) for row in rows]
 

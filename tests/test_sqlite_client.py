@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -14,7 +15,11 @@ from app.runtime import Runtime
 from tests.factories import make_job
 
 pytestmark = pytest.mark.sqlite_only
-SLOW = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT COUNT(*) AS n FROM c"
+# A SELECT (only those are tried inline) that takes far longer than the inline budget.
+SLOW = (
+    "SELECT (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000)"
+    " SELECT COUNT(*) FROM c) AS n"
+)
 
 
 async def test_reads_run_inline_and_see_every_committed_write(orm: Runtime) -> None:
@@ -39,15 +44,43 @@ async def test_a_transaction_reads_its_own_uncommitted_writes(orm: Runtime) -> N
 
 async def test_a_read_over_budget_moves_to_the_worker_thread_and_still_answers(orm: Runtime) -> None:
     client = connections.get("default")
+    gaps: list[float] = []
+
+    async def tick() -> None:  # the event loop's longest stall while the slow read runs
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    await client.execute_query_dict("SELECT 1 AS one")  # the reader opens with the first statement
+    assert client._reader is not None
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.01)
     started = time.perf_counter()
-    rows = await client.execute_query_dict(SLOW)
+    try:
+        rows = await client.execute_query_dict(SLOW)
+        took = time.perf_counter() - started
+        await asyncio.sleep(0.01)  # the ticker records the gap a stall left
+    finally:
+        ticker.cancel()
     assert rows == [{"n": 3_000_000}]
-    # The inline attempt gave up after its budget; the answer came from tortoise's own path.
-    print(f"slow read: {1000 * (time.perf_counter() - started):.0f} ms, budget {sqlite_client.INLINE_BUDGET_SECONDS}")
+    stall = max(gaps)
+    print(f"slow read: {1000 * took:.0f} ms, longest loop stall {1000 * stall:.1f} ms")
+    # Inline, the whole read would have blocked the loop; the budget (2 ms of CPU) cut it short.
+    assert stall < min(0.1, took / 2)
 
 
 async def test_writes_never_take_the_inline_path(orm: Runtime) -> None:
     client = connections.get("default")
     await make_job(id="a")
-    await client.execute_query("UPDATE job SET name = ? WHERE id = ?", ["direct", "a"])
-    assert (await Job.get(id="a")).name == "direct"
+    seen: list[str] = []
+    client._reader.set_trace_callback(seen.append)  # what the inline reader is asked to run
+    try:
+        await client.execute_query("UPDATE job SET name = ? WHERE id = ?", ["direct", "a"])
+        assert (await Job.get(id="a")).name == "direct"
+    finally:
+        client._reader.set_trace_callback(None)
+    assert not any("UPDATE" in statement for statement in seen), seen
+    assert any(statement.startswith("SELECT") for statement in seen), seen  # the read did run there

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,8 +64,15 @@ async def _running(rt: Runtime, job_ids: list[str]) -> set[str]:
     return {job_id for job_id, token in held.items() if token is not None}
 
 
+@functools.cache
+def _all_jobs_sql() -> str:
+    # tortoise compiles a query's SQL again on every execution (about 95 µs of the 300 µs that reading
+    # 20 jobs costs, B3); this text never changes within a process (one database backend per process).
+    return Job.all().order_by("id").sql()
+
+
 async def list_jobs(rt: Runtime) -> list[JobState]:
-    jobs = await Job.all().order_by("id")
+    jobs: list[Job] = await Job.raw(_all_jobs_sql())
     running = await _running(rt, [j.id for j in jobs])
     return [JobState(job=j, running=j.id in running) for j in jobs]
 
