@@ -64,6 +64,7 @@ def cmd_run(_: argparse.Namespace) -> None:
     base = f"http://{settings.host}:{settings.port}"
     print(
         f"\njobs-gateway on {base}  (embedded worker: {settings.embedded_worker})\n"
+        f"  Dashboard: {base}/dashboard\n"
         f"  REST:    {base}/api/jobs\n  Docs:    {base}/docs\n  GraphQL: {base}/graphql\n"
         f"  Token (sub 1, {ADMIN_PERMISSION}, 24h):\n    {token}\n"
         f'  Try:     curl -H "Authorization: Bearer $TOKEN" {base}/api/jobs\n',
