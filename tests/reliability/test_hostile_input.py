@@ -16,13 +16,12 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from app.auth import ADMIN_PERMISSION
 from tests.reliability.harness import TRANSPORT_WS, Cluster, figure, running_cluster
+from tests.test_auth import rsa_pem_pair
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -31,20 +30,7 @@ ERROR_KEYS = {"success", "error", "message"}
 ABUSERS, ABUSE_SECONDS = 2, 2.0  # concurrent abusive clients, for this long, while /healthz is probed
 
 
-def _rsa_pair() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return public, private
-
-
-PUBLIC, PRIVATE = _rsa_pair()
+PUBLIC, PRIVATE = rsa_pem_pair()
 
 
 @pytest.fixture(scope="module")
