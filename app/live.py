@@ -38,11 +38,15 @@ class Change:
 @dataclass(eq=False)
 class Mailbox:
     job_id: str | None  # None: every job
+    deletions_only: bool = False  # `jobDeleted`: the other changes are not its business
     pending: dict[str, Change] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def wants(self, job_id: str, deleted: bool) -> bool:
+        return self.job_id in (None, job_id) and (deleted or not self.deletions_only)
+
     def offer(self, change: Change) -> None:
-        if self.job_id is None or self.job_id == change.job_id:
+        if self.wants(change.job_id, change.state is None):
             if change.job_id in self.pending:
                 metrics.EVENTS_DROPPED.inc()
             self.pending[change.job_id] = change  # coalesce: the newest state replaces an unsent one
@@ -92,8 +96,8 @@ class Hub:
             await cancel_and_wait(self._task)
         await cancel_and_wait(*self._reconnects)
 
-    def open(self, job_id: str | None) -> Mailbox:
-        box = Mailbox(job_id=job_id)
+    def open(self, job_id: str | None, *, deletions_only: bool = False) -> Mailbox:
+        box = Mailbox(job_id=job_id, deletions_only=deletions_only)
         self._mailboxes.add(box)
         metrics.LIVE_SUBSCRIPTIONS.inc()
         return box
@@ -156,11 +160,12 @@ class Hub:
         except (ValueError, KeyError, TypeError):
             log.warning("live events: ignoring malformed message %r", raw)
             return
-        if not any(b.job_id in (None, job_id) for b in self._mailboxes):
+        deleted = event.get("event") == DELETED
+        if not any(b.wants(job_id, deleted) for b in self._mailboxes):
             return
         # One state read per event, shared by every subscriber of this process.
         try:
-            state = None if event.get("event") == DELETED else await self._load_state(job_id)
+            state = None if deleted else await self._load_state(job_id)
         except Exception:
             # The database is out for a moment: lose this event (the next one carries the state)
             # rather than end the hub, and every subscription of this process with it.

@@ -1,4 +1,4 @@
-"""GraphQL for jobs: queries, mutations and the live `jobStatus` subscription."""
+"""GraphQL for jobs: queries, mutations and the live `jobStatus` and `jobDeleted` subscriptions."""
 
 from __future__ import annotations
 
@@ -178,5 +178,22 @@ class JobSubscription:
                 assert isinstance(change.state, JobState)
                 ctx.stream_job_id = change.job_id
                 yield JobType.of(change.state)
+        finally:
+            hub.close(box)
+
+    @strawberry.subscription(
+        description="The id of every job deleted from now on (`jobStatus` without an id cannot say it: its "
+        "items are jobs). Ends when the caller's token expires."
+    )
+    async def job_deleted(self, info: strawberry.Info) -> AsyncGenerator[strawberry.ID, None]:
+        ctx = info.context
+        principal = ctx.admin()
+        hub: Hub = ctx.hub
+        box = hub.open(None, deletions_only=True)
+        try:
+            while (remaining := principal.expires_at - time.time()) > 0:
+                change = await box.next_change(timeout=min(remaining, 60.0))
+                if change is not None:
+                    yield strawberry.ID(change.job_id)
         finally:
             hub.close(box)

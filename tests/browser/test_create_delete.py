@@ -6,7 +6,7 @@ import re
 
 from playwright.async_api import Page, expect
 
-from tests.browser.helpers import Dashboard, rest, sign_in, unique_id
+from tests.browser.helpers import Dashboard, create_job, rest, sign_in, unique_id
 
 
 async def test_create_from_a_type_shows_field_errors_then_creates_a_job_that_fires_and_deletes_it(
@@ -81,3 +81,20 @@ async def test_a_required_payload_field_and_a_duplicate_id_are_reported_next_to_
     await form.get_by_label("Template", exact=True).fill("digest")
     await form.get_by_role("button", name="Create job").click()
     await expect(form.locator("[data-field='id'] .field-error")).to_have_text("Job 'metadata-sync' already exists")
+
+
+async def test_a_job_deleted_by_another_client_leaves_the_open_page_without_a_reload(
+    page: Page, dashboard: Dashboard
+) -> None:
+    job = await create_job(dashboard, "deleted-elsewhere", name="Deleted Elsewhere")
+    await sign_in(page, dashboard)
+    row = page.locator(f"tr[data-job-id='{job['id']}']")
+    await expect(row).to_have_count(1)
+    await row.get_by_role("button", name="Details of Deleted Elsewhere").click()
+    await expect(page.locator("#job-dialog")).to_be_visible()
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+
+    assert (await rest(dashboard, "DELETE", f"/api/jobs/{job['id']}")).status_code == 204
+    await expect(row).to_have_count(0)
+    await expect(page.locator("#job-dialog")).not_to_be_visible()
+    await expect(page.locator("#notices")).to_contain_text("Deleted Elsewhere was deleted by another client.")

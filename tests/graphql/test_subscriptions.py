@@ -209,3 +209,35 @@ async def test_the_hub_coalesces_a_stalled_mailbox_and_ends_a_deleted_jobs_strea
     assert await watcher.next_change(timeout=0.1) is None
     await hub.stop()
     assert await Job.filter(id="job-1").count() == 0
+
+
+async def test_job_deleted_tells_every_subscriber_which_job_was_deleted_and_nothing_else(
+    two_apis: tuple[ApiProcess, ApiProcess], quick_job: str, settings: Settings
+) -> None:
+    a, b = two_apis
+    await make_job(id="doomed", name="Doomed", enabled=False)
+    token = make_token(settings)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with await open_transport_ws(a, {"authorization": f"Bearer {token}"}) as ws:
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        query = "subscription { jobDeleted }"
+        await ws.send(json.dumps({"id": "d", "type": "subscribe", "payload": {"query": query}}))
+        await subscribe(ws, None, sub_id="s")  # every job's changes on the same socket, for contrast
+        await asyncio.sleep(0.3)  # both subscriptions registered with the hub
+        async with b.client() as client:
+            # A change that is not a deletion reaches jobStatus only; the deletion reaches jobDeleted.
+            assert (await client.post(f"/api/jobs/{quick_job}/trigger", headers=headers)).status_code == 200
+            deadline = time.monotonic() + 10
+            status_ids: set[str] = set()
+            while "quick" not in status_ids:
+                message = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
+                assert message["id"] == "s", message  # nothing on jobDeleted for a run
+                status_ids.add(message["payload"]["data"]["jobStatus"]["id"])
+            assert (await client.delete("/api/jobs/doomed", headers=headers)).status_code == 204
+        deleted: list[str] = []
+        while not deleted:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if message["id"] == "d":
+                assert message["type"] == "next", message
+                deleted.append(message["payload"]["data"]["jobDeleted"])
+    assert deleted == ["doomed"]

@@ -68,4 +68,5 @@ export const Q = {
   createJob: `mutation CreateJob($input: CreateJobInput!) { createJob(input: $input) { ${JOB_FIELDS} } }`,
   deleteJob: "mutation DeleteJob($id: ID!) { deleteJob(id: $id) }",
   jobStatus: `subscription JobStatus { jobStatus { ${JOB_FIELDS} } }`,
+  jobDeleted: "subscription JobDeleted { jobDeleted }",
 };

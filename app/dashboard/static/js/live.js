@@ -14,7 +14,7 @@ export function websocketUrl(endpoint) {
 
 /**
  * Subscribe to every job's changes. Callbacks: onStatus({state, attempt, delay}), onJob(job),
- * onConnected() after every (re)connection, so the caller can catch up on what it missed,
+ * onDeleted(id) when any client deletes a job, onConnected() after every (re)connection, so the caller can catch up on what it missed,
  * onRefused(reason) when the server refuses the token or it expires, onEnded() when the server ends the stream.
  */
 export function subscribeJobs(callbacks) {
@@ -22,7 +22,7 @@ export function subscribeJobs(callbacks) {
   let active = true;
   const guarded = Object.fromEntries(Object.entries(callbacks).map(([name, fn]) =>
     [name, typeof fn === "function" ? (...args) => active && fn(...args) : fn]));
-  const { endpoint, token, onStatus, onJob, onConnected, onRefused, onEnded } = guarded;
+  const { endpoint, token, onStatus, onJob, onDeleted, onConnected, onRefused, onEnded } = guarded;
   const { createClient } = globalThis.graphqlWs;
   let attempt = 0;
   const client = createClient({
@@ -66,8 +66,20 @@ export function subscribeJobs(callbacks) {
       complete: () => onEnded(),
     },
   );
+  // Deletions come on their own subscription over the same socket: jobStatus's items are jobs.
+  const unsubscribeDeleted = client.subscribe(
+    { query: Q.jobDeleted },
+    {
+      next: (message) => {
+        if (message.data?.jobDeleted) onDeleted(message.data.jobDeleted);
+      },
+      error: () => {}, // the jobStatus subscription above reports the connection's troubles
+      complete: () => {},
+    },
+  );
   return () => {
     active = false;
+    unsubscribeDeleted();
     unsubscribe();
     client.dispose();
   };

@@ -119,6 +119,7 @@ function startLive() {
     token: api.token,
     onStatus: setConnection,
     onJob: jobChanged,
+    onDeleted: jobDeletedElsewhere,
     onConnected: catchUp,
     onRefused: (reason) => showSignIn(expired() || /expired/i.test(reason)
       ? EXPIRED
@@ -147,6 +148,15 @@ async function catchUp() {
 function jobChanged(job) {
   table.upsert(job);
   if (detail.openJobId === job.id) detail.update(job);
+}
+
+/** Another client deleted a job: its row goes, and so does its dialog if it is open. */
+function jobDeletedElsewhere(id) {
+  const job = table.rows.get(id)?.job;
+  if (!job) return; // deleted by this page (already gone) or never shown
+  table.forget(id);
+  if (detail.openJobId === id) byId("job-dialog").close();
+  notify(`${job.name} was deleted by another client.`);
 }
 
 // --- actions ------------------------------------------------------------------------------------------------
