@@ -13,6 +13,7 @@ from app.observability import metrics
 from app.timefmt import iso_ms, utcnow
 
 CHANNEL = "jg:events"
+JOB_DELETED = "job.deleted"
 log = logging.getLogger(__name__)
 
 

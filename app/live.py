@@ -19,12 +19,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.aio import cancel_and_wait
-from app.events import CHANNEL
+from app.events import CHANNEL, JOB_DELETED
 from app.observability import metrics
 
 log = logging.getLogger(__name__)
 
-DELETED = "job.deleted"
+DELETED = JOB_DELETED
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,9 @@ class Hub:
             log.warning("live events: ignoring malformed message %r", raw)
             return
         deleted = event.get("event") == DELETED
+        if deleted:
+            # Whichever instance deleted it: this process's series of the job go too.
+            metrics.job_deleted(job_id)
         if not any(b.wants(job_id, deleted) for b in self._mailboxes):
             return
         # One state read per event, shared by every subscriber of this process.

@@ -118,7 +118,7 @@ PER_JOB = (RUNS_STARTED, RUNS_FINISHED, RUN_DURATION, FIRES_SKIPPED, FIRES_MISSE
 
 
 def job_deleted(job_id: str) -> None:
-    """Drop this process's series of a deleted job (other processes keep theirs until they restart)."""
+    """Drop this process's series of a deleted job; other processes do the same on its `job.deleted` event."""
     for metric in PER_JOB:
         metric.remove_by_labels({"job_id": job_id})
 

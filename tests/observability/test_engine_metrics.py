@@ -7,8 +7,11 @@ from datetime import timedelta
 
 from prometheus_client import REGISTRY
 
+from app import events
 from app.jobs import scheduler
 from app.jobs.models import Job
+from app.live import Hub
+from app.observability import metrics
 from app.runs import lease
 from app.runs import service as runs_service
 from app.runtime import Runtime
@@ -60,3 +63,26 @@ async def test_a_fire_that_comes_due_past_the_grace_window_is_counted_as_missed(
     before = sample("jobs_gateway_fires_missed_total", job_id="overslept")
     assert await scheduler.claim_fire(orm, job_id="overslept", fire_at=fire_at) is None
     assert sample("jobs_gateway_fires_missed_total", job_id="overslept") == before + 1
+
+
+async def test_a_job_deleted_on_another_instance_leaves_this_instances_metrics(orm: Runtime) -> None:
+    async def load(job_id: str) -> object:
+        return None
+
+    metrics.run_started("gone-elsewhere", "manual", None)
+    assert sample("jobs_gateway_runs_started_total", job_id="gone-elsewhere", trigger="manual") == 1
+    hub = Hub(orm.redis, load)  # nobody subscribed: the series go all the same
+    hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        await events.publish(orm.redis, events.JOB_DELETED, "gone-elsewhere")
+        for _ in range(100):
+            if sample("jobs_gateway_runs_started_total", job_id="gone-elsewhere", trigger="manual") == 0:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await hub.stop()
+    assert (
+        REGISTRY.get_sample_value("jobs_gateway_runs_started_total", {"job_id": "gone-elsewhere", "trigger": "manual"})
+        is None
+    )

@@ -224,6 +224,15 @@ async def test_a_standalone_worker_serves_its_own_metrics(
         api_text = (await client.get("/metrics")).text
         assert value(api_text, "jobs_gateway_runs_started_total", job_id="remote") == 0  # ran in the worker
         assert "worker" not in (await client.get("/readyz")).json()["checks"]
+        # Deleted through the API: the worker drops its series of the job without a restart.
+        assert (await client.post("/api/jobs/remote/stop", headers=auth)).status_code == 200
+        assert (await client.delete("/api/jobs/remote", headers=auth)).status_code == 204
+
+        async def forgotten() -> bool:
+            async with httpx.AsyncClient(timeout=5) as scraper:
+                return 'job_id="remote"' not in (await scraper.get(f"http://127.0.0.1:{port}/metrics")).text
+
+        await wait_until(forgotten, timeout=10)
         await client.aclose()
 
 
