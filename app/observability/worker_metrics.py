@@ -55,7 +55,7 @@ class DeletionFollower:
 
     def _follow(self) -> None:
         client = redis.Redis.from_url(self._redis_url, socket_connect_timeout=QUEUE_DEPTH_TIMEOUT_SECONDS)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(CHANNEL)
             while not self._stop.is_set():
