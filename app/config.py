@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     app_env: Literal["development", "test", "production"] = "production"
     database_url: str = "sqlite://data/jobs-gateway.sqlite3"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Connections each process's Redis pool may open, and how long a command waits for a free one
+    # before it fails (503 `unavailable` in the API). The event subscription holds one for good; a
+    # worker runs up to WORKER_MAX_JOBS handlers at once, each of which may be in a command.
+    redis_pool_size: int = Field(default=200, ge=2)
+    redis_pool_timeout_seconds: float = Field(default=2.0, gt=0)
 
     jwt_secret: str | None = None
     jwt_algorithm: Literal["HS256", "HS384", "HS512", "RS256", "ES256"] = "HS256"

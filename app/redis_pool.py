@@ -1,35 +1,25 @@
-"""redis-py's asyncio connection pool, minus a lock held across an event-loop turn."""
+"""The Redis connection pool every API process and worker uses: bounded, on redis-py's public API."""
 
 from __future__ import annotations
 
-from typing import Any
+from redis.asyncio import BlockingConnectionPool, ConnectionPool
 
-from redis.asyncio import ConnectionPool
-from redis.asyncio.connection import AbstractConnection
+from app.config import Settings
 
 
-class CheckOutsideLockPool(ConnectionPool):
-    """Checks a pooled connection after taking it, not while holding the pool's lock.
+def bounded_pool(template: ConnectionPool, settings: Settings) -> BlockingConnectionPool:
+    """A pool of at most REDIS_POOL_SIZE connections, configured like `template` (arq's pool).
 
-    redis-py 5 checks every connection it hands out with a zero-timeout read, which always yields to
-    the event loop, and does so inside the pool-wide lock: concurrent commands then queue behind one
-    another's checks, one per loop turn. With 50 concurrent `GET /api/jobs` that wait, not Redis, was
-    most of a request's time (B3). redis-py's own BlockingConnectionPool already checks outside its
-    lock; the lock only guards the lists of free and busy connections, and a connection taken from
-    them belongs to this caller alone.
+    redis-py's default pool opens a new connection whenever all are busy, without limit: a burst
+    of requests against a slow Redis would open thousands. This one makes a command wait up to
+    REDIS_POOL_TIMEOUT_SECONDS for a free connection, then fail with redis-py's ConnectionError
+    ("No connection available."), which the API answers as 503 `unavailable` like any other Redis
+    outage. It also checks a pooled connection outside its lock, so concurrent commands do not
+    queue behind one another's checks (B3 measured that with the default pool of redis-py 5).
     """
-
-    async def get_connection(
-        self,
-        command_name: Any = None,  # noqa: ARG002 - redis-py's signature
-        *keys: Any,  # noqa: ARG002
-        **options: Any,  # noqa: ARG002
-    ) -> AbstractConnection:
-        async with self._lock:
-            connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
-        try:
-            await self.ensure_connection(connection)
-        except BaseException:
-            await self.release(connection)
-            raise
-        return connection
+    return BlockingConnectionPool(
+        connection_class=template.connection_class,
+        max_connections=settings.redis_pool_size,
+        timeout=settings.redis_pool_timeout_seconds,  # type: ignore[arg-type]  # typed int, takes seconds
+        **template.connection_kwargs,
+    )

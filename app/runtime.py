@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.config import Settings
-from app.redis_pool import CheckOutsideLockPool
+from app.redis_pool import bounded_pool
 from app.timefmt import utcnow
 
 
@@ -67,8 +67,5 @@ async def connect_redis(settings: Settings, *, for_worker: bool = False) -> ArqR
     pool = await create_pool(worker_redis_settings(settings) if for_worker else redis_settings(settings))
     pool.connection_pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_SECONDS
     await pool.connection_pool.disconnect()  # the connection made for create_pool's ping had none
-    first = pool.connection_pool
-    pool.connection_pool = CheckOutsideLockPool(
-        connection_class=first.connection_class, max_connections=first.max_connections, **first.connection_kwargs
-    )
+    pool.connection_pool = bounded_pool(pool.connection_pool, settings)
     return pool

@@ -12,6 +12,11 @@ and a collection can start inside the progress handler, for milliseconds that ha
 the query; counted against a wall clock they interrupted short reads only to run them again. Writes,
 transactions (which use tortoise's own wrapper) and anything the read-only connection refuses take
 tortoise's path unchanged.
+A statement that ran over its budget is remembered (its text and parameters: the last
+`SLOW_SQL_MEMORY` of them, for `SLOW_SQL_RETRY_SECONDS`) and goes straight to the worker thread next
+time: otherwise every repeat of a deep page or a large count would burn the whole budget inline again
+before being re-run there. The parameters are part of it because a page's SQL is the same at offset 0
+(cheap) as at offset 500,000 (slow).
 WAL mode (tortoise's default) lets this reader see every committed write without blocking writers.
 """
 
@@ -21,6 +26,7 @@ import gc
 import logging
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +36,20 @@ log = logging.getLogger(__name__)
 
 INLINE_BUDGET_SECONDS = 0.002
 _PROGRESS_STEPS = 2_000  # SQLite VM instructions between budget checks (a few microseconds)
+SLOW_SQL_MEMORY = 256  # statements; the least recently seen is forgotten first
+# A remembered statement is tried inline again after this long: the same text may be cheap later
+# (a table that shrank), or its parameters may make it cheap most of the time.
+SLOW_SQL_RETRY_SECONDS = 30.0
+
+
+def _statement_key(query: str, values: list[Any] | None) -> tuple[str, tuple[Any, ...]] | None:
+    """A statement's key in the slow memory, or None for parameters that cannot be one (unhashable)."""
+    key = (query, tuple(values or ()))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 class _OverBudget(Exception):
@@ -41,6 +61,9 @@ class InlineReadSqliteClient(SqliteClient):
         super().__init__(file_path, **kwargs)
         self._reader: sqlite3.Connection | None = None
         self._deadline = 0.0
+        self._interrupted = False
+        # (statement text, parameters) -> when to try it inline again
+        self._slow: OrderedDict[tuple[str, tuple[Any, ...]], float] = OrderedDict()
 
     async def create_connection(self, with_db: bool) -> None:
         await super().create_connection(with_db)
@@ -58,18 +81,46 @@ class InlineReadSqliteClient(SqliteClient):
         await super().close()
 
     def _over_budget(self) -> int:
-        return 1 if time.thread_time() > self._deadline else 0
+        if time.thread_time() > self._deadline:
+            self._interrupted = True
+            return 1
+        return 0
+
+    def _known_slow(self, query: str, values: list[Any] | None) -> bool:
+        if not self._slow:  # the usual case: nothing to look up, no key to build
+            return False
+        key = _statement_key(query, values)
+        retry_at = self._slow.get(key) if key is not None else None
+        if key is None or retry_at is None:
+            return False
+        if time.monotonic() >= retry_at:
+            del self._slow[key]
+            return False
+        self._slow.move_to_end(key)
+        return True
+
+    def _remember_slow(self, query: str, values: list[Any] | None) -> None:
+        key = _statement_key(query, values)
+        if key is None:
+            return
+        self._slow[key] = time.monotonic() + SLOW_SQL_RETRY_SECONDS
+        self._slow.move_to_end(key)
+        while len(self._slow) > SLOW_SQL_MEMORY:
+            self._slow.popitem(last=False)
 
     def _read_inline(self, query: str, values: list[Any] | None) -> list[dict[str, Any]]:
-        if self._reader is None or not query.lstrip()[:6].upper() == "SELECT":
+        if self._reader is None or not query.lstrip()[:6].upper() == "SELECT" or self._known_slow(query, values):
             raise _OverBudget
         collecting = gc.isenabled()
         gc.disable()
         self._deadline = time.thread_time() + INLINE_BUDGET_SECONDS
+        self._interrupted = False
         try:
             cursor = self._reader.execute(query, values or ())
             rows = cursor.fetchall()
         except sqlite3.OperationalError as exc:  # interrupted, busy, or refused as a write: the usual path
+            if self._interrupted:
+                self._remember_slow(query, values)
             raise _OverBudget from exc
         finally:
             if collecting:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from tortoise import connections
+from tortoise.exceptions import OperationalError
 from tortoise.transactions import in_transaction
 
 from app import sqlite_client
@@ -84,3 +85,84 @@ async def test_writes_never_take_the_inline_path(orm: Runtime) -> None:
         client._reader.set_trace_callback(None)
     assert not any("UPDATE" in statement for statement in seen), seen
     assert any(statement.startswith("SELECT") for statement in seen), seen  # the read did run there
+
+
+def _slow(n: int) -> str:
+    """A SELECT far over the inline budget (tens of milliseconds), its text distinct for each n."""
+    return (
+        f"SELECT (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n})"
+        " SELECT COUNT(*) FROM c) AS n"
+    )
+
+
+async def test_a_statement_over_budget_goes_straight_to_the_worker_thread_next_time(
+    orm: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = connections.get("default")
+    await client.execute_query_dict("SELECT 1 AS one")
+    assert client._reader is not None
+    seen: list[str] = []
+    client._reader.set_trace_callback(seen.append)
+    try:
+        assert await client.execute_query_dict(_slow(400_000)) == [{"n": 400_000}]
+        assert [s for s in seen if "RECURSIVE" in s], seen  # first time: tried inline, interrupted
+        seen.clear()
+        assert await client.execute_query_dict(_slow(400_000)) == [{"n": 400_000}]
+        assert not [s for s in seen if "RECURSIVE" in s], seen  # remembered: not tried inline again
+        assert await client.execute_query_dict("SELECT 2 AS two") == [{"two": 2}]
+        assert "SELECT 2 AS two" in seen  # other statements still run inline
+        seen.clear()
+        monkeypatch.setattr(sqlite_client, "SLOW_SQL_RETRY_SECONDS", 0.0)
+        assert await client.execute_query_dict(_slow(400_001)) == [{"n": 400_001}]  # remembered at once due
+        seen.clear()
+        assert await client.execute_query_dict(_slow(400_001)) == [{"n": 400_001}]
+        assert [s for s in seen if "RECURSIVE" in s], seen  # its time is up: tried inline again
+    finally:
+        client._reader.set_trace_callback(None)
+
+
+async def test_a_statement_is_remembered_as_slow_with_its_parameters(orm: Runtime) -> None:
+    # A page's SQL is the same at offset 0 and at offset 500,000: only the slow parameters skip the inline try.
+    client = connections.get("default")
+    await client.execute_query_dict("SELECT 1 AS one")
+    assert client._reader is not None
+    counting = (
+        "SELECT (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?)"
+        " SELECT COUNT(*) FROM c) AS n"
+    )
+    assert await client.execute_query_dict(counting, [400_000]) == [{"n": 400_000}]
+    seen: list[str] = []
+    client._reader.set_trace_callback(seen.append)
+    try:
+        assert await client.execute_query_dict(counting, [400_000]) == [{"n": 400_000}]
+        assert not [s for s in seen if "RECURSIVE" in s], seen  # remembered with its parameter
+        assert await client.execute_query_dict(counting, [10]) == [{"n": 10}]
+        assert [s for s in seen if "RECURSIVE" in s], seen  # the same text, cheap parameter: inline
+    finally:
+        client._reader.set_trace_callback(None)
+
+
+async def test_the_memory_of_slow_statements_is_bounded(orm: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_client, "SLOW_SQL_MEMORY", 2)
+    client = connections.get("default")
+    for n in (300_001, 300_002, 300_003):
+        assert await client.execute_query_dict(_slow(n)) == [{"n": n}]
+    assert [text for text, _ in client._slow] == [_slow(300_002), _slow(300_003)]  # least recently seen: gone
+    seen: list[str] = []
+    client._reader.set_trace_callback(seen.append)
+    try:
+        await client.execute_query_dict(_slow(300_002))  # remembered: moves to the most recent end
+        await client.execute_query_dict(_slow(300_004))
+    finally:
+        client._reader.set_trace_callback(None)
+    assert not [s for s in seen if "300002" in s] and [s for s in seen if "300004" in s], seen
+    assert [text for text, _ in client._slow] == [_slow(300_002), _slow(300_004)]
+
+
+async def test_a_statement_that_fails_inline_for_another_reason_is_not_remembered_as_slow(orm: Runtime) -> None:
+    client = connections.get("default")
+    await client.execute_query_dict("SELECT 1 AS one")  # the reader opens with the first statement
+    assert client._reader is not None
+    with pytest.raises(OperationalError, match="no such table"):
+        await client.execute_query_dict("SELECT * FROM no_such_table")  # fails inline, then on the thread
+    assert not client._slow

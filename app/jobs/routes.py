@@ -4,14 +4,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import pydantic_core
 from fastapi import APIRouter, Body, Response
 
 from app import openapi_docs as docs
 from app.deps import AdminDep, RuntimeDep
 from app.jobs import service as jobs_service
-from app.jobs.schemas import ActionResult, JobOut, JobUpdate, job_fields
+from app.jobs.schemas import ActionResult, JobOut, JobUpdate, job_wire
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+
+class JobJSON(Response):
+    """JSON serialised by pydantic's serializer, as `response_model` would, without validating first.
+
+    For the job objects built here from the stores' own values: json.dumps took 47 µs for the 20-job
+    list, pydantic_core 14 µs (B3). NaN and infinities become null, as pydantic writes them.
+    """
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return pydantic_core.to_json(content, inf_nan_mode="null")
 
 
 @router.get(
@@ -21,10 +35,10 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
     description="Every job with its current status and configuration.",
     responses=docs.example([docs.JOB], docs.errors()),
 )
-async def list_jobs(rt: RuntimeDep, _: AdminDep) -> list[dict[str, Any]]:
-    # Plain dicts: `response_model` validates them once; JobOut instances would be built and then
-    # checked again by it (B3 measured a tenth of the request's CPU in that).
-    return [job_fields(s) for s in await jobs_service.list_jobs(rt)]
+async def list_jobs(rt: RuntimeDep, _: AdminDep) -> JobJSON:
+    # Serialised once, straight from the service's values: returning them for `response_model` to
+    # validate and dump again cost a sixth of the request's CPU (B3). The model still documents it.
+    return JobJSON([job_wire(s) for s in await jobs_service.list_jobs(rt)])
 
 
 @router.post(
@@ -59,8 +73,8 @@ async def delete_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> Response:  #
     summary="Get job details",
     responses=docs.example(docs.JOB, docs.errors(400, 404)),
 )
-async def get_job(jobId: str, rt: RuntimeDep, _: AdminDep) -> JobOut:  # noqa: N803 - the spec's name
-    return JobOut.of(await jobs_service.get(rt, job_id=jobId))
+async def get_job(jobId: str, rt: RuntimeDep, _: AdminDep) -> JobJSON:  # noqa: N803 - the spec's name
+    return JobJSON(job_wire(await jobs_service.get(rt, job_id=jobId)))
 
 
 @router.patch(

@@ -7,11 +7,13 @@ template (`/api/jobs/{jobId}`), never the raw path, so that ids in URLs cannot m
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import uuid
 
 import structlog
+from prometheus_client import Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -88,7 +90,17 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = route_template(scope)
             method = scope.get("method", "GET") if scope.get("method") in METHODS else "OTHER"
-            metrics.HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-            metrics.HTTP_DURATION.labels(method=method, route=route).observe(time.perf_counter() - started)
+            count, duration = _series(method, route_template(scope), status)
+            count.inc()
+            duration.observe(time.perf_counter() - started)
+
+
+@functools.lru_cache(maxsize=4096)
+def _series(method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+    """The request's metric children. Their labels are bounded (methods, route templates, statuses),
+    and a label lookup costs a lock and a tuple of strings each time: memoised."""
+    return (
+        metrics.HTTP_REQUESTS.labels(method=method, route=route, status=str(status)),
+        metrics.HTTP_DURATION.labels(method=method, route=route),
+    )

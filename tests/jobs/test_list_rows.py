@@ -1,0 +1,111 @@
+"""The job list's own row reading and JSON (app/jobs/service.py, app/jobs/schemas.py) give what tortoise
+and `response_model` gave: the same Job values and the same wire object, on both backends."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import httpx
+from tortoise import fields
+
+from app.jobs import service as jobs_service
+from app.jobs.models import Job
+from app.jobs.schemas import JobOut, job_wire
+from app.jobs.service import JobState
+from app.runs import lease
+from app.runtime import Runtime
+from tests.factories import make_job
+
+WHEN = datetime(2026, 3, 4, 5, 6, 7, 891_234, tzinfo=UTC)
+
+
+async def _varied_jobs() -> None:
+    await make_job(id="a-plain")  # nulls: last run, result, duration, timezone, timeout
+    await make_job(
+        id="b-full",
+        name="Ünïcode ✓",
+        description="",
+        payload={"days_old": 30, "nested": {"list": [1, 2.5, None, "x"]}, "flag": True},
+        schedule="@every 24h",
+        timezone="Europe/Paris",
+        timeout_seconds=600,
+        enabled=False,
+        builtin=True,
+        next_run_at=WHEN,
+        last_run_at=WHEN.astimezone(timezone(timedelta(hours=-3))),  # stored as UTC whatever the zone given
+        last_result="error",
+        last_duration_ms=1234,
+    )
+
+
+def _values(job: Job) -> dict[str, object]:
+    return {name: getattr(job, name) for name in Job._meta.fields_map if name in Job._meta.fields_db_projection}
+
+
+async def test_rows_become_the_jobs_tortoise_would_build(orm: Runtime) -> None:
+    await _varied_jobs()
+    sql = jobs_service._all_jobs_sql()
+    expected: list[Job] = await Job.raw(sql)
+    got = jobs_service._jobs_from_rows(await Job._meta.db.execute_query_dict(sql))
+    assert [j.id for j in got] == [j.id for j in expected] == ["a-plain", "b-full"]
+    for mine, theirs in zip(got, expected, strict=True):
+        assert _values(mine) == _values(theirs)
+        for name, field in Job._meta.fields_map.items():  # same types and zones, not only equal values
+            if isinstance(field, fields.DatetimeField) and getattr(theirs, name) is not None:
+                assert getattr(mine, name).utcoffset() == getattr(theirs, name).utcoffset() == timedelta(0)
+            assert type(getattr(mine, name)) is type(getattr(theirs, name)), name
+        assert vars(mine) == vars(theirs)  # every attribute tortoise sets, its bookkeeping included
+    # Instances that behave as models: saved back, they change the row and only it.
+    got[0].name = "Renamed"
+    await got[0].save()
+    assert (await Job.get(id="a-plain")).name == "Renamed"
+    assert (await Job.get(id="b-full")).name == "Ünïcode ✓"
+
+
+async def test_wire_object_is_what_the_response_model_dumps(orm: Runtime) -> None:
+    await _varied_jobs()
+    await lease.acquire(orm.redis, "b-full", "token-1", 30)
+    try:
+        states = await jobs_service.list_jobs(orm)
+    finally:
+        await lease.release(orm.redis, "b-full", "token-1")
+    assert [(s.job.id, s.running) for s in states] == [("a-plain", False), ("b-full", True)]
+    for state in states:
+        wire = job_wire(state)
+        assert wire == JobOut.of(state).model_dump(mode="json", by_alias=True)
+        assert list(wire) == list(JobOut.of(state).model_dump(by_alias=True))  # the spec's order
+    full = job_wire(states[1])
+    assert full == {
+        "id": "b-full",
+        "name": "Ünïcode ✓",
+        "description": "",
+        "enabled": False,
+        "running": True,
+        "schedule": "@every 24h",
+        "lastRun": "2026-03-04T05:06:07.891Z",
+        "nextRun": None,  # disabled: no pending fire, whatever the row holds
+        "lastResult": "error",
+        "lastDuration": 1234,
+        "type": "test_sleep",
+        "payload": {"days_old": 30, "nested": {"list": [1, 2.5, None, "x"]}, "flag": True},
+        "timezone": "Europe/Paris",
+        "timeout": 600.0,
+        "builtin": True,
+    }
+    assert isinstance(full["timeout"], float)
+
+
+async def test_list_and_get_answer_the_response_models_json(
+    client: httpx.AsyncClient, auth: dict[str, str], runtime: Runtime
+) -> None:
+    await _varied_jobs()
+    listed = await client.get("/api/jobs", headers=auth)
+    assert listed.status_code == 200 and listed.headers["content-type"] == "application/json"
+    states: list[JobState] = await jobs_service.list_jobs(runtime)
+    assert listed.json() == [JobOut.of(s).model_dump(mode="json", by_alias=True) for s in states]
+    one = await client.get("/api/jobs/b-full", headers=auth)
+    assert one.status_code == 200 and one.headers["content-type"] == "application/json"
+    assert one.json() == JobOut.of(await jobs_service.get(runtime, job_id="b-full")).model_dump(
+        mode="json", by_alias=True
+    )
+    assert '"name":"Ünïcode ✓"' in one.text  # UTF-8 as pydantic writes it, not \\u escapes
