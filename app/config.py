@@ -70,7 +70,12 @@ class Settings(BaseSettings):
     # poll interval only while that wake-up channel is down, worker_idle_poll_seconds the idle safety net.
     worker_poll_delay: float = Field(default=0.05, gt=0)
     worker_idle_poll_seconds: float = Field(default=1.0, gt=0, le=60)
-    worker_max_jobs: int = Field(default=10, ge=1)
+    # An armed fire holds its worker slot from its arming (FIRE_LEAD_SECONDS ahead) to its handler's end:
+    # a worker must hold every fire of a burst at once for them to start on their instant.
+    worker_max_jobs: int = Field(default=100, ge=1)
+    # Each fire is enqueued this long before its instant (at most half its schedule's interval): a worker
+    # claims it during the lead, then the fires due on the same instant start together on it.
+    fire_lead_seconds: float = Field(default=0.5, ge=0, le=60)
     worker_redis_retry_seconds: float = Field(default=30.0, ge=1)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     run_retention_days: int = Field(default=30, ge=1)

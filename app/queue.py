@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,6 +19,7 @@ from arq.constants import (
 )
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,102 @@ async def lease_and_enqueue_run(
     return bool(await redis.eval(_LEASE_AND_ENQUEUE, len(keys), *keys, *args))  # type: ignore[misc]
 
 
+# --- Direct dispatch of manual triggers ------------------------------------------------------------------
+# A trigger does not go through arq: the API takes the lease and pushes a ready-to-run message onto a Redis
+# list that every worker's consumer (workers.dispatch) waits on in BLPOP, so a trigger costs the worker one
+# pop and one lease check before the handler, with no claim protocol and no read of the job. The same
+# message is also kept in a sorted set by acceptance time until the run record exists: a worker that dies
+# between the pop and that record leaves it there, and a consumer's sweep records it (never silently lost).
+DISPATCH_LIST = "jg:dispatch"
+DISPATCH_PENDING = "jg:dispatch:pending"
+
+
+@dataclass(frozen=True, slots=True)
+class DirectRun:
+    """Everything a worker needs to start the handler: the job as it was when the trigger was accepted."""
+
+    job_id: str
+    token: str
+    type: str
+    payload: dict[str, Any]
+    timeout: float | None
+    triggered_by: str
+    accepted_ms: int
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            [self.job_id, self.token, self.type, self.payload, self.timeout, self.triggered_by, self.accepted_ms],
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> DirectRun:
+        job_id, token, type_, payload, timeout, triggered_by, accepted_ms = json.loads(raw)
+        return cls(job_id, token, type_, payload, timeout, triggered_by, int(accepted_ms))
+
+
+# Take the free lease, then queue the message, remember it as pending and publish the `run.queued` event:
+# atomic and one round trip, so a lease is never left without its message nor the other way round. A lease
+# already ours is a client retry of a call that went through: its message is queued already, once.
+_LEASE_AND_DISPATCH = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  return 1
+end
+if current ~= false then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"""
+
+# The run record exists: the message is no longer at risk, and the run has started.
+_STARTED = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+
+async def lease_and_dispatch_run(
+    redis: Redis, *, lease_key: str, lease_ttl: float, run: DirectRun, channel: str, event: str
+) -> bool:
+    """Queue a manual run for the workers' consumers under a new lease; False when the job's lease is someone
+    else's (running). `event` is published on `channel` with it."""
+    keys = [lease_key, DISPATCH_LIST, DISPATCH_PENDING]
+    args: list[Any] = [run.token, max(1, int(lease_ttl * 1000)), run.encode(), run.accepted_ms, channel, event]
+    return bool(await redis.eval(_LEASE_AND_DISPATCH, len(keys), *keys, *args))  # type: ignore[misc]
+
+
+async def direct_run_started(redis: Redis, raw: bytes, *, channel: str, event: str) -> None:
+    """The popped message `raw` has its run record: forget it as pending and publish `event`."""
+    await redis.eval(_STARTED, 1, DISPATCH_PENDING, raw, channel, event)  # type: ignore[misc, arg-type]
+
+
+async def pop_direct_run(redis: Redis, timeout: int) -> bytes | None:
+    """The oldest queued message, waiting up to `timeout` seconds for one."""
+    popped = await redis.blpop([DISPATCH_LIST], timeout=timeout)  # type: ignore[misc]
+    return None if popped is None else popped[1]
+
+
+async def return_direct_run(redis: Redis, raw: bytes) -> None:
+    """Put a popped message back at the head of the list (a worker that stops before starting it)."""
+    await redis.lpush(DISPATCH_LIST, raw)  # type: ignore[misc]
+
+
+async def pending_direct_runs(redis: Redis, *, accepted_before_ms: int, limit: int = 100) -> list[bytes]:
+    """Messages accepted before this time that still have no run record (a worker may have died with them)."""
+    found = await redis.zrangebyscore(DISPATCH_PENDING, "-inf", f"({accepted_before_ms}", start=0, num=limit)
+    return list(found)
+
+
+async def forget_direct_run(redis: Redis, raw: bytes) -> None:
+    await redis.zrem(DISPATCH_PENDING, raw)
+
+
 # arq's enqueue_job in one round trip (it takes three): queue the job unless its id is queued, running or
 # kept as a result (the same dedupe), then wake the workers with the due time. Batched in a pipeline by the
 # reconcile, which keeps thousands of fires enqueued.
@@ -106,9 +205,12 @@ return 1
 """
 
 
-def _fire_call(redis: ArqRedis, job_id: str, fire_at: datetime, now_ms: int, wake: bool) -> tuple[list[Any], list[Any]]:
+def _fire_call(
+    redis: ArqRedis, job_id: str, fire_at: datetime, now_ms: int, wake: bool, lead: float
+) -> tuple[list[Any], list[Any]]:
     arq_id = fire_id(job_id, fire_at)
-    score = int(fire_at.timestamp() * 1000)
+    # Armed `lead` seconds ahead: the worker that takes it claims it meanwhile and starts it on the instant.
+    score = int(fire_at.timestamp() * 1000) - int(lead * 1000)
     # arq's default expiry is "defer time + 1 day" measured from now, which goes negative (and Redis
     # rejects it) for a catch-up fire more than a day old; count the day from whichever is later.
     expires_ms = max(score - now_ms, 0) + int(FIRE_EXPIRY.total_seconds() * 1000)
@@ -120,24 +222,24 @@ def _fire_call(redis: ArqRedis, job_id: str, fire_at: datetime, now_ms: int, wak
     return keys, [expires_ms, record, score, arq_id, channel]
 
 
-async def enqueue_fire(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> bool:
-    """Enqueue the fire deferred to its time; False when arq already holds that id."""
-    keys, args = _fire_call(redis, job_id, fire_at, timestamp_ms(), wake=True)
+async def enqueue_fire(redis: ArqRedis, *, job_id: str, fire_at: datetime, lead: float = 0.0) -> bool:
+    """Enqueue the fire deferred to `lead` seconds before its time; False when arq already holds that id."""
+    keys, args = _fire_call(redis, job_id, fire_at, timestamp_ms(), wake=True, lead=lead)
     return bool(await redis.eval(_ENQUEUE_UNLESS_PRESENT, len(keys), *keys, *args))  # type: ignore[misc]
 
 
-async def enqueue_fires(redis: ArqRedis, fires: Sequence[tuple[str, datetime]]) -> list[bool]:
-    """enqueue_fire for many (job id, fire time) pairs in one round trip, and one wake-up for them all."""
+async def enqueue_fires(redis: ArqRedis, fires: Sequence[tuple[str, datetime, float]]) -> list[bool]:
+    """enqueue_fire for many (job id, fire time, lead) in one round trip, and one wake-up for them all."""
     if not fires:
         return []
     now_ms = timestamp_ms()
     script = redis.register_script(_ENQUEUE_UNLESS_PRESENT)
     async with redis.pipeline(transaction=False) as pipe:
-        for job_id, fire_at in fires:
-            keys, args = _fire_call(redis, job_id, fire_at, now_ms, wake=False)
+        for job_id, fire_at, lead in fires:
+            keys, args = _fire_call(redis, job_id, fire_at, now_ms, wake=False, lead=lead)
             await script(keys=keys, args=args, client=pipe)
         added = [bool(x) for x in await pipe.execute()]
-    new = [fire_at for (_, fire_at), ok in zip(fires, added, strict=True) if ok]
+    new = [fire_at - timedelta(seconds=lead) for (_, fire_at, lead), ok in zip(fires, added, strict=True) if ok]
     if new:
         await wake_workers(redis, min(new))
     return added
@@ -161,6 +263,13 @@ async def fire_pending(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> bo
 async def cancel_fire(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> None:
     """Drop a fire that has not started. A fire that slips through still checks the job before it runs."""
     await forget(redis, fire_id(job_id, fire_at))
+
+
+async def rearm_fire(redis: ArqRedis, *, job_id: str, fire_at: datetime) -> None:
+    """Let arq deliver this fire once more although its one try is used: for a fire handed back unstarted
+    (its worker shut down while it was armed). arq keeps a cancelled job queued for a retry and counts tries
+    in this key; without it the next worker sees try 1 again instead of refusing try 2 > max_tries."""
+    await redis.delete(retry_key_prefix + fire_id(job_id, fire_at))
 
 
 async def forget(redis: ArqRedis, arq_id: str) -> None:

@@ -1,9 +1,10 @@
 """B5: no-op runs per second through the whole path (lease, run record, events), 1 and 2 workers,
 SQLite and PostgreSQL; baselines: plain arq no-op jobs per second at its default poll_delay and at 0.005.
 
-Each repetition queues N runs of N distinct jobs at once (the trigger's own lease-and-enqueue, as the API
-does it) on running `jobs-gateway worker` processes and measures from the first run's start to the last
-run's end, from the run records. arq: N `enqueue_job` calls, measured from its job results.
+Each repetition queues N runs of N distinct jobs at once (the trigger's own lease-and-dispatch, as the API
+does it: the workers' dispatch consumers take them) on running `jobs-gateway worker` processes and measures
+from the first run's start to the last run's end, from the run records. arq: N `enqueue_job` calls, measured
+from its job results.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
-from app import queue
+from app import events, queue
+from app.config import Settings
 from app.runs import lease
+from app.runs import service as runs_service
 from bench import common
 from bench.common import CpuMeter, SqlDb, Stack, figure, parse_ts, pick
 from bench.job_types import PROBE_TYPE
 
 N = pick(smoke=60, quick=600, full=3000)
+MAX_JOBS = Settings.model_fields["worker_max_jobs"].default
 REPS = 3
 PARALLEL_ENQUEUE = 32
 
@@ -33,11 +37,15 @@ async def queue_runs(redis_url: str, ids: list[str], rep: int) -> float:
     gate = asyncio.Semaphore(PARALLEL_ENQUEUE)
 
     async def one(job_id: str) -> None:
+        run = queue.DirectRun(
+            job_id=job_id, token=f"r{rep}-{job_id}", type=PROBE_TYPE, payload={}, timeout=None,
+            triggered_by="bench", accepted_ms=int(time.time() * 1000),
+        )  # fmt: skip
+        event = runs_service.event_json("run.queued", job_id, running=True, triggeredBy="bench")
         async with gate:
-            ok = await queue.lease_and_enqueue_run(
-                pool, lease_key=lease.key(job_id), lease_ttl=60, job_id=job_id, token=f"r{rep}-{job_id}",
-                triggered_by="bench",
-            )  # fmt: skip
+            ok = await queue.lease_and_dispatch_run(
+                pool, lease_key=lease.key(job_id), lease_ttl=60, run=run, channel=events.CHANNEL, event=event
+            )
             assert ok, f"{job_id} still leased"
 
     try:
@@ -186,7 +194,8 @@ def main() -> None:
     ratio = med("sqlite 1") / med("arq default 1")
     notes = (
         f"{N} runs of {N} distinct no-op jobs queued at once per repetition, {REPS} repetitions, workers at "
-        f"WORKER_MAX_JOBS 10. One worker on SQLite runs {ratio:.2f}× plain arq's no-op jobs/s at its default."
+        f"WORKER_MAX_JOBS {MAX_JOBS} (the default). One worker on SQLite runs {ratio:.2f}× plain arq's no-op "
+        "jobs/s at its default."
     )
     common.write_result("b5_throughput", "B5 run throughput", figures, notes=notes)
 

@@ -57,10 +57,11 @@ async def _call(rt: Runtime, job: Job, run: Run) -> str:
     return await job_type.handler(ctx)
 
 
-async def execute(rt: Runtime, job: Job, run: Run) -> None:
+async def execute(rt: Runtime, job: Job, run: Run, *, started: asyncio.Task[None] | None = None) -> None:
     """Run the handler under its timeout and close the run record exactly once.
 
-    The caller holds the lease, already extended to LEASE_TTL_SECONDS.
+    The caller holds the lease, already extended to LEASE_TTL_SECONDS. `started`: the caller's announcement
+    of the start, sent while the handler starts; awaited before the outcome is recorded (events stay in order).
     """
     timeout = job.timeout_seconds or rt.settings.job_timeout_seconds
     lost = asyncio.Event()
@@ -77,10 +78,17 @@ async def execute(rt: Runtime, job: Job, run: Run) -> None:
         # Shutting down: stop the handler, then record it before letting the cancellation through.
         await _stop(handler, rt.settings.heartbeat_seconds)
         keeper.cancel()
+        await _settle(started)
         await _complete(rt, run, runs_service.ERROR, runs_service.WORKER_SHUT_DOWN)
         raise
     keeper.cancel()
+    await _settle(started)
     await _complete(rt, run, result, details)
+
+
+async def _settle(started: asyncio.Task[None] | None) -> None:
+    if started is not None:
+        await asyncio.gather(started, return_exceptions=True)
 
 
 async def _outcome(handler: asyncio.Task[str], timeout: float, run: Run, lost: asyncio.Event) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from app.jobs import service as jobs_service
 from app.logs import configure_logging
 from app.observability.worker_metrics import WorkerMetricsServer
 from app.runtime import SOCKET_TIMEOUT_SECONDS, Runtime, connect_redis, worker_redis_settings
+from workers import dispatch
 from workers.tasks import fire_job, run_job
 from workers.waking import WakingWorker
 
@@ -52,9 +53,11 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     await scheduler.reconcile_all(rt)
     ctx["loops"] = start_background_loops(rt)
     ctx["metrics_server"] = WorkerMetricsServer.start(settings)
+    await dispatch.start(ctx)
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
+    await dispatch.stop(ctx)
     if ctx.get("metrics_server") is not None:
         ctx["metrics_server"].close()
     await stop_background_loops(ctx.get("loops", []))
@@ -86,9 +89,12 @@ async def build_embedded_worker(rt: Runtime) -> WakingWorker:
     Its pool is connected here, not lazily in arq's poll task: arq leaks a pool whose creation is
     cancelled by an early shutdown.
     """
-    options = {**worker_options(rt.settings), "on_startup": None, "on_shutdown": None}
+    # Its start-up and shutdown only run the consumer of direct triggers (workers.dispatch).
+    options = {**worker_options(rt.settings), "on_startup": dispatch.start, "on_shutdown": dispatch.stop}
     pool = await connect_redis(rt.settings, for_worker=True)
-    return WakingWorker(**options, redis_pool=pool, ctx={"runtime": rt}, handle_signals=False)
+    worker = WakingWorker(**options, redis_pool=pool, ctx={"runtime": rt}, handle_signals=False)
+    worker.ctx["worker"] = worker
+    return worker
 
 
 async def stop_embedded_worker(worker: Worker, grace: float) -> None:
@@ -172,7 +178,9 @@ def run_standalone(settings: Settings) -> None:
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        WakingWorker(**worker_options(settings)).run()
+        worker = WakingWorker(**worker_options(settings))
+        worker.ctx["worker"] = worker
+        worker.run()
     finally:
         asyncio.set_event_loop(None)
         loop.close()

@@ -7,21 +7,21 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from app import events
 from app.jobs import scheduler
 from app.jobs.models import Job
-from app.observability import metrics
 from app.runs import lease
 from app.runs import service as runs_service
 from app.runtime import Runtime
+from workers import fires
 from workers.runner import execute
 
 log = logging.getLogger(__name__)
-SKIPPED_FIRES_KEY = "jg:stats:skipped-fires"
+SKIPPED_FIRES_KEY = fires.SKIPPED_FIRES_KEY
 
 
 async def run_job(ctx: dict[str, Any], job_id: str, token: str, triggered_by: str) -> None:
-    """A manual trigger: the lease was taken by the API when it accepted the request."""
+    """A manual run queued through arq (`queue.lease_and_enqueue_run`), which took its lease. Triggers from
+    the API no longer come this way (workers.dispatch runs them); this stays for runs queued so."""
     rt: Runtime = ctx["runtime"]
     # Compare-and-extend is the check: a lease that lapsed while queued may already be someone else's.
     # The job is read meanwhile (Redis and the database answer in parallel): a trigger waits on both.
@@ -44,24 +44,13 @@ async def run_job(ctx: dict[str, Any], job_id: str, token: str, triggered_by: st
 
 
 async def fire_job(ctx: dict[str, Any], job_id: str, fire_at_iso: str) -> None:
-    """A scheduled fire: claim it (at most once), schedule the next one, then run unless still running."""
+    """A scheduled fire, taken FIRE_LEAD_SECONDS ahead: claim it (at most once), which schedules the next
+    one, then start it on its instant with the others due then (workers.fires), unless still running."""
     rt: Runtime = ctx["runtime"]
     fire_at = datetime.fromisoformat(fire_at_iso)
     job = await scheduler.claim_fire(rt, job_id=job_id, fire_at=fire_at)
     if job is None:
         return
-    token = runs_service.new_token()
-    if not await lease.acquire(rt.redis, job.id, token, rt.settings.lease_ttl_seconds):
-        # Overlap policy `forbid`: the next fire is already scheduled by claim_fire.
-        metrics.fire_skipped(job.id)
-        await rt.redis.hincrby(SKIPPED_FIRES_KEY, job.id, 1)  # type: ignore[misc]
-        log.info("fire %s of %s skipped: the previous run is still going", fire_at_iso, job.id)
-        await events.publish(rt.redis, "fire.skipped", job.id, fireAt=fire_at_iso)
-        return
-    run = await runs_service.begin(
-        rt, job=job, token=token, triggered_by="scheduler", fire_at=fire_at, attempt=ctx.get("job_try", 1)
-    )
-    if run is None:
-        await lease.release(rt.redis, job.id, token)
-        return
-    await execute(rt, job, run)
+    run = await fires.starter().start(rt, job, fire_at, ctx.get("job_try", 1))
+    if run is not None:
+        await execute(rt, job, run)

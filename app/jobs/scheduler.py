@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
 from app import queue
+from app.groupcommit import GroupCommit, per_loop
 from app.jobs.models import Job
-from app.jobs.schedule import Schedule, catch_up, validate_schedule
+from app.jobs.schedule import MIN_INTERVAL, Schedule, catch_up, validate_schedule
 from app.observability import metrics
 from app.runtime import Runtime
 
@@ -32,6 +34,23 @@ def _parsed(expression: str, tz: str) -> Schedule:
     # Parsing a cron expression costs about as much as everything else a reconcile does for a job, and
     # thousands of jobs share a handful of expressions. A Schedule is immutable.
     return validate_schedule(expression, tz)
+
+
+# The shortest time between two fires of a cron schedule (an `@every` one says its own).
+CRON_MIN_GAP = timedelta(minutes=1)
+
+
+def arm_lead(rt: Runtime, schedule: Schedule) -> float:
+    """How long before its instant a fire is enqueued: FIRE_LEAD_SECONDS, at most half the schedule's interval.
+
+    A fire is enqueued by the claim of the one before, which happens during that one's lead; armed less
+    than an interval ahead, each fire is armed after the previous instant, so claims never run ahead of
+    the schedule (a lead of a whole interval would arm, claim and re-arm the chain without end)."""
+    lead = rt.settings.fire_lead_seconds
+    if lead * 2 <= MIN_INTERVAL.total_seconds():
+        return lead  # no schedule is shorter
+    gap = schedule.every if schedule.every is not None else CRON_MIN_GAP
+    return min(lead, gap.total_seconds() / 2)
 
 
 def _replacement(schedule: Schedule, current: datetime, now: datetime, grace: timedelta) -> datetime:
@@ -63,7 +82,7 @@ async def reconcile_job(rt: Runtime, job: Job) -> datetime | None:
     desired = await _desired_fire(job, rt, rt.now())
     if desired != job.next_run_at and not await _move(job, desired):
         return None  # someone else changed the row meanwhile; they reconcile it
-    await queue.enqueue_fire(rt.redis, job_id=job.id, fire_at=desired)
+    await queue.enqueue_fire(rt.redis, job_id=job.id, fire_at=desired, lead=arm_lead(rt, schedule_of(job, rt)))
     return desired
 
 
@@ -127,7 +146,8 @@ async def _reconcile_enabled(rt: Runtime, jobs: list[Job]) -> int:
             log.exception("could not reconcile job %s", job.id)
     moves = [(job, fire) for job, fire in wanted if fire != job.next_run_at]
     lost = await _move_many(moves) if moves else set()
-    await queue.enqueue_fires(rt.redis, [(job.id, fire) for job, fire in wanted if job.id not in lost])
+    fires = [(job.id, fire, arm_lead(rt, schedule_of(job, rt))) for job, fire in wanted if job.id not in lost]
+    await queue.enqueue_fires(rt.redis, fires)
     return len(wanted)
 
 
@@ -137,28 +157,91 @@ async def claim_fire(rt: Runtime, *, job_id: str, fire_at: datetime) -> Job | No
     A fire that is stale (job gone, disabled, rescheduled) or already claimed returns None. So does a
     fire that comes due later than the grace window (every worker was down): the latest missed fire
     within the window is enqueued in its place, to run once.
+
+    Claims made at the same moment (the fires of a burst, taken ahead together) share one read, one
+    transaction and one enqueue pipeline (app.groupcommit); each stays its own compare-and-set.
     """
-    job = await Job.get_or_none(id=job_id)
-    if job is None or not job.enabled or job.next_run_at != fire_at:
-        return None
-    now = rt.now()
-    schedule = schedule_of(job, rt)
-    grace = timedelta(seconds=rt.settings.misfire_grace_seconds)
-    late = now - fire_at > grace
-    if late:
-        following = _replacement(schedule, fire_at, now, grace)
-    else:
-        # Claimed late (a busy pool) with the next fire already due: that one still runs, at once, as after
-        # downtime (the latest due one only: never a burst); otherwise the next fire after now.
-        following = catch_up(schedule, fire_at, now, grace) or schedule.next_after(max(now, fire_at))
-    if not await _move(job, following):
-        return None
-    await queue.enqueue_fire(rt.redis, job_id=job_id, fire_at=following)
-    if late:
-        log.info("fire %s of %s skipped: %s late, past the grace window", fire_at, job_id, now - fire_at)
-        metrics.fire_missed(job_id)
-        return None
-    return job
+    return await _claims().submit(_Claim(rt, job_id, fire_at, rt.now()))
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    rt: Runtime
+    job_id: str
+    fire_at: datetime
+    now: datetime
+
+
+async def _claim_many(claims: list[_Claim]) -> list[Job | None]:
+    jobs = {job.id: job for job in await Job.filter(id__in={c.job_id for c in claims})}
+    # (index, claim, job, following, late); a job claimed twice in one batch: the first claim only.
+    moves: dict[str, tuple[int, _Claim, Job, datetime, bool]] = {}
+    for i, c in enumerate(claims):
+        job = jobs.get(c.job_id)
+        if job is None or not job.enabled or job.next_run_at != c.fire_at or job.id in moves:
+            continue
+        schedule = schedule_of(job, c.rt)
+        grace = timedelta(seconds=c.rt.settings.misfire_grace_seconds)
+        late = c.now - c.fire_at > grace
+        if late:
+            following = _replacement(schedule, c.fire_at, c.now, grace)
+        else:
+            # Claimed late (a busy pool) with the next fire already due: that one still runs, at once, as
+            # after downtime (the latest due one only: never a burst); otherwise the next fire after now.
+            following = catch_up(schedule, c.fire_at, c.now, grace) or schedule.next_after(max(c.now, c.fire_at))
+        moves[job.id] = (i, c, job, following, late)
+    won: list[tuple[int, _Claim, Job, datetime, bool]] = []
+    if moves:
+        sql = _CLAIM_SQL[connections.get("default").capabilities.dialect == "postgres"]
+        async with in_transaction() as conn:
+            # In id order, as every batch that moves job rows: concurrent batches never deadlock on PostgreSQL.
+            # Plain SQL: building the same UPDATE through the ORM cost more CPU than the rest of a claim.
+            for job_id in sorted(moves):
+                i, c, job, following, late = moves[job_id]
+                moved, _ = await conn.execute_query(sql, [following, job.id, job.next_run_at])
+                if moved:
+                    won.append(moves[job_id])
+    results: list[Job | None] = [None] * len(claims)
+    if not won:
+        return results
+    for i, c, job, following, late in won:
+        job.next_run_at = following
+        if late:
+            log.info("fire %s of %s skipped: %s late, past the grace window", c.fire_at, c.job_id, c.now - c.fire_at)
+            metrics.fire_missed(c.job_id)
+        else:
+            results[i] = job
+    rt = won[0][1].rt
+    await queue.enqueue_fires(
+        rt.redis, [(job.id, following, arm_lead(c.rt, schedule_of(job, c.rt))) for _, c, job, following, _ in won]
+    )
+    return results
+
+
+_CLAIM_SQL = {
+    postgres: "UPDATE job SET next_run_at = {} WHERE id = {} AND enabled AND next_run_at = {}".format(
+        *(("$1", "$2", "$3") if postgres else ("?", "?", "?"))
+    )
+    for postgres in (False, True)
+}
+_claims = per_loop(lambda: GroupCommit(_claim_many, "claim"))
+
+
+async def unclaim_fire(rt: Runtime, *, job: Job, fire_at: datetime) -> bool:
+    """Hand back a fire that was claimed but never started (its worker is shutting down while it is armed):
+    the job's row goes back to this fire, the next fire that the claim enqueued is dropped, and arq may
+    deliver this fire once more, to whichever worker takes it next. The claim's compare-and-set in reverse:
+    when someone changed the row meanwhile (disabled, rescheduled), the fire stays given up."""
+    following = job.next_run_at
+    if following is None or following == fire_at:
+        return False
+    moved = await Job.filter(id=job.id, enabled=True, next_run_at=following).update(next_run_at=fire_at)
+    if not moved:
+        return False
+    job.next_run_at = fire_at
+    await queue.cancel_fire(rt.redis, job_id=job.id, fire_at=following)
+    await queue.rearm_fire(rt.redis, job_id=job.id, fire_at=fire_at)
+    return True
 
 
 async def _move_many(moves: list[tuple[Job, datetime]]) -> set[str]:

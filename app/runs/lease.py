@@ -38,6 +38,35 @@ end
 return 0
 """
 
+# _ACQUIRE and _RELEASE over many keys at once (KEYS[i] with token ARGV[i]); one reply per key.
+_ACQUIRE_MANY = """
+local ttl = ARGV[#KEYS + 1]
+local won = {}
+for i, k in ipairs(KEYS) do
+  local current = redis.call('GET', k)
+  if current == false then
+    redis.call('SET', k, ARGV[i], 'PX', ttl)
+    won[i] = 1
+  elseif current == ARGV[i] then
+    won[i] = 1
+  else
+    won[i] = 0
+  end
+end
+return won
+"""
+_RELEASE_MANY = """
+local released = {}
+for i, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[i] then
+    released[i] = redis.call('DEL', k)
+  else
+    released[i] = 0
+  end
+end
+return released
+"""
+
 
 def key(job_id: str) -> str:
     return KEY_PREFIX + job_id
@@ -70,3 +99,21 @@ async def holders(redis: Redis, job_ids: Sequence[str]) -> dict[str, str | None]
         return {}
     values = await redis.mget([key(j) for j in job_ids])
     return {j: (v.decode() if isinstance(v, bytes) else v) for j, v in zip(job_ids, values, strict=True)}
+
+
+async def acquire_many(redis: Redis, leases: Sequence[tuple[str, str]], ttl: float) -> list[bool]:
+    """acquire() for many (job id, token) pairs in one round trip; the job ids must be distinct."""
+    if not leases:
+        return []
+    keys = [key(job_id) for job_id, _ in leases]
+    won = await redis.eval(_ACQUIRE_MANY, len(keys), *keys, *(t for _, t in leases), str(_ms(ttl)))  # type: ignore[misc]
+    return [bool(w) for w in won]
+
+
+async def release_many(redis: Redis, leases: Sequence[tuple[str, str]]) -> list[bool]:
+    """release() for many (job id, token) pairs in one round trip."""
+    if not leases:
+        return []
+    keys = [key(job_id) for job_id, _ in leases]
+    released = await redis.eval(_RELEASE_MANY, len(keys), *keys, *(t for _, t in leases))  # type: ignore[misc]
+    return [bool(r) for r in released]

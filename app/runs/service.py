@@ -6,20 +6,25 @@ and, for completion, only by the attempt that owns the run's token. A stale work
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from redis.exceptions import RedisError
 from tortoise import connections
 from tortoise.exceptions import IntegrityError
-from tortoise.expressions import Q
 from tortoise.functions import Sum
 from tortoise.transactions import in_transaction
 
 from app import events, queue
 from app.activity import service as activity_service
 from app.errors import Conflict, Unavailable
+from app.groupcommit import GroupCommit, per_loop
 from app.jobs import service as jobs_service
 from app.jobs.models import Job
 from app.observability import metrics
@@ -27,6 +32,7 @@ from app.pagination import Page, PageRequest, fetch_page
 from app.runs import lease
 from app.runs.models import Run, RunCount
 from app.runtime import Runtime
+from app.timefmt import iso_ms, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -92,31 +98,62 @@ async def pages_for_jobs(
 
 
 async def trigger(rt: Runtime, *, job_id: str, actor: str) -> str:
-    """Run the job now, whatever its schedule or enabled flag. Conflict while it is running."""
+    """Run the job now, whatever its schedule or enabled flag. Conflict while it is running.
+
+    The run is handed straight to the workers (`queue.lease_and_dispatch_run`): the message carries the job
+    as it is now, so that the worker that takes it starts the handler without reading the job again."""
     job = await jobs_service.get_or_raise(job_id=job_id)
     token = new_token()
+    run = queue.DirectRun(
+        job_id=job.id,
+        token=token,
+        type=job.type,
+        payload=job.payload,
+        timeout=job.timeout_seconds,
+        triggered_by=actor,
+        accepted_ms=int(rt.now().timestamp() * 1000),
+    )
     try:
-        queued = await queue.lease_and_enqueue_run(
+        queued = await queue.lease_and_dispatch_run(
             rt.redis,
             lease_key=lease.key(job.id),
             lease_ttl=rt.settings.queued_lease_ttl_seconds,
-            job_id=job.id,
-            token=token,
-            triggered_by=actor,
+            run=run,
+            channel=events.CHANNEL,
+            event=event_json("run.queued", job.id, running=True, triggeredBy=actor),
         )
     except RedisError as exc:
         raise Unavailable("The job queue (Redis) is unavailable; try again shortly") from exc
     if not queued:
         raise Conflict("Job is already running", code="already_running")
+    metrics.event_published("run.queued")
+    # An embedded worker's consumer may have popped the run already: let it issue the run record's INSERT
+    # before this activity write, as SQLite takes one writer at a time and the handler waits for that record.
+    await asyncio.sleep(0)
     await activity_service.record(event="jobs.trigger", actor=actor, job_id=job.id, details={"enabled": job.enabled})
-    await events.publish(rt.redis, "run.queued", job.id, running=True, triggeredBy=actor)
     return token
 
 
+def event_json(event: str, job_id: str, **data: Any) -> str:
+    """An event as `events.publish` sends it, for the Lua scripts that publish it in the same round trip
+    as the change it reports."""
+    return json.dumps({"event": event, "jobId": job_id, "at": iso_ms(utcnow()), **data}, separators=(",", ":"))
+
+
 async def begin(
-    rt: Runtime, *, job: Job, token: str, triggered_by: str, fire_at: datetime | None, attempt: int
+    rt: Runtime,
+    *,
+    job: Job,
+    token: str,
+    triggered_by: str,
+    fire_at: datetime | None,
+    attempt: int,
+    announce: bool = True,
 ) -> Run | None:
-    """Write the run record as the handler starts; None when this token or fire already has one."""
+    """Write the run record as the handler starts; None when this token or fire already has one.
+
+    `announce=False` leaves the `run.started` event (`started_event`) to the caller, which publishes it
+    together with other work while the handler already runs."""
     try:
         run = await Run.create(
             job_id=job.id,
@@ -128,69 +165,204 @@ async def begin(
         )
     except IntegrityError:
         return None
-    await events.publish(rt.redis, "run.started", job.id, running=True, runId=run.id, triggeredBy=triggered_by)
+    if announce:
+        await events.publish(rt.redis, "run.started", job.id, running=True, runId=run.id, triggeredBy=triggered_by)
     return run
 
 
-async def record_dropped(rt: Runtime, *, job_id: str, token: str, triggered_by: str) -> None:
-    """A trigger whose lease lapsed before any worker took it: say so in the logs rather than vanish."""
+def started_event(run: Run) -> str:
+    return event_json("run.started", run.job_id, running=True, runId=run.id, triggeredBy=run.triggered_by)
+
+
+async def record_dropped(rt: Runtime, *, job_id: str, token: str, triggered_by: str, run: Run | None = None) -> bool:
+    """A trigger whose lease lapsed before any worker took it: say so in the logs rather than vanish.
+
+    `run`: the record a worker wrote while it checked the lease (in parallel), closed the same way.
+    False when the run was recorded already (nothing written)."""
     wait = rt.settings.queued_lease_ttl_seconds
     log.warning("run %s of %s dropped: no worker took it within %s s", token, job_id, wait)
     now = rt.now()
-    try:
-        await Run.create(
-            job_id=job_id,
-            token=token,
-            triggered_by=triggered_by,
-            started_at=now,
-            completed_at=now,
-            duration_ms=0,
-            result=ERROR,
-            details=f"not started: no worker took it within {wait:g} s",
+    details = f"not started: no worker took it within {wait:g} s"
+    if run is not None:
+        closed = await Run.filter(id=run.id, completed_at__isnull=True).update(
+            started_at=now, completed_at=now, duration_ms=0, result=ERROR, details=details
         )
-    except IntegrityError:
-        return  # recorded already (a redelivery)
+        if not closed:
+            return False
+    else:
+        try:
+            await Run.create(
+                job_id=job_id,
+                token=token,
+                triggered_by=triggered_by,
+                started_at=now,
+                completed_at=now,
+                duration_ms=0,
+                result=ERROR,
+                details=details,
+            )
+        except IntegrityError:
+            return False  # recorded already (a redelivery)
     metrics.run_finished(job_id, ERROR, 0)
     await events.publish(rt.redis, "run.finished", job_id, running=False, result=ERROR)
+    return True
 
 
 async def complete(rt: Runtime, *, run: Run, result: str, details: str) -> bool:
-    """Close the run and the job's last-run fields, then release the lease. False if it was already closed."""
+    """Close the run and the job's last-run fields, then release the lease. False if it was already closed.
+
+    Runs that finish at the same moment (a burst of scheduled fires) are closed together: one transaction,
+    one Lua call for their leases, one pipeline for their events (app.groupcommit). Each keeps its own
+    fenced update, so the outcome is the same as closing them one by one."""
     done_at = rt.now()
     # The columns are 32-bit on PostgreSQL (24.8 days of ms): a run reaped long after its worker died
     # (a service down for a month) must still close, not fail on every reaper pass.
     duration = min(MAX_DURATION_MS, max(0, int((done_at - run.started_at).total_seconds() * 1000)))
+    return await _completions().submit(_Completion(rt, run, result, details, done_at, duration))
+
+
+@dataclass(frozen=True, slots=True)
+class _Completion:
+    rt: Runtime
+    run: Run
+    result: str
+    details: str
+    done_at: datetime
+    duration: int
+
+
+async def _complete_many(batch: list[_Completion]) -> list[bool]:
+    closed = [False] * len(batch)
+    run_sql, job_sql = _COMPLETE_SQL[connections.get("default").capabilities.dialect == "postgres"]
     async with in_transaction() as conn:
-        closed = (
-            await Run.filter(id=run.id, completed_at__isnull=True, attempt=run.attempt)
-            .using_db(conn)
-            .update(completed_at=done_at, duration_ms=duration, result=result, details=details)
-        )
-        if closed:
-            # A slower, older run must not overwrite the outcome of a newer one.
-            newer = Q(last_run_at__isnull=True) | Q(last_run_at__lte=run.started_at)
-            await (
-                Job.filter(newer, id=run.job_id)
-                .using_db(conn)
-                .update(last_run_at=run.started_at, last_result=result, last_duration_ms=duration)
-            )
+        # In job id order, as every batch that updates job rows: concurrent batches never deadlock on PostgreSQL.
+        # Plain SQL: building these UPDATEs through the ORM cost more CPU than the rest of a completion.
+        for i in sorted(range(len(batch)), key=lambda i: (batch[i].run.job_id, batch[i].run.id)):
+            c = batch[i]
+            run = c.run
+            n, _ = await conn.execute_query(run_sql, [c.done_at, c.duration, c.result, c.details, run.id, run.attempt])
+            if n:
+                # A slower, older run must not overwrite the outcome of a newer one.
+                await conn.execute_query(job_sql, [run.started_at, c.result, c.duration, run.job_id, run.started_at])
+            closed[i] = bool(n)
+    rt = batch[0].rt
     try:
-        await lease.release(rt.redis, run.job_id, run.token)
+        await lease.release_many(rt.redis, [(c.run.job_id, c.run.token) for c in batch])
     except RedisError:
-        log.warning("could not release the lease of run %s; it expires by itself", run.id)
-    if closed:
-        metrics.run_finished(run.job_id, result, duration)
-        await events.publish(
-            rt.redis,
-            "run.finished",
-            run.job_id,
-            running=False,
-            runId=run.id,
-            result=result,
-            duration=duration,
-            details=details,
+        log.warning("could not release the leases of %d runs; they expire by themselves", len(batch))
+    finished: list[tuple[str, str, dict[str, object]]] = []
+    for c, ok in zip(batch, closed, strict=True):
+        if ok:
+            metrics.run_finished(c.run.job_id, c.result, c.duration)
+            data: dict[str, object] = {
+                "running": False,
+                "runId": c.run.id,
+                "result": c.result,
+                "duration": c.duration,
+                "details": c.details,
+            }
+            finished.append(("run.finished", c.run.job_id, data))
+    await publish_all(rt, finished)
+    return closed
+
+
+def _marks(postgres: bool, count: int) -> list[str]:
+    return [f"${i}" for i in range(1, count + 1)] if postgres else ["?"] * count
+
+
+_COMPLETE_SQL = {
+    postgres: (
+        "UPDATE job_run SET completed_at = {}, duration_ms = {}, result = {}, details = {} "
+        "WHERE id = {} AND completed_at IS NULL AND attempt = {}".format(*_marks(postgres, 6)),
+        "UPDATE job SET last_run_at = {}, last_result = {}, last_duration_ms = {} "
+        "WHERE id = {} AND (last_run_at IS NULL OR last_run_at <= {})".format(*_marks(postgres, 5)),
+    )
+    for postgres in (False, True)
+}
+_completions = per_loop(lambda: GroupCommit(_complete_many, "complete"))
+
+
+SCHEDULER = "scheduler"
+FIRE_SKIPPED = "fire.skipped"
+# Rows per INSERT: 6 parameters each stays far below SQLite's and PostgreSQL's parameter limits.
+BEGIN_BATCH = 500
+
+
+async def begin_fires(rt: Runtime, fires: Sequence[tuple[Job, str, datetime, int]]) -> list[Run | None]:
+    """`begin` for the scheduled fires (job, lease token, fire time, attempt) starting on the same instant:
+    their run records in one statement, their `run.started` events in one round trip. None for a fire that
+    already has its run record (a redelivery): never two runs of one fire."""
+    started_at = rt.now()
+    ids: dict[tuple[str, str], int] = {}
+    for start in range(0, len(fires), BEGIN_BATCH):
+        ids.update(await _insert_runs(fires[start : start + BEGIN_BATCH], started_at))
+    runs: list[Run | None] = []
+    for job, token, fire_at, attempt in fires:
+        run_id = ids.get((job.id, token))
+        if run_id is None:
+            runs.append(None)
+            continue
+        run = Run(
+            id=run_id,
+            job_id=job.id,
+            token=token,
+            attempt=attempt,
+            triggered_by=SCHEDULER,
+            fire_at=fire_at,
+            started_at=started_at,
         )
-    return bool(closed)
+        run._saved_in_db = True
+        runs.append(run)
+    await publish_all(
+        rt,
+        [
+            ("run.started", r.job_id, {"running": True, "runId": r.id, "triggeredBy": SCHEDULER})
+            for r in runs
+            if r is not None
+        ],
+    )
+    return runs
+
+
+async def _insert_runs(
+    fires: Sequence[tuple[Job, str, datetime, int]], started_at: datetime
+) -> dict[tuple[str, str], int]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING (SQLite has RETURNING since 3.35): the rows that were
+    written, by (job id, token). A conflict on (job_id, fire_at) is a fire that already ran."""
+    conn = connections.get("default")
+    postgres = conn.capabilities.dialect == "postgres"
+    rows: list[str] = []
+    values: list[object] = []
+    for job, token, fire_at, attempt in fires:
+        first = len(values) + 1
+        rows.append("(" + ", ".join(f"${first + i}" if postgres else "?" for i in range(6)) + ")")
+        values += [job.id, token, attempt, SCHEDULER, fire_at, started_at]
+    sql = (
+        "INSERT INTO job_run (job_id, token, attempt, triggered_by, fire_at, started_at) "
+        f"VALUES {', '.join(rows)} ON CONFLICT DO NOTHING RETURNING id, job_id, token"
+    )
+    written = await conn.execute_query_dict(sql, values)
+    return {(str(r["job_id"]), str(r["token"])): int(r["id"]) for r in written}
+
+
+async def publish_all(rt: Runtime, messages: Sequence[tuple[str, str, dict[str, object]]]) -> None:
+    """events.publish for many (event, job id, data) in one round trip, in order. Best effort, like it."""
+    if not messages:
+        return
+    at = iso_ms(utcnow())
+    try:
+        async with rt.redis.pipeline(transaction=False) as pipe:
+            for event, job_id, data in messages:
+                pipe.publish(
+                    events.CHANNEL,
+                    json.dumps({"event": event, "jobId": job_id, "at": at, **data}, separators=(",", ":")),
+                )
+            await pipe.execute()
+    except RedisError:
+        log.warning("could not publish %d events", len(messages), exc_info=True)
+        return
+    for event, _, _ in messages:
+        metrics.event_published(event)
 
 
 async def reap_lost(rt: Runtime) -> int:

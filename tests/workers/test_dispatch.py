@@ -1,0 +1,292 @@
+"""Direct dispatch of manual triggers (workers.dispatch): real workers, a real redis-server, no arq claim.
+
+Each guarantee of the trigger path, on the consumer that every worker runs: one run per accepted trigger,
+409 while queued or running, nothing lost while no worker runs or when a worker dies holding a message,
+slots shared with arq's jobs, and a stopping worker that takes nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app import queue
+from app.aio import cancel_and_wait
+from app.errors import Conflict, Unavailable
+from app.events import CHANNEL
+from app.runs import lease
+from app.runs import service as runs_service
+from app.runs.models import Run
+from app.runtime import Runtime, connect_redis
+from tests.factories import make_job, wait_until
+from tests.support.processes import BIN, WorkerProcess, _Process, env_for
+from tests.support.servers import RedisServer
+from workers import dispatch
+from workers.settings import build_embedded_worker, stop_embedded_worker
+from workers.waking import WakingWorker
+
+
+@contextlib.asynccontextmanager
+async def worker_running(rt: Runtime, **overrides: Any) -> AsyncIterator[WakingWorker]:
+    """An in-process worker (the embedded one) with its consumer, stopped as the API's shutdown stops it."""
+    wrt = Runtime(settings=rt.settings.model_copy(update=overrides), redis=rt.redis, clock=rt.clock)
+    worker = await build_embedded_worker(wrt)
+    task = asyncio.create_task(worker.async_run())
+
+    async def consuming() -> bool:
+        return "dispatch" in worker.ctx
+
+    try:
+        await wait_until(consuming, timeout=10, interval=0.01)
+        yield worker
+    finally:
+        await stop_embedded_worker(worker, wrt.settings.shutdown_grace_seconds)
+        await cancel_and_wait(task)
+
+
+def consumer(worker: WakingWorker) -> dispatch.Consumer:
+    found: dispatch.Consumer = worker.ctx["dispatch"]
+    return found
+
+
+async def finished_runs(job_id: str, count: int = 1, timeout: float = 10) -> list[Run]:
+    async def done() -> bool:
+        return await Run.filter(job_id=job_id, completed_at__isnull=False).count() >= count
+
+    await wait_until(done, timeout=timeout)
+    return await Run.filter(job_id=job_id).order_by("id")
+
+
+async def queued(rt: Runtime) -> int:
+    return int(await rt.redis.llen(queue.DISPATCH_LIST))  # type: ignore[misc]
+
+
+async def pending(rt: Runtime) -> int:
+    return int(await rt.redis.zcard(queue.DISPATCH_PENDING))
+
+
+async def test_a_trigger_runs_on_the_consumer_without_an_arq_job(orm: Runtime) -> None:
+    await make_job(id="direct", payload={"summary": "done directly"})
+    pubsub = orm.redis.pubsub()
+    await pubsub.subscribe(CHANNEL)
+    await pubsub.get_message(timeout=1)  # subscribe confirmation
+    async with worker_running(orm) as worker:
+        token = await runs_service.trigger(orm, job_id="direct", actor="user:1")
+        [run] = await finished_runs("direct")
+        assert (run.token, run.result, run.details, run.triggered_by) == (token, "success", "done directly", "user:1")
+        assert consumer(worker).taken == 1
+        assert worker.jobs_complete + worker.jobs_failed == 0  # arq ran nothing
+    events = []
+    while (message := await pubsub.get_message(timeout=0.5)) is not None:
+        if message["type"] == "message":
+            events.append(json.loads(message["data"]))
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert [e["event"] for e in events] == ["run.queued", "run.started", "run.finished"]
+    assert events[1]["runId"] == run.id and events[1]["triggeredBy"] == "user:1"
+    assert (await queued(orm), await pending(orm)) == (0, 0)
+    assert await lease.holder(orm.redis, "direct") is None
+
+
+async def test_a_trigger_waits_in_the_list_while_no_worker_runs_then_runs_once(orm: Runtime) -> None:
+    await make_job(id="patient", payload={"summary": "ran late"})
+    await runs_service.trigger(orm, job_id="patient", actor="user:1")
+    with pytest.raises(Conflict):  # 409 while queued: the lease is the job's, not the worker's
+        await runs_service.trigger(orm, job_id="patient", actor="user:2")
+    await asyncio.sleep(0.2)
+    assert (await queued(orm), await Run.filter(job_id="patient").count()) == (1, 0)
+    async with worker_running(orm) as worker:
+        [run] = await finished_runs("patient")
+        assert (run.result, run.details, run.triggered_by) == ("success", "ran late", "user:1")
+        await asyncio.sleep(0.2)
+        assert consumer(worker).taken == 1
+    assert await Run.filter(job_id="patient").count() == 1
+
+
+async def test_a_popped_trigger_whose_queued_lease_lapsed_is_recorded_not_run(orm: Runtime) -> None:
+    await make_job(id="stranded", type="test_fail")
+    await runs_service.trigger(orm, job_id="stranded", actor="user:4")
+    # The queued lease lapsed and another run has taken the job since.
+    await orm.redis.set(lease.key("stranded"), "successor")
+    async with worker_running(orm):
+        [run] = await finished_runs("stranded")
+    assert (run.result, run.triggered_by) == ("error", "user:4")
+    assert run.details == "not started: no worker took it within 60 s"  # not the handler's "boom"
+    assert await lease.holder(orm.redis, "stranded") == "successor"  # neither extended nor released
+    assert await pending(orm) == 0
+
+
+async def test_a_worker_killed_between_pop_and_record_leaves_a_trace_that_the_sweep_records(orm: Runtime) -> None:
+    await make_job(id="orphan")
+    token = await runs_service.trigger(orm, job_id="orphan", actor="user:5")
+    # What a worker killed right after its BLPOP leaves: the message gone from the list, nothing recorded.
+    assert await orm.redis.lpop(queue.DISPATCH_LIST) is not None  # type: ignore[misc]
+    [_, accepted] = (await orm.redis.zrange(queue.DISPATCH_PENDING, 0, -1, withscores=True))[0]
+    later = Runtime(
+        settings=orm.settings,
+        redis=orm.redis,
+        clock=lambda: orm.now() + timedelta(seconds=orm.settings.queued_lease_ttl_seconds + 10),
+    )
+    assert await dispatch.sweep(orm) == 0  # too recent
+    assert await dispatch.sweep(later) == 0  # its lease is still held: it may be running
+    assert await Run.filter(job_id="orphan").count() == 0
+    await orm.redis.delete(lease.key("orphan"))  # the lease lapses
+    assert await dispatch.sweep(later) == 1
+    [run] = await Run.filter(job_id="orphan")
+    assert (run.token, run.result, run.triggered_by) == (token, "error", "user:5")
+    assert run.details == "not started: no worker took it within 60 s"
+    assert accepted > 0 and await pending(orm) == 0
+    assert await dispatch.sweep(later) == 0
+    assert await Run.filter(job_id="orphan").count() == 1
+
+
+async def test_the_sweep_only_forgets_a_run_that_has_its_record(orm: Runtime) -> None:
+    await make_job(id="recorded", payload={"summary": "fine"})
+    await runs_service.trigger(orm, job_id="recorded", actor="user:1")
+    raw = await orm.redis.lpop(queue.DISPATCH_LIST)  # type: ignore[misc]
+    assert raw is not None
+    # The worker wrote the record and finished, but the pending entry's clean-up was lost (Redis blip).
+    await dispatch.run_direct(orm, raw, queue.DirectRun.decode(raw))
+    await orm.redis.zadd(queue.DISPATCH_PENDING, {raw: 1})
+    assert await dispatch.sweep(orm) == 0  # recorded already: nothing new, only forgotten
+    [run] = await Run.filter(job_id="recorded")
+    assert (run.result, run.details) == ("success", "fine")
+    assert await pending(orm) == 0
+
+
+async def test_the_consumer_takes_a_trigger_only_when_the_worker_has_a_free_slot(orm: Runtime) -> None:
+    await make_job(id="first", payload={"seconds": 1.0, "summary": "first"})
+    await make_job(id="second", payload={"summary": "second"})
+    async with worker_running(orm, worker_max_jobs=1) as worker:
+        await runs_service.trigger(orm, job_id="first", actor="user:1")
+
+        async def busy() -> bool:
+            return worker.job_counter == 1
+
+        await wait_until(busy, timeout=5, interval=0.005)
+        await runs_service.trigger(orm, job_id="second", actor="user:1")
+        await asyncio.sleep(0.3)
+        assert await queued(orm) == 1  # left for another worker while this one's slot is taken
+        assert worker.job_counter == 1
+        [second] = await finished_runs("second")
+        [first] = await Run.filter(job_id="first")
+    assert first.completed_at is not None and second.started_at >= first.completed_at
+
+
+async def test_a_stopping_worker_hands_back_a_trigger_it_popped_and_another_worker_runs_it(orm: Runtime) -> None:
+    await make_job(id="handed-back", payload={"summary": "second worker"})
+    async with worker_running(orm) as stopping:
+        stopping.allow_pick_jobs = False  # what SIGTERM does first: the consumer is blocked in BLPOP
+        await runs_service.trigger(orm, job_id="handed-back", actor="user:1")
+
+        async def handed_back() -> bool:
+            return consumer(stopping).done()
+
+        await wait_until(handed_back, timeout=5, interval=0.01)
+        assert await queued(orm) == 1
+        assert consumer(stopping).taken == 0
+    async with worker_running(orm) as other:
+        [run] = await finished_runs("handed-back")
+        assert (run.result, run.details) == ("success", "second worker")
+        assert consumer(other).taken == 1
+
+
+async def test_shutdown_lets_a_short_direct_run_finish_and_records_a_long_one(orm: Runtime) -> None:
+    await make_job(id="short", payload={"seconds": 0.5, "summary": "made it"})
+    await make_job(id="long", type="test_block")
+    async with worker_running(orm, shutdown_grace_seconds=1.0):
+        await runs_service.trigger(orm, job_id="short", actor="user:1")
+        await runs_service.trigger(orm, job_id="long", actor="user:1")
+
+        async def both_started() -> bool:
+            return await Run.filter(job_id__in=["short", "long"]).count() == 2
+
+        await wait_until(both_started, timeout=5, interval=0.01)
+    [short] = await Run.filter(job_id="short")
+    [long] = await Run.filter(job_id="long")
+    assert (short.result, short.details) == ("success", "made it")
+    assert (long.result, long.details) == ("error", "worker shut down")
+    assert await lease.holder(orm.redis, "long") is None
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_direct_run_is_recorded_as_worker_lost(orm: Runtime, tmp_path: Path) -> None:
+    settings = orm.settings.model_copy(update={"embedded_worker": False})
+    await make_job(id="victim", type="test_block")
+    with WorkerProcess(settings, tmp_path) as worker:
+        await runs_service.trigger(orm, job_id="victim", actor="user:1")
+
+        async def running() -> bool:
+            return await Run.filter(job_id="victim", completed_at__isnull=True).exists()
+
+        await wait_until(running, timeout=10)
+
+        async def announced() -> bool:
+            return await pending(orm) == 0
+
+        await wait_until(announced, timeout=5)
+        worker.signal(signal.SIGKILL)
+        worker.wait(10)
+    await asyncio.sleep(settings.lease_ttl_seconds + 0.2)  # the lease lapses without its heartbeat
+    later = Runtime(settings=settings, redis=orm.redis, clock=lambda: orm.now() + timedelta(seconds=10))
+    assert await runs_service.reap_lost(later) == 1
+    [run] = await Run.filter(job_id="victim")
+    assert (run.result, run.details) == ("error", "worker lost")
+    assert (await queued(orm), await pending(orm)) == (0, 0)
+
+
+@pytest.mark.slow
+async def test_arqs_own_cli_worker_consumes_triggers_too(orm: Runtime, tmp_path: Path) -> None:
+    settings = orm.settings.model_copy(update={"embedded_worker": False})
+    await make_job(id="via-arq-cli", payload={"summary": "arq cli"})
+    cli = _Process([str(BIN / "arq"), "workers.WorkerSettings"], env_for(settings), tmp_path, "arq-cli")
+    cli.ready_text = "Starting worker for"
+    with cli:
+        await runs_service.trigger(orm, job_id="via-arq-cli", actor="user:1")
+        [run] = await finished_runs("via-arq-cli", timeout=15)
+        assert (run.result, run.details) == ("success", "arq cli")
+        cli.signal(signal.SIGTERM)
+        assert cli.wait(15) == 0
+    assert "direct dispatch" not in cli.tail(200)  # no consumer errors
+
+
+@pytest.mark.slow
+async def test_the_consumer_reconnects_after_a_redis_restart(orm: Runtime) -> None:
+    await make_job(id="after-restart", payload={"summary": "back"})
+    with RedisServer() as private:
+        settings = orm.settings.model_copy(update={"redis_url": private.url})
+        rt = Runtime(settings=settings, redis=await connect_redis(settings))
+        try:
+            async with worker_running(rt) as worker:
+                private.stop()
+                await asyncio.sleep(2.5)  # the consumer's BLPOP fails and retries meanwhile
+                private.start()
+                for _ in range(50):  # the API's own pool reconnects on its next command
+                    with contextlib.suppress(Unavailable):
+                        await runs_service.trigger(rt, job_id="after-restart", actor="user:1")
+                        break
+                    await asyncio.sleep(0.2)
+                [run] = await finished_runs("after-restart", timeout=15)
+                assert (run.result, run.details) == ("success", "back")
+                assert consumer(worker).taken == 1 and not consumer(worker).done()
+        finally:
+            await rt.redis.aclose()
+
+
+async def test_a_retried_trigger_call_queues_its_run_once(orm: Runtime) -> None:
+    await make_job(id="retried", payload={"summary": "once"})
+    message = queue.DirectRun("retried", "tok-1", "test_sleep", {"summary": "once"}, None, "user:1", 1)
+    call = {"lease_key": lease.key("retried"), "lease_ttl": 60, "run": message, "channel": CHANNEL, "event": "{}"}
+    assert await queue.lease_and_dispatch_run(orm.redis, **call)
+    assert await queue.lease_and_dispatch_run(orm.redis, **call)  # the client's retry after a lost reply
+    assert (await queued(orm), await pending(orm)) == (1, 1)
+    other = {**call, "run": queue.DirectRun("retried", "tok-2", "test_sleep", {}, None, "user:2", 2)}
+    assert not await queue.lease_and_dispatch_run(orm.redis, **other)  # someone else's: 409
+    assert await queued(orm) == 1

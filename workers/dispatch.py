@@ -1,0 +1,266 @@
+"""Direct dispatch: every worker's consumer of manual triggers.
+
+`POST /trigger` takes the job's lease and pushes a ready-to-run message (app.queue.DirectRun) onto a Redis
+list in one round trip. Each worker runs one consumer task blocked in BLPOP on that list; the worker that
+pops a message checks the lease (one round trip: a lease that lapsed while queued may be someone else's),
+writes the run record and starts the handler. No arq claim, no second read of the job.
+
+- Slots: the consumer pops only while the worker has a free slot, and counts its runs in arq's own
+  `job_counter`/`sem`, so WORKER_MAX_JOBS bounds arq's jobs and direct runs together. Its runs are arq
+  tasks as far as shutdown is concerned (`worker.tasks`): SIGTERM lets them finish within the grace, then
+  cancels them (recorded `worker shut down`).
+- Stopping: once the worker stops taking jobs the consumer pops no more; a message it pops meanwhile goes
+  back to the head of the list for another worker.
+- Nothing lost: a message stays in the list while no worker runs; the queued-lease rule decides when one
+  finally pops it (`record_dropped` once the lease lapsed). Until its run record exists, the message is also
+  kept in a pending set; a worker killed between the pop and the record leaves it there, and any
+  consumer's sweep records it once its lease has lapsed.
+- Idle cost: one BLPOP per BLOCK_SECONDS and one sweep read per SWEEP_SECONDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from arq import Worker
+from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import RedisError
+
+from app import events, queue
+from app.aio import cancel_and_wait
+from app.jobs.models import Job
+from app.observability import metrics
+from app.runs import lease
+from app.runs import service as runs_service
+from app.runs.models import Run
+from app.runtime import SOCKET_TIMEOUT_SECONDS, Runtime
+from workers.runner import execute
+
+log = logging.getLogger(__name__)
+
+# How long one BLPOP waits: the consumer's whole idle cost, and how late it notices a stop it was not told of.
+BLOCK_SECONDS = 5
+SWEEP_SECONDS = 5.0
+RETRY_SECONDS = 1.0
+# While every slot is busy, how often to look for a free one (a busy worker only).
+SLOT_WAIT_SECONDS = 0.01
+TASK_PREFIX = "direct:"
+
+
+class Consumer:
+    """One worker's consumer of the dispatch list."""
+
+    def __init__(self, worker: Worker, rt: Runtime) -> None:
+        self._worker = worker
+        self._rt = rt
+        self._redis = _blocking_client(rt.redis)
+        self.taken = 0  # runs started here, for tests
+        self._task = asyncio.create_task(self._consume(), name="direct-dispatch")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        await self._redis.aclose(close_connection_pool=True)
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    async def _consume(self) -> None:
+        next_sweep = 0.0
+        failing = False  # warn once per outage, not once per retry
+        while self._worker.allow_pick_jobs:
+            await self._wait_for_a_free_slot()
+            if not self._worker.allow_pick_jobs:
+                break
+            try:
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP_SECONDS
+                    await sweep(self._rt)
+                raw = await queue.pop_direct_run(self._redis, BLOCK_SECONDS)
+            except (RedisError, OSError):
+                if not failing:
+                    log.warning("direct dispatch: Redis unavailable; retrying every %s s", RETRY_SECONDS, exc_info=True)
+                failing = True
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            except Exception:
+                # The sweep's database writes (a locked or stopped database): the consumer must outlive them.
+                log.exception("direct dispatch: sweep failed; retrying in %s s", RETRY_SECONDS)
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            if failing:
+                log.info("direct dispatch: Redis is back")
+                failing = False
+            if raw is None:
+                continue
+            if not self._worker.allow_pick_jobs:
+                await self._hand_back(raw)
+                break
+            await self._start(raw)
+
+    async def _wait_for_a_free_slot(self) -> None:
+        worker = self._worker
+        while worker.allow_pick_jobs and worker.job_counter >= worker.max_jobs:  # noqa: ASYNC110 - arq offers no event
+            await asyncio.sleep(SLOT_WAIT_SECONDS)
+
+    async def _take_slot(self) -> bool:
+        """A slot as arq takes one (`Worker.start_jobs`): arq's poll may have taken the last one since the pop.
+        False when the worker stops meanwhile."""
+        worker = self._worker
+        while worker.allow_pick_jobs:
+            await worker.sem.acquire()
+            if worker.job_counter < worker.max_jobs:
+                worker.job_counter += 1
+                return True
+            worker.sem.release()
+            await asyncio.sleep(SLOT_WAIT_SECONDS)
+        return False
+
+    async def _start(self, raw: bytes) -> None:
+        try:
+            message = queue.DirectRun.decode(raw)
+        except (ValueError, TypeError):
+            log.error("direct dispatch: dropping an unreadable message %r", raw[:200])
+            with contextlib.suppress(RedisError):
+                await queue.forget_direct_run(self._rt.redis, raw)
+            return
+        try:
+            slot = await self._take_slot()
+        except asyncio.CancelledError:
+            await asyncio.shield(self._hand_back(raw))
+            raise
+        if not slot:
+            await self._hand_back(raw)
+            return
+        self.taken += 1
+        task = asyncio.create_task(self._run(raw, message), name=TASK_PREFIX + message.token)
+        # arq's shutdown (grace, then cancel) and its bookkeeping treat it as one of its own jobs.
+        self._worker.tasks[TASK_PREFIX + message.token] = task
+        task.add_done_callback(lambda _: self._worker._release_sem_dec_counter_on_complete())
+
+    async def _run(self, raw: bytes, message: queue.DirectRun) -> None:
+        # Never raises: arq's poll loop calls result() on its finished tasks.
+        try:
+            await run_direct(self._rt, raw, message)
+        except asyncio.CancelledError:
+            pass  # shutting down; a run that had begun is recorded `worker shut down` by the runner
+        except Exception:
+            log.exception("direct run %s of %s failed before its handler", message.token, message.job_id)
+
+    async def _hand_back(self, raw: bytes) -> None:
+        try:
+            await queue.return_direct_run(self._redis, raw)
+        except (RedisError, OSError):
+            log.warning("direct dispatch: could not hand a run back; it is recorded once its lease lapses")
+
+
+async def run_direct(rt: Runtime, raw: bytes, message: queue.DirectRun) -> None:
+    """Start a popped trigger: check its lease and write its run record (at once), run the handler."""
+    # The job as the trigger saw it: it cannot be deleted meanwhile (the lease refuses that).
+    job = Job(id=message.job_id, type=message.type, payload=message.payload, timeout_seconds=message.timeout)
+    # Compare-and-extend is the check: a lease that lapsed while queued may already be someone else's. It
+    # runs alongside the record's INSERT, which a lost lease then closes as dropped. The INSERT is issued in
+    # this step, without a task hop: in the API's process it then comes before the trigger's activity write.
+    renewing = asyncio.create_task(lease.renew(rt.redis, message.job_id, message.token, rt.settings.lease_ttl_seconds))
+    try:
+        run = await runs_service.begin(
+            rt,
+            job=job,
+            token=message.token,
+            triggered_by=message.triggered_by,
+            fire_at=None,
+            attempt=1,
+            announce=False,
+        )
+    except BaseException:
+        renewing.cancel()
+        raise
+    renewed = await renewing
+    if not renewed:
+        await runs_service.record_dropped(
+            rt, job_id=message.job_id, token=message.token, triggered_by=message.triggered_by, run=run
+        )
+        await queue.forget_direct_run(rt.redis, raw)
+        return
+    if run is None:
+        # This token began already: never execute twice, and leave its lease to that execution.
+        await queue.forget_direct_run(rt.redis, raw)
+        return
+    # The event and the pending set's clean-up go out while the handler starts.
+    started = asyncio.create_task(_announce(rt, raw, run))
+    await execute(rt, job, run, started=started)
+
+
+async def _announce(rt: Runtime, raw: bytes, run: Run) -> None:
+    try:
+        await queue.direct_run_started(rt.redis, raw, channel=events.CHANNEL, event=runs_service.started_event(run))
+        metrics.event_published("run.started")
+    except RedisError:
+        # Best effort like every event; the sweep drops the pending entry once it sees the run record.
+        log.warning("could not announce run %s of %s", run.id, run.job_id, exc_info=True)
+
+
+async def sweep(rt: Runtime) -> int:
+    """Record the triggers whose worker died before writing their run record (their lease lapsed), and
+    forget the pending entries of runs that have a record. How many it recorded. Safe anywhere, any number
+    of times."""
+    margin = rt.settings.queued_lease_ttl_seconds + rt.settings.heartbeat_seconds
+    before_ms = int((rt.now().timestamp() - margin) * 1000)
+    stale = await queue.pending_direct_runs(rt.redis, accepted_before_ms=before_ms)
+    if not stale:
+        return 0
+    messages = [(raw, _decode(raw)) for raw in stale]
+    holders = await lease.holders(rt.redis, sorted({m.job_id for _, m in messages if m is not None}))
+    recorded = 0
+    for raw, message in messages:
+        if message is not None:
+            if holders.get(message.job_id) == message.token:
+                continue  # taken and running (its record may still be on its way)
+            if await runs_service.record_dropped(
+                rt, job_id=message.job_id, token=message.token, triggered_by=message.triggered_by
+            ):
+                recorded += 1
+        await queue.forget_direct_run(rt.redis, raw)
+    return recorded
+
+
+def _decode(raw: bytes) -> queue.DirectRun | None:
+    try:
+        return queue.DirectRun.decode(raw)
+    except (ValueError, TypeError):
+        return None
+
+
+def _blocking_client(redis: Redis) -> Redis:
+    """A client of its own for BLPOP: the shared pool's read timeout is shorter than the block, and a
+    blocked connection must not be taken from the pool the runs use."""
+    shared = redis.connection_pool
+    kwargs: dict[str, Any] = {**shared.connection_kwargs, "socket_timeout": BLOCK_SECONDS + SOCKET_TIMEOUT_SECONDS}
+    return Redis(connection_pool=ConnectionPool(connection_class=shared.connection_class, max_connections=4, **kwargs))
+
+
+def _current_worker() -> Worker:
+    """The arq worker whose start-up is running. arq passes on_startup only its ctx; its `main` coroutine,
+    which calls on_startup, is the current task and holds the worker as `self`."""
+    task = asyncio.current_task()
+    frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
+    worker = frame.f_locals.get("self") if frame is not None else None
+    if not isinstance(worker, Worker):
+        raise RuntimeError("direct dispatch must be started from an arq worker's on_startup")
+    return worker
+
+
+async def start(ctx: dict[str, Any]) -> None:
+    """on_startup: start this worker's consumer (ctx holds the runtime, and the worker when known)."""
+    worker = ctx.get("worker") or _current_worker()
+    ctx["dispatch"] = Consumer(worker, ctx["runtime"])
+
+
+async def stop(ctx: dict[str, Any]) -> None:
+    """on_shutdown: stop the consumer."""
+    consumer: Consumer | None = ctx.pop("dispatch", None)
+    if consumer is not None:
+        await consumer.stop()
