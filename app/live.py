@@ -66,6 +66,8 @@ class Mailbox:
 
 
 Loader = Callable[[str], Awaitable[object | None]]
+# The loaded state as of the event being handled (the event's own facts over the later read).
+EventView = Callable[[Any, dict[str, Any]], object]
 
 
 class Hub:
@@ -75,9 +77,11 @@ class Hub:
         load_state: Loader,
         retry_delay: float = 1.0,
         on_reconnect: Callable[[], Coroutine[Any, Any, object]] | None = None,
+        as_of_event: EventView | None = None,
     ) -> None:
         self._redis = redis
         self._load_state = load_state
+        self._as_of_event = as_of_event
         self._retry_delay = retry_delay
         # Called (in the background) each time the subscription is back after a loss: Redis itself
         # may have restarted empty, so the caller re-enqueues what it must at once.
@@ -169,6 +173,8 @@ class Hub:
         # One state read per event, shared by every subscriber of this process.
         try:
             state = None if deleted else await self._load_state(job_id)
+            if state is not None and self._as_of_event is not None:
+                state = self._as_of_event(state, event)
         except Exception:
             # The database is out for a moment: lose this event (the next one carries the state)
             # rather than end the hub, and every subscription of this process with it.

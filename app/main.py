@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 redis,
                 lambda job_id: jobs_service.find(rt, job_id=job_id),
                 on_reconnect=lambda: scheduler.reconcile_all(rt),
+                as_of_event=jobs_service.as_of_event,
             )
             hub.start()
             app.state.hub = hub

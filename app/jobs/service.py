@@ -47,6 +47,22 @@ class JobState:
         return self.job.next_run_at if self.job.enabled else None
 
 
+def as_of_event(state: JobState, event: dict[str, Any]) -> JobState:
+    """The state as a run event reports it. The live hub reads a job's state when it handles the event, which
+    can be after the next change (the run ended at once, or the next one began): the event's own facts win
+    for the fields it carries, so that subscribers are shown every run's start and end, in order."""
+    running = event.get("running")
+    if not isinstance(running, bool):
+        return state
+    started_at = event.get("startedAt")
+    if event.get("event") == "run.finished" and isinstance(started_at, str):
+        job = state.job
+        job.last_run_at = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+        job.last_result = event.get("result")
+        job.last_duration_ms = event.get("duration")
+    return JobState(job=state.job, running=running)
+
+
 def _not_found(job_id: str) -> NotFound:
     return NotFound(f"Job '{job_id}' not found", code="job_not_found")
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,9 @@ from websockets.exceptions import ConnectionClosed
 
 from app.config import Settings
 from app.events import publish
+from app.jobs import service as jobs_service
 from app.jobs.models import Job
+from app.jobs.service import JobState
 from app.live import DELETED, Hub
 from app.runtime import Runtime
 from tests.conftest import make_token
@@ -241,3 +243,38 @@ async def test_job_deleted_tells_every_subscriber_which_job_was_deleted_and_noth
                 assert message["type"] == "next", message
                 deleted.append(message["payload"]["data"]["jobDeleted"])
     assert deleted == ["doomed"]
+
+
+async def test_the_hub_shows_each_run_event_as_it_happened_even_when_read_after_the_next_change(
+    orm: Runtime,
+) -> None:
+    # No lease and no last run in the stores: the run started and ended before the hub read the state.
+    await make_job(id="blink", payload={"seconds": 0})
+    hub = Hub(orm.redis, lambda job_id: jobs_service.find(orm, job_id=job_id), as_of_event=jobs_service.as_of_event)
+    hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        box = hub.open("blink")
+        await publish(orm.redis, "run.started", "blink", running=True, runId=7)
+        started = await box.next_change(timeout=5)
+        await publish(
+            orm.redis,
+            "run.finished",
+            "blink",
+            running=False,
+            runId=7,
+            startedAt="2026-11-23T18:00:00.250Z",
+            result="success",
+            duration=12,
+        )
+        finished = await box.next_change(timeout=5)
+    finally:
+        await hub.stop()
+    assert started is not None and isinstance(started.state, JobState)
+    assert started.state.running is True
+    assert finished is not None and isinstance(finished.state, JobState)
+    assert finished.state.running is False
+    assert finished.state.job.last_run_at == datetime(2026, 11, 23, 18, 0, 0, 250000, tzinfo=UTC)
+    assert (finished.state.job.last_result, finished.state.job.last_duration_ms) == ("success", 12)
+    row = await Job.get(id="blink")
+    assert row.last_run_at is None  # the stores themselves were not changed by the hub
