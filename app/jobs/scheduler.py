@@ -254,14 +254,19 @@ async def _move_many(moves: list[tuple[Job, datetime]]) -> set[str]:
 
     fresh = [[fire, job.id] for job, fire in moves if job.next_run_at is None]
     moved = [[fire, job.id, job.next_run_at] for job, fire in moves if job.next_run_at is not None]
+    ids = [job.id for job, _ in moves]
     sql = f"UPDATE job SET next_run_at = {mark(1)} WHERE id = {mark(2)} AND enabled AND next_run_at"
     async with in_transaction() as tx:
+        if postgres:
+            # The two statements below lock the fresh rows, then the moved ones; every other batch locks job
+            # rows in id order: take them all in that order first, or the two can deadlock.
+            await tx.execute_query("SELECT id FROM job WHERE id = ANY($1) ORDER BY id FOR UPDATE", [sorted(ids)])
         if fresh:
             await tx.execute_many(f"{sql} IS NULL", fresh)
         if moved:
             await tx.execute_many(f"{sql} = {mark(3)}", moved)
     # executemany reports no per-row counts: the rows that now hold the wanted fire are the ones that moved.
-    held = dict(await Job.filter(id__in=[job.id for job, _ in moves]).values_list("id", "next_run_at"))
+    held = dict(await Job.filter(id__in=ids).values_list("id", "next_run_at"))
     lost = {job.id for job, fire in moves if held.get(job.id) != fire}
     for job, fire in moves:
         if job.id not in lost:

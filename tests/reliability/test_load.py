@@ -93,9 +93,10 @@ async def _disable(jobs: list[str]) -> None:
         return
     # On PostgreSQL the rows are locked in id order first, as the workers' batched claims and completions
     # lock them: one UPDATE over 200 rows takes its row locks in any order and can deadlock with them.
-    async with in_transaction():
-        await Job.filter(id__in=jobs).order_by("id").select_for_update().values_list("id", flat=True)
-        await Job.filter(id__in=jobs).update(enabled=False, next_run_at=None)
+    # (tortoise drops FOR UPDATE from a values_list query: plain SQL, in the same transaction.)
+    async with in_transaction() as tx:
+        await tx.execute_query("SELECT id FROM job WHERE id = ANY($1) ORDER BY id FOR UPDATE", [sorted(jobs)])
+        await tx.execute_query("UPDATE job SET enabled = false, next_run_at = NULL WHERE id = ANY($1)", [jobs])
 
 
 @pytest.mark.timeout(300)
