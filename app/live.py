@@ -66,6 +66,10 @@ class Mailbox:
 
 
 Loader = Callable[[str], Awaitable[object | None]]
+# Many jobs' states in one read of each store; a job absent from the answer is gone.
+BatchLoader = Callable[[list[str]], Awaitable[dict[str, Any]]]
+# Events already received when the hub gets to them are handled together, up to this many.
+MAX_BATCH = 500
 # The loaded state as of the event being handled (the event's own facts over the later read).
 EventView = Callable[[Any, dict[str, Any]], object]
 
@@ -78,9 +82,11 @@ class Hub:
         retry_delay: float = 1.0,
         on_reconnect: Callable[[], Coroutine[Any, Any, object]] | None = None,
         as_of_event: EventView | None = None,
+        load_states: BatchLoader | None = None,
     ) -> None:
         self._redis = redis
         self._load_state = load_state
+        self._load_states = load_states
         self._as_of_event = as_of_event
         self._retry_delay = retry_delay
         # Called (in the background) each time the subscription is back after a loss: Redis itself
@@ -133,8 +139,17 @@ class Hub:
             self.connected.set()
             while True:
                 message = await pubsub.get_message(timeout=1.0)
-                if message is not None:
+                if message is None:
+                    continue
+                if self._load_states is None:
                     await self._dispatch(message["data"])
+                    continue
+                # A burst (hundreds of runs starting on the same second): what has arrived meanwhile is read
+                # in one query, not one per event.
+                batch = [message["data"]]
+                while len(batch) < MAX_BATCH and (more := await pubsub.get_message(timeout=0.0)) is not None:
+                    batch.append(more["data"])
+                await self._dispatch_many(batch)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -157,17 +172,58 @@ class Hub:
         for job_id in sorted(watched):
             await self._dispatch(json.dumps({"event": "resync", "jobId": job_id}))
 
-    async def _dispatch(self, raw: bytes | str) -> None:
+    async def _dispatch_many(self, raws: list[bytes | str]) -> None:
+        """_dispatch for many events, in order, with one batch read of the states they need."""
+        assert self._load_states is not None
+        wanted: list[tuple[str, dict[str, Any], bool]] = []
+        for raw in raws:
+            parsed = self._parse(raw)
+            if parsed is None:
+                continue
+            job_id, event, deleted = parsed
+            if any(b.wants(job_id, deleted) for b in self._mailboxes):
+                wanted.append(parsed)
+        to_load = sorted({job_id for job_id, _, deleted in wanted if not deleted})
+        try:
+            states = await self._load_states(to_load) if to_load else {}
+        except Exception:
+            log.warning(
+                "live events: could not read the states of %d jobs; events skipped", len(to_load), exc_info=True
+            )
+            return
+        for job_id, event, deleted in wanted:
+            state = None if deleted else states.get(job_id)
+            if state is not None and self._as_of_event is not None:
+                try:
+                    state = self._as_of_event(state, event)
+                except Exception:
+                    log.warning("live events: ignoring unreadable event %r", event, exc_info=True)
+                    continue
+            self._offer(Change(job_id=job_id, state=state))
+
+    def _parse(self, raw: bytes | str) -> tuple[str, dict[str, Any], bool] | None:
+        """(job id, event, deleted?) of a message, or None when it is malformed; forgets a deleted job's metrics."""
         try:
             event = json.loads(raw)
             job_id = str(event["jobId"])
         except (ValueError, KeyError, TypeError):
             log.warning("live events: ignoring malformed message %r", raw)
-            return
+            return None
         deleted = event.get("event") == DELETED
         if deleted:
             # Whichever instance deleted it: this process's series of the job go too.
             metrics.job_deleted(job_id)
+        return job_id, event, deleted
+
+    def _offer(self, change: Change) -> None:
+        for box in list(self._mailboxes):
+            box.offer(change)
+
+    async def _dispatch(self, raw: bytes | str) -> None:
+        parsed = self._parse(raw)
+        if parsed is None:
+            return
+        job_id, event, deleted = parsed
         if not any(b.wants(job_id, deleted) for b in self._mailboxes):
             return
         # One state read per event, shared by every subscriber of this process.
@@ -180,6 +236,4 @@ class Hub:
             # rather than end the hub, and every subscription of this process with it.
             log.warning("live events: could not read the state of %s; event skipped", job_id, exc_info=True)
             return
-        change = Change(job_id=job_id, state=state)
-        for box in list(self._mailboxes):
-            box.offer(change)
+        self._offer(Change(job_id=job_id, state=state))

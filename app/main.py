@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 lambda job_id: jobs_service.find(rt, job_id=job_id),
                 on_reconnect=lambda: scheduler.reconcile_all(rt),
                 as_of_event=jobs_service.as_of_event,
+                load_states=lambda job_ids: jobs_service.find_many(rt, job_ids),
             )
             hub.start()
             app.state.hub = hub

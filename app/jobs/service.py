@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -55,12 +56,13 @@ def as_of_event(state: JobState, event: dict[str, Any]) -> JobState:
     if not isinstance(running, bool):
         return state
     started_at = event.get("startedAt")
+    job = state.job
     if event.get("event") == "run.finished" and isinstance(started_at, str):
-        job = state.job
+        job = copy.copy(job)  # the read may be shared by other events of the same batch
         job.last_run_at = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
         job.last_result = event.get("result")
         job.last_duration_ms = event.get("duration")
-    return JobState(job=state.job, running=running)
+    return JobState(job=job, running=running)
 
 
 def _not_found(job_id: str) -> NotFound:
@@ -214,6 +216,15 @@ async def get(rt: Runtime, *, job_id: str) -> JobState:
     if state is None:
         raise _not_found(job_id)
     return state
+
+
+async def find_many(rt: Runtime, job_ids: list[str]) -> dict[str, JobState]:
+    """The current states of these jobs by id, in one read of each store; a job that does not exist is absent."""
+    if not job_ids:
+        return {}
+    jobs = await Job.filter(id__in=job_ids)
+    running = await _running(rt, [j.id for j in jobs])
+    return {j.id: JobState(job=j, running=j.id in running) for j in jobs}
 
 
 async def find(rt: Runtime, *, job_id: str) -> JobState | None:

@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app.config import Settings
-from app.events import publish
+from app.events import CHANNEL, publish
 from app.jobs import service as jobs_service
 from app.jobs.models import Job
 from app.jobs.service import JobState
@@ -278,3 +278,35 @@ async def test_the_hub_shows_each_run_event_as_it_happened_even_when_read_after_
     assert (finished.state.job.last_result, finished.state.job.last_duration_ms) == ("success", 12)
     row = await Job.get(id="blink")
     assert row.last_run_at is None  # the stores themselves were not changed by the hub
+
+
+async def test_the_hub_reads_the_states_of_a_burst_of_events_together(orm: Runtime) -> None:
+    reads: list[list[str]] = []
+
+    async def load_one(job_id: str) -> object:
+        raise AssertionError("a hub with a batch loader reads states in batches")
+
+    async def load_many(job_ids: list[str]) -> dict[str, Any]:
+        reads.append(job_ids)
+        return {j: {"job": j, "read": len(reads)} for j in job_ids}
+
+    hub = Hub(orm.redis, load_one, load_states=load_many)
+    hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        every, one = hub.open(None), hub.open("job-1")
+        # 200 events published in one round trip reach the hub together, as a burst of fires does.
+        async with orm.redis.pipeline(transaction=False) as pipe:
+            for i in range(200):
+                pipe.publish(CHANNEL, json.dumps({"event": "run.started", "jobId": f"job-{i % 4}", "running": True}))
+            pipe.publish(CHANNEL, json.dumps({"event": DELETED, "jobId": "job-3"}))
+            await pipe.execute()
+        await asyncio.sleep(0.5)
+    finally:
+        await hub.stop()
+    assert sum(len(r) for r in reads) < 200 / 4, reads  # far fewer reads than events
+    assert all(r == sorted(set(r)) for r in reads)  # each job at most once per read
+    assert set(every.pending) == {"job-0", "job-1", "job-2", "job-3"}
+    assert every.pending["job-3"].state is None  # deleted last: its newest change says so
+    assert every.pending["job-0"].state == {"job": "job-0", "read": len(reads)}
+    assert set(one.pending) == {"job-1"}
