@@ -22,8 +22,8 @@ class Context(BaseContext):
         self.authorization = authorization
         self._principal: Principal | None = None
         self.loaders: dict[str, Any] = {}
-        # The job the last result of a subscription stream was about: a shared stream keeps a slow
-        # socket's backlog to the newest state per job with it.
+        # The job the last result of a subscription stream was about: a shared stream bounds a slow
+        # socket's backlog per job with it.
         self.stream_job_id: str | None = None
 
     def for_shared_stream(self) -> Context:

@@ -10,8 +10,9 @@ writes its serialised `next` payload to every member socket.
 Per socket it keeps what must stay per socket: authentication (checked at `connection_init`; a member
 whose token has expired is skipped, and the socket is closed by its expiry task), its operation id, and
 its own flow control. A socket that cannot take a frame right away (its transport is paused) gets a
-writer task and a backlog holding the newest frame per job, so a stalled client costs one frame per job
-and never delays the others. Events of one stream reach every member in order.
+writer task and a backlog holding the last few frames per job (app.backlog), so a client behind for a
+moment still gets every change, a stalled one costs a few frames per job, and neither delays the
+others. Events of one stream reach every member in order.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from graphql.error import GraphQLSyntaxError
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 
 from app.aio import cancel_and_wait
+from app.backlog import Backlog
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ class Member:
     expires_at: float
     is_current: Callable[[], bool]  # False once the client completed the operation or the socket closed
     ended: asyncio.Future[Message | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    backlog: dict[str | None, str] = field(default_factory=dict)
+    backlog: Backlog[str | None, str] = field(default_factory=Backlog)
     writer: asyncio.Task[None] | None = None
     broken: bool = False
 
@@ -150,7 +152,7 @@ class Member:
         if self.broken:
             return
         if self.writer is not None:
-            self.backlog[job_key] = frame  # the newest state of a job replaces its unsent one
+            self.backlog.push(job_key, frame)  # past a few unsent frames of a job, its oldest goes
             return
         coro = self.send(frame)
         try:
@@ -170,7 +172,7 @@ class Member:
                     await asyncio.sleep(0)
                 waiting_on = _send_now(coro)
             while self.backlog:
-                frame = self.backlog.pop(next(iter(self.backlog)))
+                frame = self.backlog.pop()
                 await self.send(frame)
         except Exception:  # as in offer()
             self.broken = True

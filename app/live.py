@@ -2,8 +2,9 @@
 
 Workers and API instances publish on `app.events.CHANNEL`; each API process runs one `Hub`, which
 resolves every event to the job's current state once and hands it to each interested subscriber.
-A subscriber's mailbox holds at most the latest state per job: a slow or stalled subscriber costs
-one entry per job and never delays the others.
+A subscriber's mailbox holds the last few unsent states per job (app.backlog): a subscriber that falls
+behind for a moment still sees every change, a stalled one costs a few entries per job, and neither
+delays the others.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.aio import cancel_and_wait
+from app.backlog import Backlog
 from app.events import CHANNEL, JOB_DELETED
 from app.observability import metrics
 
@@ -39,7 +41,7 @@ class Change:
 class Mailbox:
     job_id: str | None  # None: every job
     deletions_only: bool = False  # `jobDeleted`: the other changes are not its business
-    pending: dict[str, Change] = field(default_factory=dict)
+    pending: Backlog[str, Change] = field(default_factory=Backlog)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wants(self, job_id: str, deleted: bool) -> bool:
@@ -47,9 +49,8 @@ class Mailbox:
 
     def offer(self, change: Change) -> None:
         if self.wants(change.job_id, change.state is None):
-            if change.job_id in self.pending:
+            if self.pending.push(change.job_id, change):
                 metrics.EVENTS_DROPPED.inc()
-            self.pending[change.job_id] = change  # coalesce: the newest state replaces an unsent one
             self.ready.set()
 
     async def next_change(self, timeout: float) -> Change | None:
@@ -60,9 +61,8 @@ class Mailbox:
                 await asyncio.wait_for(self.ready.wait(), timeout)
             except TimeoutError:
                 return None
-        job_id = next(iter(self.pending))
         metrics.EVENTS_DELIVERED.inc()
-        return self.pending.pop(job_id)
+        return self.pending.pop()
 
 
 Loader = Callable[[str], Awaitable[object | None]]

@@ -16,6 +16,7 @@ from strawberry.types.execution import ExecutionResult
 from websockets.asyncio.client import ClientConnection, connect
 
 from app import events
+from app.backlog import PER_JOB
 from app.config import Settings
 from app.graphql_fanout import Fanout, Member, share_key
 from app.main import create_app
@@ -292,7 +293,7 @@ async def test_shutdown_ends_every_fanout_task_before_the_hub_stops(settings: Se
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("fanout-")]
 
 
-async def test_a_stalled_socket_keeps_the_newest_frame_per_job_and_never_delays_the_others() -> None:
+async def test_a_stalled_socket_keeps_the_last_frames_per_job_and_never_delays_the_others() -> None:
     gate = asyncio.Event()  # a paused transport: sends wait until it drains
     slow_sent: list[str] = []
     fast_sent: list[str] = []
@@ -306,15 +307,17 @@ async def test_a_stalled_socket_keeps_the_newest_frame_per_job_and_never_delays_
 
     slow = Member("1", slow_send, expires_at=float("inf"), is_current=lambda: True)
     fast = Member("1", fast_send, expires_at=float("inf"), is_current=lambda: True)
-    offers = [("a", "a1"), ("a", "a2"), ("b", "b1"), ("a", "a3")]
+    a_frames = [f"a{i}" for i in range(1, PER_JOB + 4)]
+    offers = [("a", a_frames[0]), ("a", a_frames[1]), ("b", "b1"), *[("a", f) for f in a_frames[2:]]]
     for job, frame in offers:
         slow.offer(job, frame)
         fast.offer(job, frame)
-    assert fast_sent == ["a1", "a2", "b1", "a3"]  # written at once, with no await in between
+    assert fast_sent == [frame for _, frame in offers]  # written at once, with no await in between
     assert slow_sent == [] and slow.writer is not None
     gate.set()
     await asyncio.wait_for(slow.flushed(), 5)
-    assert slow_sent == ["a1", "a3", "b1"]  # the one in flight, then the newest of each job
+    # The one in flight, then each job's last PER_JOB frames in order (the oldest unsent ones went).
+    assert slow_sent == [a_frames[0], *a_frames[-PER_JOB:], "b1"]
 
 
 async def test_members_with_an_expired_token_or_a_completed_operation_get_nothing() -> None:

@@ -15,6 +15,7 @@ import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from app.backlog import PER_JOB
 from app.config import Settings
 from app.events import CHANNEL, publish
 from app.jobs import service as jobs_service
@@ -204,10 +205,16 @@ async def test_the_hub_coalesces_a_stalled_mailbox_and_ends_a_deleted_jobs_strea
         await publish(orm.redis, "run.started", f"job-{i % 4}")
     await publish(orm.redis, DELETED, "job-1")
     await asyncio.sleep(0.5)
-    assert len(stalled.pending) == 4  # at most one entry per job, however many events
+    # At most PER_JOB entries per job, however many events; the oldest went.
+    assert stalled.pending.jobs() == ["job-0", "job-1", "job-2", "job-3"]
+    assert all(len(stalled.pending.unsent(j)) == PER_JOB for j in stalled.pending.jobs())
     assert len(loads) == 200  # one state read per event, shared by all subscribers
-    latest = [await watcher.next_change(timeout=1) for _ in range(1)]
-    assert latest[0] is not None and latest[0].state is None  # coalesced to the newest: deleted
+    latest = [await watcher.next_change(timeout=1) for _ in range(PER_JOB)]
+    assert all(c is not None and c.job_id == "job-1" for c in latest)
+    assert latest[-1] is not None and latest[-1].state is None  # the newest, last: deleted
+    assert [c.state["version"] for c in latest[:-1] if c is not None and isinstance(c.state, dict)] == sorted(
+        c.state["version"] for c in latest[:-1] if c is not None and isinstance(c.state, dict)
+    )  # in order
     assert await watcher.next_change(timeout=0.1) is None
     await hub.stop()
     assert await Job.filter(id="job-1").count() == 0
@@ -306,7 +313,7 @@ async def test_the_hub_reads_the_states_of_a_burst_of_events_together(orm: Runti
         await hub.stop()
     assert sum(len(r) for r in reads) < 200 / 4, reads  # far fewer reads than events
     assert all(r == sorted(set(r)) for r in reads)  # each job at most once per read
-    assert set(every.pending) == {"job-0", "job-1", "job-2", "job-3"}
-    assert every.pending["job-3"].state is None  # deleted last: its newest change says so
-    assert every.pending["job-0"].state == {"job": "job-0", "read": len(reads)}
-    assert set(one.pending) == {"job-1"}
+    assert sorted(every.pending.jobs()) == ["job-0", "job-1", "job-2", "job-3"]
+    assert every.pending.unsent("job-3")[-1].state is None  # deleted last: its newest change says so
+    assert every.pending.unsent("job-0")[-1].state == {"job": "job-0", "read": len(reads)}
+    assert one.pending.jobs() == ["job-1"]
