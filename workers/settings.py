@@ -23,6 +23,7 @@ from app.jobs import scheduler
 from app.jobs import service as jobs_service
 from app.logs import configure_logging
 from app.observability.worker_metrics import WorkerMetricsServer
+from app.redis_pool import bounded_pool
 from app.runtime import SOCKET_TIMEOUT_SECONDS, Runtime, connect_redis, worker_redis_settings
 from workers import dispatch
 from workers.tasks import fire_job, run_job
@@ -47,6 +48,8 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     registry.load([BUILTIN_HANDLERS, *settings.job_type_modules])
     ctx["redis"].connection_pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_SECONDS
     await ctx["redis"].connection_pool.disconnect()  # connections made before (arq's ping) had no timeout
+    # Bounded like the API's (REDIS_POOL_SIZE); nothing has used the pool since arq's ping.
+    ctx["redis"].connection_pool = bounded_pool(ctx["redis"].connection_pool, settings)
     rt = Runtime(settings=settings, redis=ctx["redis"])
     ctx["runtime"] = rt
     await jobs_service.register_builtin_jobs()
