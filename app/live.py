@@ -190,7 +190,8 @@ class Hub:
             log.warning(
                 "live events: could not read the states of %d jobs; events skipped", len(to_load), exc_info=True
             )
-            return
+            wanted = [w for w in wanted if w[2]]  # the deletions need no read
+            states = {}
         for job_id, event, deleted in wanted:
             state = None if deleted else states.get(job_id)
             if state is not None and self._as_of_event is not None:

@@ -144,7 +144,7 @@ async def start_fires(rt: Runtime, fires: list[_Armed]) -> list[Run | None]:
     first: dict[str, _Armed] = {}
     for armed in fires:
         first.setdefault(armed.job.id, armed)
-    unique = list(first.values())
+    unique = await _still_claimed(list(first.values()))
     won = await lease.acquire_many(rt.redis, [(a.job.id, a.token) for a in unique], rt.settings.lease_ttl_seconds)
     starting = [a for a, ok in zip(unique, won, strict=True) if ok]
     skipped = [a for a, ok in zip(unique, won, strict=True) if not ok]
@@ -156,12 +156,33 @@ async def start_fires(rt: Runtime, fires: list[_Armed]) -> list[Run | None]:
         raise
     started = {id(a): run for a, run in zip(starting, runs, strict=True)}
     duplicates = [a for a, run in zip(starting, runs, strict=True) if run is None]
-    if duplicates:
-        # A redelivered fire that ran already: its lease goes back at once.
-        await lease.release_many(rt.redis, [(a.job.id, a.token) for a in duplicates])
-    if skipped:
-        await _count_skips(rt, skipped)
+    # Best effort from here: the run records are written and their leases held, so these runs start
+    # whatever Redis says now (a duplicate's lease expires by itself; a skip goes uncounted).
+    try:
+        if duplicates:
+            # A redelivered fire that ran already: its lease goes back at once.
+            await lease.release_many(rt.redis, [(a.job.id, a.token) for a in duplicates])
+        if skipped:
+            await _count_skips(rt, skipped)
+    except (RedisError, OSError):
+        log.warning("could not release %d leases or count %d skipped fires", len(duplicates), len(skipped))
     return [started.get(id(a)) if first.get(a.job.id) is a else None for a in fires]
+
+
+async def _still_claimed(fires: list[_Armed]) -> list[_Armed]:
+    """The fires whose job row still holds what their claim left (enabled, the next fire): a job stopped,
+    deleted or rescheduled during the lead gives its armed fire up, as it would have before the claim."""
+    rows = await Job.filter(id__in=[a.job.id for a in fires]).values_list("id", "enabled", "next_run_at")
+    now = {str(job_id): (bool(enabled), next_run_at) for job_id, enabled, next_run_at in rows}
+    kept = []
+    for armed in fires:
+        if now.get(armed.job.id) == (True, armed.job.next_run_at):
+            kept.append(armed)
+        else:
+            log.info(
+                "fire %s of %s given up: the job changed while it was armed", armed.fire_at.isoformat(), armed.job.id
+            )
+    return kept
 
 
 async def _count_skips(rt: Runtime, skipped: list[_Armed]) -> None:

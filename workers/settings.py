@@ -145,6 +145,11 @@ class EmbeddedWorker:
     async def _discard(self) -> None:
         worker, self._worker = self._worker, None
         if worker is not None:
+            # arq's close() runs on_shutdown only after a Redis call that fails while Redis is down: stop the
+            # trigger consumer first, or it would outlive its worker and pop runs for it.
+            worker.allow_pick_jobs = False
+            with contextlib.suppress(Exception):
+                await dispatch.stop(worker.ctx)
             with contextlib.suppress(Exception):
                 await worker.close()
 

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from redis.exceptions import RedisError
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
@@ -211,11 +212,20 @@ async def _claim_many(claims: list[_Claim]) -> list[Job | None]:
             metrics.fire_missed(c.job_id)
         else:
             results[i] = job
-    rt = won[0][1].rt
-    await queue.enqueue_fires(
-        rt.redis, [(job.id, following, arm_lead(c.rt, schedule_of(job, c.rt))) for _, c, job, following, _ in won]
-    )
+    await _enqueue_following(won[0][1].rt, [(c, job, following) for _, c, job, following, _ in won])
     return results
+
+
+async def _enqueue_following(rt: Runtime, won: list[tuple[_Claim, Job, datetime]]) -> None:
+    try:
+        await queue.enqueue_fires(
+            rt.redis, [(job.id, following, arm_lead(c.rt, schedule_of(job, c.rt))) for c, job, following in won]
+        )
+    except RedisError:
+        # The claims are committed: raising would make group commit retry each on its own, and every retry's
+        # compare-and-set would fail, silently dropping these fires. They run; the reconcile (at the latest
+        # RECONCILE_INTERVAL_SECONDS, or when Redis is back) enqueues the next ones.
+        log.warning("could not enqueue the next fires of %d jobs; the reconcile will", len(won), exc_info=True)
 
 
 _CLAIM_SQL = {

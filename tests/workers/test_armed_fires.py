@@ -16,6 +16,7 @@ from arq.constants import default_queue_name, retry_key_prefix
 from app import queue
 from app.config import Settings
 from app.jobs import scheduler
+from app.jobs import service as jobs_service
 from app.jobs.models import Job
 from app.runs import lease
 from app.runs import service as runs_service
@@ -121,6 +122,27 @@ async def test_a_job_still_running_at_the_instant_skips_the_fire_and_counts_it(o
     assert await orm.redis.hget(SKIPPED_FIRES_KEY, "overlap") == b"1"
     assert await lease.holder(orm.redis, "overlap") == "previous-run"  # untouched
     assert (await Job.get(id="overlap")).next_run_at == fire.replace(microsecond=0) + timedelta(seconds=1)
+
+
+@pytest.mark.parametrize("change", ["stop", "delete"])
+async def test_a_job_stopped_or_deleted_during_the_lead_does_not_fire(orm: Runtime, change: str) -> None:
+    fire = soon(0.6)
+    await make_job(id="changed", schedule="@every 1m", payload={"seconds": 0}, next_run_at=fire)
+    task = asyncio.create_task(fire_job(ctx(orm), "changed", fire.isoformat()))
+
+    async def claimed() -> bool:
+        return (await Job.get(id="changed")).next_run_at != fire
+
+    await wait_until(claimed, timeout=0.5, interval=0.005)
+    assert datetime.now(UTC) < fire  # armed, not started: what an admin sees as "not running"
+    if change == "stop":
+        await jobs_service.stop(orm, job_id="changed", actor="user:1")
+    else:
+        await jobs_service.delete(orm, job_id="changed", actor="user:1")
+    await task
+    assert datetime.now(UTC) >= fire
+    assert await Run.filter(job_id="changed").count() == 0
+    assert await lease.holder(orm.redis, "changed") is None
 
 
 async def test_fires_due_on_the_same_instant_start_in_one_batch(orm: Runtime) -> None:
