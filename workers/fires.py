@@ -102,10 +102,7 @@ class FireStarter:
             return
         for armed, run in zip(members, runs, strict=True):
             if armed.abandoned and run is not None:
-                # Its worker shut down while the batch ran: never leave the run open or the lease held.
-                await runs_service.complete(
-                    rt, run=run, result=runs_service.ERROR, details=runs_service.WORKER_SHUT_DOWN
-                )
+                await _close_abandoned(rt, run)
                 run = None
             if not armed.outcome.done():
                 armed.outcome.set_result(run)
@@ -114,6 +111,15 @@ class FireStarter:
     def armed(self) -> int:
         """How many fires wait for their instant (for tests)."""
         return sum(len(g) for g in self._groups.values())
+
+
+async def _close_abandoned(rt: Runtime, run: Run) -> None:
+    """Its worker shut down while the batch ran: never leave the run open or the lease held."""
+    try:
+        await runs_service.complete(rt, run=run, result=runs_service.ERROR, details=runs_service.WORKER_SHUT_DOWN)
+    except Exception:
+        # The reaper closes it once its lease lapses; the batch's other members still get their outcome.
+        log.exception("could not record run %s of %s as shut down", run.id, run.job_id)
 
 
 async def _hand_back(rt: Runtime, armed: _Armed) -> None:

@@ -334,7 +334,8 @@ async def _insert_runs(
     postgres = conn.capabilities.dialect == "postgres"
     rows: list[str] = []
     values: list[object] = []
-    for job, token, fire_at, attempt in fires:
+    # In (job, fire) order: two batches that overlap (a redelivered fire) take their index locks alike.
+    for job, token, fire_at, attempt in sorted(fires, key=lambda f: (f[0].id, f[2])):
         first = len(values) + 1
         rows.append("(" + ", ".join(f"${first + i}" if postgres else "?" for i in range(6)) + ")")
         values += [job.id, token, attempt, SCHEDULER, fire_at, started_at]
