@@ -23,6 +23,9 @@ from app.auth import ADMIN_PERMISSION
 from app.config import Settings
 from tests.conftest import SECRET, make_token, running_app
 
+# Tokens are checked before any handler runs: no dialect-dependent behaviour (the routes' own tests run on both).
+pytestmark = pytest.mark.sqlite_only
+
 OTHER_SECRET = "another-secret-" + "y" * 40  # 40+ bytes: a well-formed key, just not ours
 ROUTES = [("GET", "/api/jobs"), ("POST", "/api/jobs/metadata-sync/trigger")]
 ERROR_KEYS = {"success", "error", "message"}

@@ -153,6 +153,7 @@ async def test_logs_follow_prints_each_run_as_it_finishes(api: ApiProcess, setti
             await follower.wait()
 
 
+@pytest.mark.serial
 def test_worker_exits_non_zero_once_redis_is_gone_for_good(settings: Settings, tmp_path: Path) -> None:
     with RedisServer() as redis_server:  # our own, stopped below
         own = settings.model_copy(update={"redis_url": redis_server.url})

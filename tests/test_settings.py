@@ -9,6 +9,8 @@ import pytest
 from app.config import Settings, get_settings
 from tests.conftest import SECRET
 
+pytestmark = pytest.mark.sqlite_only  # settings parsing: no database involved
+
 ENV_NAMES = (
     "APP_ENV",
     "JWT_SECRET",

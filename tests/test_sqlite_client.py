@@ -15,7 +15,7 @@ from app.jobs.models import Job
 from app.runtime import Runtime
 from tests.factories import make_job
 
-pytestmark = pytest.mark.sqlite_only
+pytestmark = [pytest.mark.sqlite_only, pytest.mark.serial]
 # A SELECT (only those are tried inline) that takes far longer than the inline budget.
 SLOW = (
     "SELECT (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000)"

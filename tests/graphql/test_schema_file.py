@@ -1,6 +1,10 @@
 from pathlib import Path
 
+import pytest
+
 from app.schema_export import sdl
+
+pytestmark = pytest.mark.sqlite_only  # the SDL is built from the code alone
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schema.graphql"
 

@@ -153,6 +153,7 @@ async def test_both_protocols_accept_a_token_in_init_or_in_the_upgrade_header(
             assert message["payload"]["data"]["jobStatus"]["id"] == "metadata-sync"
 
 
+@pytest.mark.serial
 async def test_a_connection_ends_within_a_second_of_its_token_expiry(
     two_apis: tuple[ApiProcess, ApiProcess], settings: Settings, quick_job: str
 ) -> None:
@@ -169,6 +170,7 @@ async def test_a_connection_ends_within_a_second_of_its_token_expiry(
     assert time.time() - expires < 1.5  # int(exp) rounds down by up to a second; closing takes the rest
 
 
+@pytest.mark.serial
 async def test_a_stalled_subscriber_does_not_delay_a_healthy_one(
     two_apis: tuple[ApiProcess, ApiProcess], settings: Settings, quick_job: str
 ) -> None:

@@ -17,6 +17,8 @@ from pydantic import ValidationError
 from app.logs import configure_logging
 from tests.conftest import make_settings
 
+pytestmark = pytest.mark.sqlite_only  # logging configuration: no database involved
+
 
 class Terminal(io.StringIO):
     def isatty(self) -> bool:

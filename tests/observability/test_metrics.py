@@ -30,6 +30,17 @@ async def test_a_manual_run_is_counted_with_its_job_trigger_result_and_duration(
     assert (await client.post("/api/jobs/metered-fail/trigger", headers=auth)).status_code == 200
     await wait_for_logs(client, "metered", auth)
     await wait_for_logs(client, "metered-fail", auth)
+
+    async def both_counted() -> bool:
+        # A run is counted just after its record closes (and its lease is released): wait for that moment.
+        text = await scrape(client)
+        return all(
+            value(text, "jobs_gateway_runs_finished_total", job_id=job_id, result=result)
+            > value(before, "jobs_gateway_runs_finished_total", job_id=job_id, result=result)
+            for job_id, result in (("metered", "success"), ("metered-fail", "error"))
+        )
+
+    await wait_until(both_counted, timeout=5)
     after = await scrape(client)
 
     def delta(name: str, **labels: str) -> float:

@@ -21,6 +21,8 @@ from tests.support.servers import (
 
 _PG_MISSING = postgres_unavailable_reason()
 needs_postgres = pytest.mark.skipif(_PG_MISSING is not None, reason=_PG_MISSING or "")
+# The helpers start their own servers whatever --backend says: a second pass would repeat the same tests.
+pytestmark = pytest.mark.sqlite_only
 
 
 def test_free_port_is_bindable() -> None:

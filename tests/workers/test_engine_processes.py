@@ -22,7 +22,7 @@ from tests.factories import make_job, wait_until
 from tests.support.processes import WorkerProcess
 from workers.tasks import SKIPPED_FIRES_KEY
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def engine_settings(settings_factory: Callable[..., Settings], **overrides: object) -> Settings:

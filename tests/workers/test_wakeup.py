@@ -27,7 +27,7 @@ from tests.factories import make_job, wait_for_logs, wait_until
 from tests.support.processes import WorkerProcess
 from tests.support.servers import RedisServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 SLOW_POLL = {"worker_poll_delay": 1.0, "worker_idle_poll_seconds": 5.0}
 
