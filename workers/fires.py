@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from redis.exceptions import RedisError
 
+from app.groupcommit import per_loop
 from app.jobs import scheduler
 from app.jobs.models import Job
 from app.observability import metrics
@@ -205,13 +205,5 @@ async def _count_skips(rt: Runtime, skipped: list[_Armed]) -> None:
     )
 
 
-_starters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FireStarter] = weakref.WeakKeyDictionary()
-
-
-def starter() -> FireStarter:
-    """This process's (this event loop's) fire starter: every worker of the loop shares its groups."""
-    loop = asyncio.get_running_loop()
-    found = _starters.get(loop)
-    if found is None:
-        found = _starters[loop] = FireStarter()
-    return found
+# This process's (this event loop's) fire starter: every worker of the loop shares its groups.
+starter = per_loop(FireStarter)

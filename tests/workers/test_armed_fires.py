@@ -8,7 +8,6 @@ import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from arq.constants import default_queue_name, retry_key_prefix
@@ -24,20 +23,12 @@ from app.runs.models import Run
 from app.runtime import Runtime
 from tests.factories import make_job, wait_until
 from tests.support.processes import WorkerProcess
+from tests.workers import test_engine_processes as engine_processes
+from tests.workers.test_late_claims import T0, at, ctx
 from workers import fires
 from workers.tasks import SKIPPED_FIRES_KEY, fire_job
 
 pytestmark = pytest.mark.postgres
-
-T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-
-
-def at(rt: Runtime, now: datetime) -> Runtime:
-    return Runtime(settings=rt.settings, redis=rt.redis, clock=lambda: now)
-
-
-def ctx(rt: Runtime) -> dict[str, Any]:
-    return {"runtime": rt, "job_try": 1}
 
 
 def soon(seconds: float) -> datetime:
@@ -287,16 +278,7 @@ async def test_runs_finishing_together_close_once_each_and_the_newest_outcome_wi
 
 
 def engine_settings(settings_factory: Callable[..., Settings], **overrides: object) -> Settings:
-    base: dict[str, object] = {
-        "embedded_worker": False,
-        "heartbeat_seconds": 1.0,
-        "lease_ttl_seconds": 3.0,
-        "reconcile_interval_seconds": 0.5,
-        "worker_poll_delay": 0.02,
-        "shutdown_grace_seconds": 0.5,
-    }
-    base.update(overrides)
-    return settings_factory(**base)
+    return engine_processes.engine_settings(settings_factory, **{"shutdown_grace_seconds": 0.5, **overrides})
 
 
 LONG_LEAD = {"fire_lead_seconds": 4.0}  # FIRE_LEAD_SECONDS for the worker processes: time to act while armed
