@@ -19,6 +19,7 @@ import httpx
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from app.auth import ADMIN_PERMISSION, issue_token
 from app.config import get_settings
@@ -27,6 +28,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV, TOKEN_ENV = "JOBS_GATEWAY_URL", "JOBS_GATEWAY_TOKEN"
 CLI_SUB = "cli"
 HTTP_TIMEOUT_SECONDS = 10.0
+CLOSE_TIMEOUT_SECONDS = 1.0
 FOLLOW_PAGE = 100
 STATUS_QUERY = "subscription Follow($id: ID) { jobStatus(id: $id) { id running lastRun lastResult } }"
 # graphql-transport-ws closes a refused or expired connection with 4403.
@@ -136,7 +138,10 @@ async def follow(api: Api, job_id: str, printed: set[int], emit: Any) -> None:
     The subscription says when the job's state changes; the finished runs themselves come from the
     REST logs, so nothing is missed when several changes are coalesced into one message."""
     try:
-        async with connect(api.websocket_url(), subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+        # Ctrl-C closes the socket on the way out: wait a second at most for the server's side of the close.
+        async with connect(
+            api.websocket_url(), subprotocols=[Subprotocol("graphql-transport-ws")], close_timeout=CLOSE_TIMEOUT_SECONDS
+        ) as ws:
             await _subscribe(ws, api.token, job_id)
             while True:
                 message = json.loads(await ws.recv())

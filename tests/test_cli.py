@@ -117,6 +117,10 @@ async def test_without_a_token_one_is_signed_with_the_configured_secret(api: Api
     assert without_secret.returncode == 1 and "no token" in without_secret.stderr
 
 
+def _sigint_as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_logs_follow_prints_each_run_as_it_finishes(api: ApiProcess, settings: Settings) -> None:
     await make_job(id="followed", schedule="0 0 1 1 *", payload={"seconds": 0.2, "summary": "tick"})
     token = make_token(settings)
@@ -133,6 +137,9 @@ async def test_logs_follow_prints_each_run_as_it_finishes(api: ApiProcess, setti
         env=environment,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # As from a terminal: a suite started in the background of a script (CI, tests/support/run_suite.sh)
+        # passes SIGINT down ignored, and Python then installs no Ctrl-C handler at all.
+        preexec_fn=_sigint_as_from_a_terminal,
     )
     assert follower.stderr is not None and follower.stdout is not None
     try:
