@@ -222,6 +222,10 @@ async def find_many(rt: Runtime, job_ids: list[str]) -> dict[str, JobState]:
     """The current states of these jobs by id, in one read of each store; a job that does not exist is absent."""
     if not job_ids:
         return {}
+    if len(job_ids) == 1:
+        # The common case (one event at a time) through the one-job SQL compiled once per process.
+        state = await find(rt, job_id=job_ids[0])
+        return {} if state is None else {state.job.id: state}
     jobs = await Job.filter(id__in=job_ids)
     running = await _running(rt, [j.id for j in jobs])
     return {j.id: JobState(job=j, running=j.id in running) for j in jobs}
