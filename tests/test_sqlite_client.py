@@ -1,18 +1,23 @@
-"""SQLite reads outside transactions run inline on a second connection, within a budget (app/sqlite_client)."""
+"""SQLite reads and inserts outside transactions run inline on connections of their own, within a budget
+(app/sqlite_client)."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
 import pytest
 from tortoise import connections
-from tortoise.exceptions import OperationalError
+from tortoise.exceptions import IntegrityError, OperationalError
 from tortoise.transactions import in_transaction
 
 from app import sqlite_client
+from app.activity.models import Activity
 from app.jobs.models import Job
+from app.runs.models import Run
 from app.runtime import Runtime
+from app.timefmt import utcnow
 from tests.factories import make_job
 
 pytestmark = [pytest.mark.sqlite_only, pytest.mark.serial]
@@ -166,3 +171,74 @@ async def test_a_statement_that_fails_inline_for_another_reason_is_not_remembere
     with pytest.raises(OperationalError, match="no such table"):
         await client.execute_query_dict("SELECT * FROM no_such_table")  # fails inline, then on the thread
     assert not client._slow
+
+
+async def test_an_insert_outside_a_transaction_runs_inline_and_is_committed(orm: Runtime) -> None:
+    client = connections.get("default")
+    await make_job(id="a")
+    assert client._writer is not None
+    seen: list[str] = []
+    client._writer.set_trace_callback(seen.append)
+    try:
+        entry = await Activity.create(event="jobs.trigger", job_id="a", actor="user:1")
+    finally:
+        client._writer.set_trace_callback(None)
+    assert any(statement.startswith('INSERT INTO "activity"') for statement in seen), seen
+    assert entry.id > 0
+    # Committed: the inline reader and tortoise's own connection (inside a transaction) both see it.
+    assert [a.id for a in await Activity.filter(job_id="a")] == [entry.id]
+    async with in_transaction() as conn:
+        assert await Activity.filter(id=entry.id).using_db(conn).count() == 1
+
+
+async def test_an_insert_inside_a_transaction_stays_in_it(orm: Runtime) -> None:
+    client = connections.get("default")
+    await make_job(id="a")
+    seen: list[str] = []
+    client._writer.set_trace_callback(seen.append)
+    try:
+        with pytest.raises(RuntimeError):
+            async with in_transaction() as conn:
+                await Activity.create(event="jobs.trigger", job_id="a", actor="user:1", using_db=conn)
+                raise RuntimeError("roll back")
+    finally:
+        client._writer.set_trace_callback(None)
+    assert seen == []
+    assert await Activity.filter(job_id="a").count() == 0
+
+
+async def test_an_inline_insert_that_breaks_a_constraint_raises_tortoises_integrity_error(orm: Runtime) -> None:
+    await Run.create(job_id="a", token="t-1", triggered_by="user:1", started_at=utcnow())
+    with pytest.raises(IntegrityError):
+        await Run.create(job_id="a", token="t-1", triggered_by="user:1", started_at=utcnow())
+    assert await Run.filter(token="t-1").count() == 1
+
+
+async def test_an_insert_waits_out_another_writer_without_stalling_the_event_loop(orm: Runtime) -> None:
+    client = connections.get("default")
+    await make_job(id="a")
+    other = sqlite3.connect(client.filename, isolation_level=None)  # another process's connection, say
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    try:
+        other.execute("BEGIN IMMEDIATE")  # holds SQLite's write lock
+        other.execute("INSERT INTO activity (event, actor, details, created_at) VALUES ('held', 'x', '{}', '')")
+        insert = asyncio.create_task(Activity.create(event="jobs.trigger", job_id="a", actor="user:1"))
+        await asyncio.sleep(0.1)
+        assert not insert.done()  # waiting for the lock, not failing
+        other.execute("COMMIT")
+        entry = await asyncio.wait_for(insert, timeout=5)
+    finally:
+        ticker.cancel()
+        other.close()
+    assert await Activity.filter(id=entry.id).count() == 1
+    assert max(gaps) < 0.05, f"the event loop stalled {1000 * max(gaps):.0f} ms"
