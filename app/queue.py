@@ -105,7 +105,12 @@ DISPATCH_PENDING = "jg:dispatch:pending"
 
 @dataclass(frozen=True, slots=True)
 class DirectRun:
-    """Everything a worker needs to start the handler: the job as it was when the trigger was accepted."""
+    """Everything a worker needs to start the handler: the job as it was when the trigger was accepted.
+
+    `accepted_ms`: when its lease was taken, by Redis's clock (the dispatch script sets it): a consumer that
+    knows Redis's clock can tell that a fresh message's lease is still its own without asking
+    (workers.redis_clock).
+    """
 
     job_id: str
     token: str
@@ -113,13 +118,18 @@ class DirectRun:
     payload: dict[str, Any]
     timeout: float | None
     triggered_by: str
-    accepted_ms: int
+    accepted_ms: int = 0
 
     def encode(self) -> bytes:
         return json.dumps(
             [self.job_id, self.token, self.type, self.payload, self.timeout, self.triggered_by, self.accepted_ms],
             separators=(",", ":"),
         ).encode()
+
+    def encode_without_time(self) -> bytes:
+        """The encoding up to `accepted_ms`, which the dispatch script appends with the closing bracket."""
+        fields = [self.job_id, self.token, self.type, self.payload, self.timeout, self.triggered_by]
+        return json.dumps(fields, separators=(",", ":")).encode()[:-1] + b","
 
     @classmethod
     def decode(cls, raw: bytes | str) -> DirectRun:
@@ -129,7 +139,8 @@ class DirectRun:
 
 # Take the free lease, then queue the message, remember it as pending and publish the `run.queued` event:
 # atomic and one round trip, so a lease is never left without its message nor the other way round. A lease
-# already ours is a client retry of a call that went through: its message is queued already, once.
+# already ours is a client retry of a call that went through: its message is queued already, once. The
+# message ends with the lease's start by Redis's own clock, the clock that expires the lease.
 _LEASE_AND_DISPATCH = """
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
@@ -138,10 +149,13 @@ end
 if current ~= false then
   return 0
 end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local message = ARGV[3] .. string.format('%d', now_ms) .. ']'
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('RPUSH', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
-redis.call('PUBLISH', ARGV[5], ARGV[6])
+redis.call('RPUSH', KEYS[2], message)
+redis.call('ZADD', KEYS[3], now_ms, message)
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 """
 
@@ -159,7 +173,7 @@ async def lease_and_dispatch_run(
     """Queue a manual run for the workers' consumers under a new lease; False when the job's lease is someone
     else's (running). `event` is published on `channel` with it."""
     keys = [lease_key, DISPATCH_LIST, DISPATCH_PENDING]
-    args: list[Any] = [run.token, max(1, int(lease_ttl * 1000)), run.encode(), run.accepted_ms, channel, event]
+    args: list[Any] = [run.token, max(1, int(lease_ttl * 1000)), run.encode_without_time(), channel, event]
     return bool(await redis.eval(_LEASE_AND_DISPATCH, len(keys), *keys, *args))  # type: ignore[misc]
 
 

@@ -2,8 +2,12 @@
 
 `POST /trigger` takes the job's lease and pushes a ready-to-run message (app.queue.DirectRun) onto a Redis
 list in one round trip. Each worker runs one consumer task blocked in BLPOP on that list; the worker that
-pops a message checks the lease (one round trip: a lease that lapsed while queued may be someone else's),
-writes the run record and starts the handler. No arq claim, no second read of the job.
+pops a message writes the run record and starts the handler. No arq claim, no second read of the job.
+- The lease: a lease that lapsed while its message was queued may be someone else's by now. A message whose
+  lease was taken less than half its life ago by Redis's clock (workers.redis_clock) cannot have lost it, as
+  nobody takes a lease that is not free: its handler starts as soon as the run record is written, while the
+  lease is extended to a run's (the lease keeper cancels the handler should that be refused). An older
+  message, or one popped before this worker has read Redis's clock, has its lease checked first.
 
 - Slots: the consumer pops only while the worker has a free slot, and counts its runs in arq's own
   `job_counter`/`sem`, so WORKER_MAX_JOBS bounds arq's jobs and direct runs together. Its runs are arq
@@ -38,6 +42,7 @@ from app.runs import lease
 from app.runs import service as runs_service
 from app.runs.models import Run
 from app.runtime import SOCKET_TIMEOUT_SECONDS, Runtime
+from workers.redis_clock import RedisClock
 from workers.runner import execute
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,9 @@ RETRY_SECONDS = 1.0
 # While every slot is busy, how often to look for a free one (a busy worker only).
 SLOT_WAIT_SECONDS = 0.01
 TASK_PREFIX = "direct:"
+# A message younger than this fraction of its queued lease's life starts without waiting for the lease check;
+# the rest of that life is the margin for a jump of Redis's clock.
+FRESH_FRACTION = 0.5
 
 
 class Consumer:
@@ -58,6 +66,7 @@ class Consumer:
         self._worker = worker
         self._rt = rt
         self._redis = _blocking_client(rt.redis)
+        self._clock = RedisClock()
         self.taken = 0  # runs started here, for tests
         self._task = asyncio.create_task(self._consume(), name="direct-dispatch")
 
@@ -78,6 +87,7 @@ class Consumer:
             try:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + SWEEP_SECONDS
+                    await self._clock.read(self._redis)
                     await sweep(self._rt)
                 raw = await queue.pop_direct_run(self._redis, BLOCK_SECONDS)
             except (RedisError, OSError):
@@ -144,7 +154,7 @@ class Consumer:
     async def _run(self, raw: bytes, message: queue.DirectRun) -> None:
         # Never raises: arq's poll loop calls result() on its finished tasks.
         try:
-            await run_direct(self._rt, raw, message)
+            await run_direct(self._rt, raw, message, self._clock)
         except asyncio.CancelledError:
             pass  # shutting down; a run that had begun is recorded `worker shut down` by the runner
         except Exception:
@@ -157,13 +167,13 @@ class Consumer:
             log.warning("direct dispatch: could not hand a run back; it is recorded once its lease lapses")
 
 
-async def run_direct(rt: Runtime, raw: bytes, message: queue.DirectRun) -> None:
-    """Start a popped trigger: check its lease and write its run record (at once), run the handler."""
+async def run_direct(rt: Runtime, raw: bytes, message: queue.DirectRun, clock: RedisClock | None = None) -> None:
+    """Start a popped trigger: write its run record and run the handler, checking its lease first unless
+    `clock` shows the lease is too young to have lapsed."""
     # The job as the trigger saw it: it cannot be deleted meanwhile (the lease refuses that).
     job = Job(id=message.job_id, type=message.type, payload=message.payload, timeout_seconds=message.timeout)
-    # Compare-and-extend is the check: a lease that lapsed while queued may already be someone else's. It
-    # runs alongside the record's INSERT, which a lost lease then closes as dropped. The INSERT is issued in
-    # this step, without a task hop: in the API's process it then comes before the trigger's activity write.
+    # Compare-and-extend, from the queued lease to a run's, alongside the record's INSERT. The INSERT is issued
+    # in this step, without a task hop: in the API's process it then comes before the trigger's activity write.
     renewing = asyncio.create_task(lease.renew(rt.redis, message.job_id, message.token, rt.settings.lease_ttl_seconds))
     try:
         run = await runs_service.begin(
@@ -178,6 +188,11 @@ async def run_direct(rt: Runtime, raw: bytes, message: queue.DirectRun) -> None:
     except BaseException:
         renewing.cancel()
         raise
+    if run is not None and _lease_still_ours(rt, message, clock):
+        # The renewal's answer goes to the lease keeper: a refusal (never expected) cancels the handler.
+        started = asyncio.create_task(_announce(rt, raw, run))
+        await execute(rt, job, run, started=started, confirming=renewing)
+        return
     renewed = await renewing
     if not renewed:
         await runs_service.record_dropped(
@@ -192,6 +207,12 @@ async def run_direct(rt: Runtime, raw: bytes, message: queue.DirectRun) -> None:
     # The event and the pending set's clean-up go out while the handler starts.
     started = asyncio.create_task(_announce(rt, raw, run))
     await execute(rt, job, run, started=started)
+
+
+def _lease_still_ours(rt: Runtime, message: queue.DirectRun, clock: RedisClock | None) -> bool:
+    """The message's lease was taken less than half its life ago by Redis's clock, so it cannot have lapsed."""
+    age = clock.age_ms(message.accepted_ms) if clock is not None else None
+    return age is not None and age < rt.settings.queued_lease_ttl_seconds * 1000 * FRESH_FRACTION
 
 
 async def _announce(rt: Runtime, raw: bytes, run: Run) -> None:

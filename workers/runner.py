@@ -24,12 +24,29 @@ LEASE_LOST = "lease lost"
 COMPLETE_ATTEMPTS = 5
 
 
-async def _keep_lease(rt: Runtime, run: Run, handler: asyncio.Task[str], lost: asyncio.Event) -> None:
+async def _keep_lease(
+    rt: Runtime, run: Run, handler: asyncio.Task[str], lost: asyncio.Event, first: asyncio.Task[bool] | None
+) -> None:
     """Renew the lease on its own clock, independent of the handler. When it cannot be renewed for a
     whole lease period (moved on, or Redis unreachable), cancel the handler: by then another process
-    may have declared the run lost and started the next one, and two executions must never overlap."""
+    may have declared the run lost and started the next one, and two executions must never overlap.
+    `first`: a renewal already under way when the handler started, whose answer counts as the first."""
     settings = rt.settings
     last_ok = time.monotonic()
+    if first is not None:
+        try:
+            async with asyncio.timeout(settings.heartbeat_seconds):
+                renewed: bool | None = await first
+        except (RedisError, OSError, TimeoutError):
+            log.warning("lease renewal failed for run %s", run.id, exc_info=True)
+            renewed = None
+        if renewed is False:
+            log.error("run %s of %s does not hold its lease; cancelling the handler", run.id, run.job_id)
+            lost.set()
+            handler.cancel()
+            return
+        if renewed:
+            last_ok = time.monotonic()
     while not handler.done():
         await asyncio.sleep(settings.heartbeat_seconds)
         try:
@@ -57,11 +74,19 @@ async def _call(rt: Runtime, job: Job, run: Run) -> str:
     return await job_type.handler(ctx)
 
 
-async def execute(rt: Runtime, job: Job, run: Run, *, started: asyncio.Task[None] | None = None) -> None:
+async def execute(
+    rt: Runtime,
+    job: Job,
+    run: Run,
+    *,
+    started: asyncio.Task[None] | None = None,
+    confirming: asyncio.Task[bool] | None = None,
+) -> None:
     """Run the handler under its timeout and close the run record exactly once.
 
-    The caller holds the lease, already extended to LEASE_TTL_SECONDS. `started`: the caller's announcement
-    of the start, sent while the handler starts; awaited before the outcome is recorded (events stay in order).
+    The caller holds the lease, already extended to LEASE_TTL_SECONDS, or `confirming` is extending it while
+    the handler starts (a refusal cancels the handler: `lease lost`). `started`: the caller's announcement of
+    the start, sent while the handler starts; awaited before the outcome is recorded (events stay in order).
     """
     timeout = job.timeout_seconds or rt.settings.job_timeout_seconds
     lost = asyncio.Event()
@@ -71,7 +96,7 @@ async def execute(rt: Runtime, job: Job, run: Run, *, started: asyncio.Task[None
     # by this run, its handler and its heartbeat (tasks created below copy the context).
     structlog.contextvars.bind_contextvars(job_id=job.id, run_id=run.id)
     handler = asyncio.create_task(_call(rt, job, run))
-    keeper = asyncio.create_task(_keep_lease(rt, run, handler, lost))
+    keeper = asyncio.create_task(_keep_lease(rt, run, handler, lost, confirming))
     try:
         result, details = await _outcome(handler, timeout, run, lost)
     except asyncio.CancelledError:

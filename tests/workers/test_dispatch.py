@@ -112,14 +112,38 @@ async def test_a_trigger_waits_in_the_list_while_no_worker_runs_then_runs_once(o
 
 async def test_a_popped_trigger_whose_queued_lease_lapsed_is_recorded_not_run(orm: Runtime) -> None:
     await make_job(id="stranded", type="test_fail")
-    await runs_service.trigger(orm, job_id="stranded", actor="user:4")
-    # The queued lease lapsed and another run has taken the job since.
+    short = Runtime(
+        settings=orm.settings.model_copy(update={"queued_lease_ttl_seconds": 0.4}), redis=orm.redis, clock=orm.clock
+    )
+    await runs_service.trigger(short, job_id="stranded", actor="user:4")
+    # No worker took it within the queued lease's life; the lease lapsed and another run has taken the job.
+
+    async def lapsed() -> bool:
+        return await lease.holder(orm.redis, "stranded") is None
+
+    await wait_until(lapsed, timeout=5)
     await orm.redis.set(lease.key("stranded"), "successor")
-    async with worker_running(orm):
+    async with worker_running(short):
         [run] = await finished_runs("stranded")
     assert (run.result, run.triggered_by) == ("error", "user:4")
-    assert run.details == "not started: no worker took it within 60 s"  # not the handler's "boom"
+    assert run.details == "not started: no worker took it within 0.4 s"  # not the handler's "boom"
     assert await lease.holder(orm.redis, "stranded") == "successor"  # neither extended nor released
+    assert await pending(orm) == 0
+
+
+async def test_a_fresh_trigger_starts_before_its_lease_check_and_stops_if_the_lease_is_not_its_own(
+    orm: Runtime,
+) -> None:
+    # A lease taken under a second ago cannot have lapsed: the handler starts once the run record is written,
+    # while the lease is extended. Should the extension be refused all the same (here: the lease overwritten
+    # by hand), the handler is cancelled and the run says so; the other holder's lease is left alone.
+    await make_job(id="usurped", type="test_sleep", payload={"seconds": 5, "summary": "slept"})
+    await runs_service.trigger(orm, job_id="usurped", actor="user:6")
+    await orm.redis.set(lease.key("usurped"), "successor")
+    async with worker_running(orm):
+        [run] = await finished_runs("usurped", timeout=4)  # cancelled well before its 5 s sleep ends
+    assert (run.result, run.details, run.triggered_by) == ("error", "lease lost", "user:6")
+    assert await lease.holder(orm.redis, "usurped") == "successor"
     assert await pending(orm) == 0
 
 
