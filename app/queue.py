@@ -138,26 +138,46 @@ class DirectRun:
 
 
 # Take the free lease, then queue the message, remember it as pending and publish the `run.queued` event:
-# atomic and one round trip, so a lease is never left without its message nor the other way round. A lease
-# already ours is a client retry of a call that went through: its message is queued already, once. The
-# message ends with the lease's start by Redis's own clock, the clock that expires the lease.
+# atomic and one round trip, so a lease is never left without its message nor the other way round. The
+# message ends with the lease's start by Redis's own clock, the clock that expires the lease. ARGV[6] = 1: the
+# caller runs it itself (an API's embedded worker with a free slot), so it is not pushed; the pending entry
+# still covers a caller that dies before the run record. A lease already ours is a client retry of a call that
+# went through: its message was queued then, unless that call meant to run it itself, whose reply was lost
+# and who therefore never did: the workers get it now.
 _LEASE_AND_DISPATCH = """
 local current = redis.call('GET', KEYS[1])
-if current == ARGV[1] then
-  return 1
-end
-if current ~= false then
+if current ~= false and current ~= ARGV[1] then
   return 0
+end
+if current == ARGV[1] and ARGV[6] ~= '1' then
+  return ''
 end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local message = ARGV[3] .. string.format('%d', now_ms) .. ']'
+if current == ARGV[1] then
+  redis.call('RPUSH', KEYS[2], message)
+  redis.call('ZADD', KEYS[3], now_ms, message)
+  return ''
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('RPUSH', KEYS[2], message)
+if ARGV[6] ~= '1' then
+  redis.call('RPUSH', KEYS[2], message)
+end
 redis.call('ZADD', KEYS[3], now_ms, message)
 redis.call('PUBLISH', ARGV[4], ARGV[5])
-return 1
+return message
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    """What `lease_and_dispatch_run` did. `message`: the run's message as queued, when this call took the lease
+    (None when an earlier call with the same token had); the caller that asked to run it itself runs it."""
+
+    accepted: bool
+    message: bytes | None = None
+
 
 # The run record exists: the message is no longer at risk, and the run has started.
 _STARTED = """
@@ -168,13 +188,31 @@ return 1
 
 
 async def lease_and_dispatch_run(
-    redis: Redis, *, lease_key: str, lease_ttl: float, run: DirectRun, channel: str, event: str
-) -> bool:
-    """Queue a manual run for the workers' consumers under a new lease; False when the job's lease is someone
-    else's (running). `event` is published on `channel` with it."""
+    redis: Redis,
+    *,
+    lease_key: str,
+    lease_ttl: float,
+    run: DirectRun,
+    channel: str,
+    event: str,
+    run_here: bool = False,
+) -> Dispatched:
+    """Queue a manual run for the workers' consumers under a new lease (`run_here`: for the caller to run
+    itself, not queued); not accepted when the job's lease is someone else's (running). `event` is published
+    on `channel` with it."""
     keys = [lease_key, DISPATCH_LIST, DISPATCH_PENDING]
-    args: list[Any] = [run.token, max(1, int(lease_ttl * 1000)), run.encode_without_time(), channel, event]
-    return bool(await redis.eval(_LEASE_AND_DISPATCH, len(keys), *keys, *args))  # type: ignore[misc]
+    args: list[Any] = [
+        run.token,
+        max(1, int(lease_ttl * 1000)),
+        run.encode_without_time(),
+        channel,
+        event,
+        "1" if run_here else "0",
+    ]
+    reply = await redis.eval(_LEASE_AND_DISPATCH, len(keys), *keys, *args)  # type: ignore[misc]
+    if reply == 0:
+        return Dispatched(accepted=False)
+    return Dispatched(accepted=True, message=bytes(reply) or None)
 
 
 async def direct_run_started(redis: Redis, raw: bytes, *, channel: str, event: str) -> None:

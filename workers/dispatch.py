@@ -68,6 +68,7 @@ class Consumer:
         self._redis = _blocking_client(rt.redis)
         self._clock = RedisClock()
         self.taken = 0  # runs started here, for tests
+        self.taken_here = 0  # of which handed over by this process's own triggers (LocalRunner)
         self._task = asyncio.create_task(self._consume(), name="direct-dispatch")
 
     async def stop(self) -> None:
@@ -145,20 +146,46 @@ class Consumer:
         if not slot:
             await self._hand_back(raw)
             return
+        self._launch(raw, message)
+
+    def _launch(
+        self, raw: bytes, message: queue.DirectRun, launched: asyncio.Future[None] | None = None
+    ) -> asyncio.Task[None]:
+        """Run a message in a slot already taken."""
         self.taken += 1
-        task = asyncio.create_task(self._run(raw, message), name=TASK_PREFIX + message.token)
+        task = asyncio.create_task(self._run(raw, message, launched), name=TASK_PREFIX + message.token)
         # arq's shutdown (grace, then cancel) and its bookkeeping treat it as one of its own jobs.
         self._worker.tasks[TASK_PREFIX + message.token] = task
         task.add_done_callback(lambda _: self._worker._release_sem_dec_counter_on_complete())
+        return task
 
-    async def _run(self, raw: bytes, message: queue.DirectRun) -> None:
+    async def _run(self, raw: bytes, message: queue.DirectRun, launched: asyncio.Future[None] | None) -> None:
         # Never raises: arq's poll loop calls result() on its finished tasks.
         try:
-            await run_direct(self._rt, raw, message, self._clock)
+            await run_direct(self._rt, raw, message, self._clock, launched=launched)
         except asyncio.CancelledError:
             pass  # shutting down; a run that had begun is recorded `worker shut down` by the runner
         except Exception:
             log.exception("direct run %s of %s failed before its handler", message.token, message.job_id)
+
+    # --- app.runtime.LocalRunner: the API's own triggers, when this is its embedded worker -------------------
+
+    async def reserve(self) -> bool:
+        worker = self._worker
+        if not worker.allow_pick_jobs or worker.job_counter >= worker.max_jobs or worker.sem.locked():
+            return False
+        await worker.sem.acquire()  # free, so it returns at once: nothing else can take the slot meanwhile
+        worker.job_counter += 1
+        return True
+
+    def release(self) -> None:
+        self._worker._release_sem_dec_counter_on_complete()
+
+    async def start(self, raw: bytes) -> None:
+        self.taken_here += 1
+        launched: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = self._launch(raw, queue.DirectRun.decode(raw), launched)
+        await asyncio.wait({launched, task}, return_when=asyncio.FIRST_COMPLETED)
 
     async def _hand_back(self, raw: bytes) -> None:
         try:
@@ -167,9 +194,16 @@ class Consumer:
             log.warning("direct dispatch: could not hand a run back; it is recorded once its lease lapses")
 
 
-async def run_direct(rt: Runtime, raw: bytes, message: queue.DirectRun, clock: RedisClock | None = None) -> None:
+async def run_direct(
+    rt: Runtime,
+    raw: bytes,
+    message: queue.DirectRun,
+    clock: RedisClock | None = None,
+    *,
+    launched: asyncio.Future[None] | None = None,
+) -> None:
     """Start a popped trigger: write its run record and run the handler, checking its lease first unless
-    `clock` shows the lease is too young to have lapsed."""
+    `clock` shows the lease is too young to have lapsed. `launched` is resolved once the handler is started."""
     # The job as the trigger saw it: it cannot be deleted meanwhile (the lease refuses that).
     job = Job(id=message.job_id, type=message.type, payload=message.payload, timeout_seconds=message.timeout)
     # Compare-and-extend, from the queued lease to a run's, alongside the record's INSERT. The INSERT is issued
@@ -191,7 +225,7 @@ async def run_direct(rt: Runtime, raw: bytes, message: queue.DirectRun, clock: R
     if run is not None and _lease_still_ours(rt, message, clock):
         # The renewal's answer goes to the lease keeper: a refusal (never expected) cancels the handler.
         started = asyncio.create_task(_announce(rt, raw, run))
-        await execute(rt, job, run, started=started, confirming=renewing)
+        await execute(rt, job, run, started=started, confirming=renewing, launched=launched)
         return
     renewed = await renewing
     if not renewed:
@@ -206,7 +240,7 @@ async def run_direct(rt: Runtime, raw: bytes, message: queue.DirectRun, clock: R
         return
     # The event and the pending set's clean-up go out while the handler starts.
     started = asyncio.create_task(_announce(rt, raw, run))
-    await execute(rt, job, run, started=started)
+    await execute(rt, job, run, started=started, launched=launched)
 
 
 def _lease_still_ours(rt: Runtime, message: queue.DirectRun, clock: RedisClock | None) -> bool:
@@ -277,11 +311,17 @@ def _current_worker() -> Worker:
 async def start(ctx: dict[str, Any]) -> None:
     """on_startup: start this worker's consumer (ctx holds the runtime, and the worker when known)."""
     worker = ctx.get("worker") or _current_worker()
-    ctx["dispatch"] = Consumer(worker, ctx["runtime"])
+    consumer = Consumer(worker, ctx["runtime"])
+    ctx["dispatch"] = consumer
+    if ctx.get("embedded"):
+        ctx["runtime"].local_runner = consumer  # the API's triggers hand their runs over directly
 
 
 async def stop(ctx: dict[str, Any]) -> None:
     """on_shutdown: stop the consumer."""
     consumer: Consumer | None = ctx.pop("dispatch", None)
     if consumer is not None:
+        rt: Runtime = ctx["runtime"]
+        if rt.local_runner is consumer:
+            rt.local_runner = None
         await consumer.stop()

@@ -81,12 +81,14 @@ async def execute(
     *,
     started: asyncio.Task[None] | None = None,
     confirming: asyncio.Task[bool] | None = None,
+    launched: asyncio.Future[None] | None = None,
 ) -> None:
     """Run the handler under its timeout and close the run record exactly once.
 
     The caller holds the lease, already extended to LEASE_TTL_SECONDS, or `confirming` is extending it while
     the handler starts (a refusal cancels the handler: `lease lost`). `started`: the caller's announcement of
     the start, sent while the handler starts; awaited before the outcome is recorded (events stay in order).
+    `launched`: resolved once the handler's task exists (it runs before whoever waits on `launched`).
     """
     timeout = job.timeout_seconds or rt.settings.job_timeout_seconds
     lost = asyncio.Event()
@@ -97,6 +99,8 @@ async def execute(
     structlog.contextvars.bind_contextvars(job_id=job.id, run_id=run.id)
     handler = asyncio.create_task(_call(rt, job, run))
     keeper = asyncio.create_task(_keep_lease(rt, run, handler, lost, confirming))
+    if launched is not None and not launched.done():
+        launched.set_result(None)
     try:
         result, details = await _outcome(handler, timeout, run, lost)
     except asyncio.CancelledError:

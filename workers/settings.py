@@ -95,7 +95,8 @@ async def build_embedded_worker(rt: Runtime) -> WakingWorker:
     # Its start-up and shutdown only run the consumer of direct triggers (workers.dispatch).
     options = {**worker_options(rt.settings), "on_startup": dispatch.start, "on_shutdown": dispatch.stop}
     pool = await connect_redis(rt.settings, for_worker=True)
-    worker = WakingWorker(**options, redis_pool=pool, ctx={"runtime": rt}, handle_signals=False)
+    # `embedded`: its consumer also takes the API's own triggers directly (app.runtime.LocalRunner).
+    worker = WakingWorker(**options, redis_pool=pool, ctx={"runtime": rt, "embedded": True}, handle_signals=False)
     worker.ctx["worker"] = worker
     return worker
 

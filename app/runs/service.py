@@ -6,7 +6,6 @@ and, for completion, only by the attempt that owns the run's token. A stale work
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -101,7 +100,9 @@ async def trigger(rt: Runtime, *, job_id: str, actor: str) -> str:
     """Run the job now, whatever its schedule or enabled flag. Conflict while it is running.
 
     The run is handed straight to the workers (`queue.lease_and_dispatch_run`): the message carries the job
-    as it is now, so that the worker that takes it starts the handler without reading the job again."""
+    as it is now, so that the worker that takes it starts the handler without reading the job again. In a
+    process with an embedded worker that has a free slot, that worker takes it from here, and the call
+    returns once its handler has started."""
     job = await jobs_service.get_or_raise(job_id=job_id)
     token = new_token()
     run = queue.DirectRun(
@@ -111,25 +112,32 @@ async def trigger(rt: Runtime, *, job_id: str, actor: str) -> str:
         payload=job.payload,
         timeout=job.timeout_seconds,
         triggered_by=actor,
-        accepted_ms=int(rt.now().timestamp() * 1000),
     )
+    # This process's embedded worker takes the run itself when it has a free slot: no list, no pop.
+    local = rt.local_runner
+    here = local is not None and await local.reserve()
     try:
-        queued = await queue.lease_and_dispatch_run(
+        dispatched = await queue.lease_and_dispatch_run(
             rt.redis,
             lease_key=lease.key(job.id),
             lease_ttl=rt.settings.queued_lease_ttl_seconds,
             run=run,
             channel=events.CHANNEL,
             event=event_json("run.queued", job.id, running=True, triggeredBy=actor),
+            run_here=here,
         )
     except RedisError as exc:
+        if here and local is not None:
+            local.release()
         raise Unavailable("The job queue (Redis) is unavailable; try again shortly") from exc
-    if not queued:
+    if here and local is not None:
+        if dispatched.message is not None:
+            await local.start(dispatched.message)  # back once its handler has started
+        else:
+            local.release()
+    if not dispatched.accepted:
         raise Conflict("Job is already running", code="already_running")
     metrics.event_published("run.queued")
-    # An embedded worker's consumer may have popped the run already: let it issue the run record's INSERT
-    # before this activity write, as SQLite takes one writer at a time and the handler waits for that record.
-    await asyncio.sleep(0)
     await activity_service.record(event="jobs.trigger", actor=actor, job_id=job.id, details={"enabled": job.enabled})
     return token
 

@@ -306,11 +306,83 @@ async def test_the_consumer_reconnects_after_a_redis_restart(orm: Runtime) -> No
 
 async def test_a_retried_trigger_call_queues_its_run_once(orm: Runtime) -> None:
     await make_job(id="retried", payload={"summary": "once"})
-    message = queue.DirectRun("retried", "tok-1", "test_sleep", {"summary": "once"}, None, "user:1", 1)
+    message = queue.DirectRun("retried", "tok-1", "test_sleep", {"summary": "once"}, None, "user:1")
     call = {"lease_key": lease.key("retried"), "lease_ttl": 60, "run": message, "channel": CHANNEL, "event": "{}"}
-    assert await queue.lease_and_dispatch_run(orm.redis, **call)
-    assert await queue.lease_and_dispatch_run(orm.redis, **call)  # the client's retry after a lost reply
+    first = await queue.lease_and_dispatch_run(orm.redis, **call)
+    assert first.accepted and first.message is not None
+    queued_message = queue.DirectRun.decode(first.message)
+    assert queued_message.token == "tok-1" and queued_message.accepted_ms > 0  # Redis's clock, set by the script
+    retry = await queue.lease_and_dispatch_run(orm.redis, **call)  # the client's retry after a lost reply
+    assert (retry.accepted, retry.message) == (True, None)
     assert (await queued(orm), await pending(orm)) == (1, 1)
-    other = {**call, "run": queue.DirectRun("retried", "tok-2", "test_sleep", {}, None, "user:2", 2)}
-    assert not await queue.lease_and_dispatch_run(orm.redis, **other)  # someone else's: 409
+    other = {**call, "run": queue.DirectRun("retried", "tok-2", "test_sleep", {}, None, "user:2")}
+    assert not (await queue.lease_and_dispatch_run(orm.redis, **other)).accepted  # someone else's: 409
     assert await queued(orm) == 1
+
+
+async def test_a_run_meant_for_the_caller_is_not_queued_unless_its_reply_was_lost(orm: Runtime) -> None:
+    await make_job(id="mine", payload={"summary": "once"})
+    message = queue.DirectRun("mine", "tok-1", "test_sleep", {"summary": "once"}, None, "user:1")
+    call = {"lease_key": lease.key("mine"), "lease_ttl": 60, "run": message, "channel": CHANNEL, "event": "{}"}
+    first = await queue.lease_and_dispatch_run(orm.redis, **call, run_here=True)
+    assert first.accepted and first.message is not None
+    assert (await queued(orm), await pending(orm)) == (0, 1)  # not queued, but covered by the pending set
+    # The same call again: its first reply was lost, so the caller never ran it. The workers get it.
+    retry = await queue.lease_and_dispatch_run(orm.redis, **call, run_here=True)
+    assert (retry.accepted, retry.message) == (True, None)
+    assert await queued(orm) == 1
+    async with worker_running(orm):
+        [run] = await finished_runs("mine")
+    assert (run.token, run.result) == ("tok-1", "success")
+
+
+async def test_the_apis_embedded_worker_takes_its_own_trigger_without_the_list(orm: Runtime) -> None:
+    await make_job(id="local", payload={"seconds": 0.2, "summary": "ran here"})
+    rt = Runtime(settings=orm.settings, redis=orm.redis, clock=orm.clock)  # the API's runtime
+    worker = await build_embedded_worker(rt)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        await wait_until(lambda: _registered(rt), timeout=10, interval=0.01)
+        seen: list[bytes] = []
+        monitor = asyncio.create_task(_watch_list_pushes(orm, seen))
+        token = await runs_service.trigger(rt, job_id="local", actor="user:1")
+        # The call returns once the handler has started: its run record is there already.
+        [started] = await Run.filter(job_id="local")
+        assert (started.token, started.completed_at) == (token, None)
+        [run] = await finished_runs("local")
+        monitor.cancel()
+        assert (run.result, run.details) == ("success", "ran here")
+        assert (consumer(worker).taken, consumer(worker).taken_here) == (1, 1)
+        assert seen == []  # nothing went through the dispatch list
+        assert (await queued(orm), await pending(orm)) == (0, 0)
+
+        async def slot_back() -> bool:
+            return worker.job_counter == 0
+
+        await wait_until(slot_back, timeout=5)
+        # 409 while it runs gives the reserved slot back too.
+        await make_job(id="slow", payload={"seconds": 1.0})
+        await runs_service.trigger(rt, job_id="slow", actor="user:1")
+        with pytest.raises(Conflict):
+            await runs_service.trigger(rt, job_id="slow", actor="user:2")
+        assert worker.job_counter == 1
+        await finished_runs("slow")
+        # A stopped worker takes nothing more: the next trigger waits in the list for another.
+        await stop_embedded_worker(worker, rt.settings.shutdown_grace_seconds)
+        assert rt.local_runner is None
+        await runs_service.trigger(rt, job_id="local", actor="user:3")
+        assert await queued(orm) == 1
+    finally:
+        await stop_embedded_worker(worker, rt.settings.shutdown_grace_seconds)
+        await cancel_and_wait(task)
+
+
+async def _registered(rt: Runtime) -> bool:
+    return rt.local_runner is not None
+
+
+async def _watch_list_pushes(rt: Runtime, seen: list[bytes]) -> None:
+    while True:
+        found = await rt.redis.lrange(queue.DISPATCH_LIST, 0, -1)  # type: ignore[misc]
+        seen.extend(found)
+        await asyncio.sleep(0.001)
