@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from typing import Any
 
+import structlog
 from arq import Worker
 from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
@@ -149,11 +151,16 @@ class Consumer:
         self._launch(raw, message)
 
     def _launch(
-        self, raw: bytes, message: queue.DirectRun, launched: asyncio.Future[None] | None = None
+        self,
+        raw: bytes,
+        message: queue.DirectRun,
+        launched: asyncio.Future[None] | None = None,
+        context: contextvars.Context | None = None,
     ) -> asyncio.Task[None]:
         """Run a message in a slot already taken."""
         self.taken += 1
-        task = asyncio.create_task(self._run(raw, message, launched), name=TASK_PREFIX + message.token)
+        name = TASK_PREFIX + message.token
+        task = asyncio.create_task(self._run(raw, message, launched), name=name, context=context)
         # arq's shutdown (grace, then cancel) and its bookkeeping treat it as one of its own jobs.
         self._worker.tasks[TASK_PREFIX + message.token] = task
         task.add_done_callback(lambda _: self._worker._release_sem_dec_counter_on_complete())
@@ -184,7 +191,11 @@ class Consumer:
     async def start(self, raw: bytes) -> None:
         self.taken_here += 1
         launched: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        task = self._launch(raw, queue.DirectRun.decode(raw), launched)
+        # Not in the request's context: the run is not part of the request that accepted it, and its log lines
+        # must not carry that request's id and user.
+        context = contextvars.copy_context()
+        context.run(structlog.contextvars.clear_contextvars)
+        task = self._launch(raw, queue.DirectRun.decode(raw), launched, context)
         await asyncio.wait({launched, task}, return_when=asyncio.FIRST_COMPLETED)
 
     async def _hand_back(self, raw: bytes) -> None:
