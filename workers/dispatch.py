@@ -19,7 +19,10 @@ pops a message writes the run record and starts the handler. No arq claim, no se
   finally pops it (`record_dropped` once the lease lapsed). Until its run record exists, the message is also
   kept in a pending set; a worker killed between the pop and the record leaves it there, and any
   consumer's sweep records it once its lease has lapsed.
-- Idle cost: one BLPOP per BLOCK_SECONDS and one sweep read per SWEEP_SECONDS.
+- The API's embedded worker: a trigger accepted by its own API process, while it has a free slot, is not
+  pushed at all; the consumer takes it from the trigger call (`Consumer.start`, app.runtime.LocalRunner),
+  with the same pending entry in case the process dies before the run record.
+- Idle cost: one BLPOP per BLOCK_SECONDS, and one TIME and one sweep read per SWEEP_SECONDS.
 """
 
 from __future__ import annotations
@@ -217,8 +220,8 @@ async def run_direct(
     `clock` shows the lease is too young to have lapsed. `launched` is resolved once the handler is started."""
     # The job as the trigger saw it: it cannot be deleted meanwhile (the lease refuses that).
     job = Job(id=message.job_id, type=message.type, payload=message.payload, timeout_seconds=message.timeout)
-    # Compare-and-extend, from the queued lease to a run's, alongside the record's INSERT. The INSERT is issued
-    # in this step, without a task hop: in the API's process it then comes before the trigger's activity write.
+    # Compare-and-extend, from the queued lease to a run's, alongside the record's INSERT (issued in this step,
+    # without a task hop).
     renewing = asyncio.create_task(lease.renew(rt.redis, message.job_id, message.token, rt.settings.lease_ttl_seconds))
     try:
         run = await runs_service.begin(
