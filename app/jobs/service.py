@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 from tortoise import fields
@@ -209,6 +209,38 @@ async def list_jobs(rt: Runtime) -> list[JobState]:
     jobs = _jobs_from_rows(rows)
     running = await _running(rt, [j.id for j in jobs])
     return [JobState(job=j, running=j.id in running) for j in jobs]
+
+
+Rendered = TypeVar("Rendered")
+# Per render function, per job id: (the row's values, running, what the function made of them).
+_renderings: dict[Callable[[JobState], Any], dict[str, tuple[tuple[Any, ...], bool, Any]]] = {}
+
+
+async def list_rendered(rt: Runtime, render: Callable[[JobState], Rendered]) -> list[Rendered]:
+    """Every job as `render` makes it (the list's wire objects, say); `render` must depend on the state only.
+
+    Both stores are read on every call, as `list_jobs` reads them. What is skipped is rebuilding the unchanged:
+    a job whose row values and running flag equal those of this process's previous call reuses that call's
+    rendering. Building 20 Job instances and then their JSON objects was a third of a list request's CPU
+    (B3), for a list that mostly does not change between two reads. Renderings are shared: never mutate one.
+    """
+    rows = await Job._meta.db.execute_query_dict(_all_jobs_sql())
+    running = await _running(rt, [row["id"] for row in rows])
+    before = _renderings.get(render, {})
+    kept: dict[str, tuple[tuple[Any, ...], bool, Any]] = {}
+    out: list[Rendered] = []
+    for row in rows:
+        values, job_id = tuple(row.values()), row["id"]
+        is_running = job_id in running
+        entry = before.get(job_id)
+        # Compared by ==, never hashed: a backend may hand back a JSON column as a dict.
+        if entry is None or entry[1] != is_running or entry[0] != values:
+            (job,) = _jobs_from_rows([row])
+            entry = (values, is_running, render(JobState(job=job, running=is_running)))
+        kept[job_id] = entry
+        out.append(entry[2])
+    _renderings[render] = kept  # jobs gone from the table are dropped with it
+    return out
 
 
 async def get(rt: Runtime, *, job_id: str) -> JobState:

@@ -109,3 +109,47 @@ async def test_list_and_get_answer_the_response_models_json(
         mode="json", by_alias=True
     )
     assert '"name":"Ünïcode ✓"' in one.text  # UTF-8 as pydantic writes it, not \\u escapes
+
+
+async def test_list_renders_again_only_the_jobs_that_changed(orm: Runtime) -> None:
+    """`list_rendered` reads both stores on every call and reuses a rendering only for a job whose row and
+    running flag are unchanged: a change made anywhere (here a plain UPDATE, as another process would make
+    it; a lease; a delete and a re-create under the same id) shows on the next call."""
+    rendered: list[str] = []
+
+    def render(state: JobState) -> dict[str, object]:
+        rendered.append(state.job.id)
+        return job_wire(state)
+
+    async def listing() -> list[dict[str, object]]:
+        got = await jobs_service.list_rendered(orm, render)
+        fresh = [job_wire(s) for s in await jobs_service.list_jobs(orm)]
+        assert got == fresh  # whatever was reused, the answer is the stores' current one
+        return got
+
+    await make_job(id="a")
+    await make_job(id="b")
+    await make_job(id="c", name="Old C")
+    first = await listing()
+    assert rendered == ["a", "b", "c"]
+    rendered.clear()
+
+    second = await listing()
+    assert rendered == []  # nothing changed: nothing rebuilt
+    assert all(x is y for x, y in zip(first, second, strict=True))
+
+    await Job.filter(id="a").update(last_result="error", last_duration_ms=7)
+    await lease.acquire(orm.redis, "b", "token-b", 30)
+    await Job.filter(id="c").delete()
+    third = await listing()
+    assert rendered == ["a", "b"]
+    assert [(j["id"], j["lastResult"], j["running"]) for j in third] == [("a", "error", False), ("b", None, True)]
+    assert third[1] is not second[1]
+    rendered.clear()
+
+    await lease.release(orm.redis, "b", "token-b")
+    await make_job(id="c", name="New C")
+    fourth = await listing()
+    assert rendered == ["b", "c"]
+    assert (fourth[1]["running"], fourth[2]["name"]) == (False, "New C")
+    assert fourth[0] is third[0]
