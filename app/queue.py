@@ -107,9 +107,10 @@ DISPATCH_PENDING = "jg:dispatch:pending"
 class DirectRun:
     """Everything a worker needs to start the handler: the job as it was when the trigger was accepted.
 
-    `accepted_ms`: when its lease was taken, by Redis's clock (the dispatch script sets it): a consumer that
+    `expires_ms`: when its queued lease expires, by Redis's clock (the dispatch script sets it): a consumer that
     knows Redis's clock can tell that a fresh message's lease is still its own without asking
-    (workers.redis_clock).
+    (workers.redis_clock). Messages of versions before it hold the API's own clock reading of the acceptance
+    there, which reads as a lease already expired: those are checked, never trusted.
     """
 
     job_id: str
@@ -118,28 +119,22 @@ class DirectRun:
     payload: dict[str, Any]
     timeout: float | None
     triggered_by: str
-    accepted_ms: int = 0
-
-    def encode(self) -> bytes:
-        return json.dumps(
-            [self.job_id, self.token, self.type, self.payload, self.timeout, self.triggered_by, self.accepted_ms],
-            separators=(",", ":"),
-        ).encode()
+    expires_ms: int = 0
 
     def encode_without_time(self) -> bytes:
-        """The encoding up to `accepted_ms`, which the dispatch script appends with the closing bracket."""
+        """The encoding up to `expires_ms`, which the dispatch script appends with the closing bracket."""
         fields = [self.job_id, self.token, self.type, self.payload, self.timeout, self.triggered_by]
         return json.dumps(fields, separators=(",", ":")).encode()[:-1] + b","
 
     @classmethod
     def decode(cls, raw: bytes | str) -> DirectRun:
-        job_id, token, type_, payload, timeout, triggered_by, accepted_ms = json.loads(raw)
-        return cls(job_id, token, type_, payload, timeout, triggered_by, int(accepted_ms))
+        job_id, token, type_, payload, timeout, triggered_by, expires_ms = json.loads(raw)
+        return cls(job_id, token, type_, payload, timeout, triggered_by, int(expires_ms))
 
 
 # Take the free lease, then queue the message, remember it as pending and publish the `run.queued` event:
 # atomic and one round trip, so a lease is never left without its message nor the other way round. The
-# message ends with the lease's start by Redis's own clock, the clock that expires the lease. ARGV[6] = 1: the
+# message ends with the lease's expiry by Redis's own clock, the clock that expires it. ARGV[6] = 1: the
 # caller runs it itself (an API's embedded worker with a free slot), so it is not pushed; the pending entry
 # still covers a caller that dies before the run record. A lease already ours is a client retry of a call that
 # went through: its message was queued then, unless that call meant to run it itself, whose reply was lost
@@ -154,12 +149,14 @@ if current == ARGV[1] and ARGV[6] ~= '1' then
 end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local message = ARGV[3] .. string.format('%d', now_ms) .. ']'
 if current == ARGV[1] then
+  local left = math.max(redis.call('PTTL', KEYS[1]), 0)  -- the earlier call's lease, not a new one
+  local message = ARGV[3] .. string.format('%d', now_ms + left) .. ']'
   redis.call('RPUSH', KEYS[2], message)
   redis.call('ZADD', KEYS[3], now_ms, message)
   return ''
 end
+local message = ARGV[3] .. string.format('%d', now_ms + tonumber(ARGV[2])) .. ']'
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if ARGV[6] ~= '1' then
   redis.call('RPUSH', KEYS[2], message)

@@ -30,7 +30,7 @@ class LocalRunner(Protocol):
 
     async def start(self, raw: bytes) -> None:
         """Run an accepted message in the reserved slot; returns once its handler has started (or the run
-        ended before that)."""
+        ended before that). A worker stopping meanwhile frees the slot and queues the message for the others."""
 
 
 @dataclass

@@ -3,11 +3,12 @@
 `POST /trigger` takes the job's lease and pushes a ready-to-run message (app.queue.DirectRun) onto a Redis
 list in one round trip. Each worker runs one consumer task blocked in BLPOP on that list; the worker that
 pops a message writes the run record and starts the handler. No arq claim, no second read of the job.
-- The lease: a lease that lapsed while its message was queued may be someone else's by now. A message whose
-  lease was taken less than half its life ago by Redis's clock (workers.redis_clock) cannot have lost it, as
-  nobody takes a lease that is not free: its handler starts as soon as the run record is written, while the
-  lease is extended to a run's (the lease keeper cancels the handler should that be refused). An older
-  message, or one popped before this worker has read Redis's clock, has its lease checked first.
+- The lease: a lease that lapsed while its message was queued may be someone else's by now. The message says
+  when its lease expires by Redis's clock (workers.redis_clock); one with at least LEASE_TTL_SECONDS left
+  cannot have lost it, as nobody takes a lease that is not free: its handler starts as soon as the run record
+  is written, while the lease is extended to a run's (the lease keeper cancels the handler should that be
+  refused). Any other message, or one popped before this worker has read Redis's clock, has its lease checked
+  first.
 
 - Slots: the consumer pops only while the worker has a free slot, and counts its runs in arq's own
   `job_counter`/`sem`, so WORKER_MAX_JOBS bounds arq's jobs and direct runs together. Its runs are arq
@@ -21,8 +22,9 @@ pops a message writes the run record and starts the handler. No arq claim, no se
   consumer's sweep records it once its lease has lapsed.
 - The API's embedded worker: a trigger accepted by its own API process, while it has a free slot, is not
   pushed at all; the consumer takes it from the trigger call (`Consumer.start`, app.runtime.LocalRunner),
-  with the same pending entry in case the process dies before the run record.
-- Idle cost: one BLPOP per BLOCK_SECONDS, and one TIME and one sweep read per SWEEP_SECONDS.
+  with the same pending entry in case the process dies before the run record. One handed over while the
+  worker is stopping goes to the list instead.
+- Idle cost: one BLPOP per BLOCK_SECONDS, and one TIME and one sweep read per SWEEP_SECONDS at most.
 """
 
 from __future__ import annotations
@@ -59,9 +61,6 @@ RETRY_SECONDS = 1.0
 # While every slot is busy, how often to look for a free one (a busy worker only).
 SLOT_WAIT_SECONDS = 0.01
 TASK_PREFIX = "direct:"
-# A message younger than this fraction of its queued lease's life starts without waiting for the lease check;
-# the rest of that life is the margin for a jump of Redis's clock.
-FRESH_FRACTION = 0.5
 
 
 class Consumer:
@@ -165,7 +164,7 @@ class Consumer:
         name = TASK_PREFIX + message.token
         task = asyncio.create_task(self._run(raw, message, launched), name=name, context=context)
         # arq's shutdown (grace, then cancel) and its bookkeeping treat it as one of its own jobs.
-        self._worker.tasks[TASK_PREFIX + message.token] = task
+        self._worker.tasks[name] = task
         task.add_done_callback(lambda _: self._worker._release_sem_dec_counter_on_complete())
         return task
 
@@ -192,6 +191,11 @@ class Consumer:
         self._worker._release_sem_dec_counter_on_complete()
 
     async def start(self, raw: bytes) -> None:
+        if not self._worker.allow_pick_jobs:
+            # Stopping since `reserve`: a run started now would outlive the worker's shutdown. The workers get it.
+            self.release()
+            await self._hand_back(raw)
+            return
         self.taken_here += 1
         launched: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Not in the request's context: the run is not part of the request that accepted it, and its log lines
@@ -258,9 +262,11 @@ async def run_direct(
 
 
 def _lease_still_ours(rt: Runtime, message: queue.DirectRun, clock: RedisClock | None) -> bool:
-    """The message's lease was taken less than half its life ago by Redis's clock, so it cannot have lapsed."""
-    age = clock.age_ms(message.accepted_ms) if clock is not None else None
-    return age is not None and age < rt.settings.queued_lease_ttl_seconds * 1000 * FRESH_FRACTION
+    """By Redis's clock, the message's lease still has at least a run lease's life ahead (LEASE_TTL_SECONDS), so
+    it cannot have lapsed, and the lease keeper, whose first renewal is the extension under way, cancels the
+    handler before it could even if every renewal failed: as safe as a run whose lease was just extended."""
+    left = clock.ms_until(message.expires_ms) if clock is not None else None
+    return left is not None and left >= rt.settings.lease_ttl_seconds * 1000
 
 
 async def _announce(rt: Runtime, raw: bytes, run: Run) -> None:

@@ -1,4 +1,4 @@
-"""Redis's clock as seen from this process: how long ago something happened by the clock that expires leases.
+"""Redis's clock as seen from this process: how long until a lease expires, by the clock that expires it.
 
 A lease lives `ttl` by Redis's clock, which may differ from this machine's by any amount. One TIME round trip
 gives Redis's time now and, with the local monotonic clock, an upper bound of Redis's time later: the reading
@@ -27,12 +27,13 @@ class RedisClock:
         after = time.monotonic()
         self._reading = (seconds * 1000 + micros / 1000, (before + after) / 2, (after - before) * 500)
 
-    def age_ms(self, redis_ms: int) -> float | None:
-        """At most how many ms ago `redis_ms` (a time by Redis's clock) was; None without a recent reading."""
+    def ms_until(self, redis_ms: int) -> float | None:
+        """At least how many ms remain until `redis_ms` (a time by Redis's clock; negative once it has passed);
+        None without a recent reading."""
         if self._reading is None:
             return None
         at_ms, local, error_ms = self._reading
         elapsed = time.monotonic() - local
         if elapsed > MAX_READING_AGE_SECONDS:
             return None
-        return at_ms + elapsed * 1000 + error_ms - redis_ms
+        return redis_ms - (at_ms + elapsed * 1000 + error_ms)

@@ -116,30 +116,42 @@ async def trigger(rt: Runtime, *, job_id: str, actor: str) -> str:
     # This process's embedded worker takes the run itself when it has a free slot: no list, no pop.
     local = rt.local_runner
     here = local is not None and await local.reserve()
+    handed_over = False
     try:
-        dispatched = await queue.lease_and_dispatch_run(
-            rt.redis,
-            lease_key=lease.key(job.id),
-            lease_ttl=rt.settings.queued_lease_ttl_seconds,
-            run=run,
-            channel=events.CHANNEL,
-            event=event_json("run.queued", job.id, running=True, triggeredBy=actor),
-            run_here=here,
-        )
-    except RedisError as exc:
-        if here and local is not None:
-            local.release()
-        raise Unavailable("The job queue (Redis) is unavailable; try again shortly") from exc
-    if here and local is not None:
-        if dispatched.message is not None:
+        try:
+            dispatched = await _dispatch(rt, job.id, run, actor, run_here=here)
+        except RedisError:
+            if not here:
+                raise
+            # The script may have run with its reply lost: the lease is ours and the message only in the pending
+            # set, where no worker looks for it. The same call again is safe (one lease per token), and in that
+            # case it pushes the message for the workers.
+            dispatched = await _dispatch(rt, job.id, run, actor, run_here=here)
+        if here and local is not None and dispatched.message is not None:
+            handed_over = True
             await local.start(dispatched.message)  # back once its handler has started
-        else:
-            local.release()
+    except RedisError as exc:
+        raise Unavailable("The job queue (Redis) is unavailable; try again shortly") from exc
+    finally:
+        if here and local is not None and not handed_over:
+            local.release()  # not taken here (refused, queued, failed or cancelled): the slot is free again
     if not dispatched.accepted:
         raise Conflict("Job is already running", code="already_running")
     metrics.event_published("run.queued")
     await activity_service.record(event="jobs.trigger", actor=actor, job_id=job.id, details={"enabled": job.enabled})
     return token
+
+
+async def _dispatch(rt: Runtime, job_id: str, run: queue.DirectRun, actor: str, *, run_here: bool) -> queue.Dispatched:
+    return await queue.lease_and_dispatch_run(
+        rt.redis,
+        lease_key=lease.key(job_id),
+        lease_ttl=rt.settings.queued_lease_ttl_seconds,
+        run=run,
+        channel=events.CHANNEL,
+        event=event_json("run.queued", job_id, running=True, triggeredBy=actor),
+        run_here=run_here,
+    )
 
 
 def event_json(event: str, job_id: str, **data: Any) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app import queue
 from app.aio import cancel_and_wait
@@ -129,6 +130,27 @@ async def test_a_popped_trigger_whose_queued_lease_lapsed_is_recorded_not_run(or
     assert run.details == "not started: no worker took it within 0.4 s"  # not the handler's "boom"
     assert await lease.holder(orm.redis, "stranded") == "successor"  # neither extended nor released
     assert await pending(orm) == 0
+
+
+async def test_a_worker_trusts_the_lease_life_the_api_gave_not_its_own_setting(orm: Runtime) -> None:
+    # The API queues with a 0.4 s lease, the worker's own setting says 60 s: the message's expiry (by Redis's
+    # clock) is what counts, so the lapsed lease is checked, found gone, and the handler never runs.
+    await make_job(id="short-lived", type="test_fail")
+    api = Runtime(
+        settings=orm.settings.model_copy(update={"queued_lease_ttl_seconds": 0.4}), redis=orm.redis, clock=orm.clock
+    )
+    await runs_service.trigger(api, job_id="short-lived", actor="user:5")
+
+    async def lapsed() -> bool:
+        return await lease.holder(orm.redis, "short-lived") is None
+
+    await wait_until(lapsed, timeout=5)
+    await orm.redis.set(lease.key("short-lived"), "successor")
+    async with worker_running(orm, queued_lease_ttl_seconds=60):
+        [run] = await finished_runs("short-lived")
+    assert (run.result, run.triggered_by) == ("error", "user:5")
+    assert run.details.startswith("not started: no worker took it within")  # not the handler's "boom"
+    assert await lease.holder(orm.redis, "short-lived") == "successor"
 
 
 async def test_a_fresh_trigger_starts_before_its_lease_check_and_stops_if_the_lease_is_not_its_own(
@@ -311,7 +333,11 @@ async def test_a_retried_trigger_call_queues_its_run_once(orm: Runtime) -> None:
     first = await queue.lease_and_dispatch_run(orm.redis, **call)
     assert first.accepted and first.message is not None
     queued_message = queue.DirectRun.decode(first.message)
-    assert queued_message.token == "tok-1" and queued_message.accepted_ms > 0  # Redis's clock, set by the script
+    seconds, micros = await orm.redis.time()
+    redis_now_ms = seconds * 1000 + micros // 1000
+    # When its lease expires, by Redis's clock, set by the script: 60 s from its acceptance.
+    assert queued_message.token == "tok-1"
+    assert redis_now_ms + 59_000 < queued_message.expires_ms <= redis_now_ms + 60_000
     retry = await queue.lease_and_dispatch_run(orm.redis, **call)  # the client's retry after a lost reply
     assert (retry.accepted, retry.message) == (True, None)
     assert (await queued(orm), await pending(orm)) == (1, 1)
@@ -331,6 +357,9 @@ async def test_a_run_meant_for_the_caller_is_not_queued_unless_its_reply_was_los
     retry = await queue.lease_and_dispatch_run(orm.redis, **call, run_here=True)
     assert (retry.accepted, retry.message) == (True, None)
     assert await queued(orm) == 1
+    # Its message says when the first call's lease expires: the retry took no new lease.
+    [pushed] = await orm.redis.lrange(queue.DISPATCH_LIST, 0, -1)  # type: ignore[misc]
+    assert 0 <= queue.DirectRun.decode(first.message).expires_ms - queue.DirectRun.decode(pushed).expires_ms <= 1
     async with worker_running(orm):
         [run] = await finished_runs("mine")
     assert (run.token, run.result) == ("tok-1", "success")
@@ -343,17 +372,15 @@ async def test_the_apis_embedded_worker_takes_its_own_trigger_without_the_list(o
     task = asyncio.create_task(worker.async_run())
     try:
         await wait_until(lambda: _registered(rt), timeout=10, interval=0.01)
-        seen: list[bytes] = []
-        monitor = asyncio.create_task(_watch_list_pushes(orm, seen))
+        pushes = await _list_pushes(orm)
         token = await runs_service.trigger(rt, job_id="local", actor="user:1")
         # The call returns once the handler has started: its run record is there already.
         [started] = await Run.filter(job_id="local")
         assert (started.token, started.completed_at) == (token, None)
         [run] = await finished_runs("local")
-        monitor.cancel()
         assert (run.result, run.details) == ("success", "ran here")
         assert (consumer(worker).taken, consumer(worker).taken_here) == (1, 1)
-        assert seen == []  # nothing went through the dispatch list
+        assert await _list_pushes(orm) == pushes  # nothing went through the dispatch list
         assert (await queued(orm), await pending(orm)) == (0, 0)
 
         async def slot_back() -> bool:
@@ -381,8 +408,99 @@ async def _registered(rt: Runtime) -> bool:
     return rt.local_runner is not None
 
 
-async def _watch_list_pushes(rt: Runtime, seen: list[bytes]) -> None:
-    while True:
-        found = await rt.redis.lrange(queue.DISPATCH_LIST, 0, -1)  # type: ignore[misc]
-        seen.extend(found)
-        await asyncio.sleep(0.001)
+async def _slots_free(worker: WakingWorker) -> bool:
+    return worker.job_counter == 0
+
+
+async def _list_pushes(rt: Runtime) -> int:
+    """RPUSH and LPUSH calls the server has run, scripts' included (one server per test session, tests in turn)."""
+    stats = await rt.redis.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("rpush", "lpush"))
+
+
+@contextlib.asynccontextmanager
+async def embedded_worker(orm: Runtime) -> AsyncIterator[tuple[Runtime, WakingWorker]]:
+    """An API's runtime with its embedded worker taking the API's own triggers."""
+    rt = Runtime(settings=orm.settings, redis=orm.redis, clock=orm.clock)
+    worker = await build_embedded_worker(rt)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        await wait_until(lambda: _registered(rt), timeout=10, interval=0.01)
+        yield rt, worker
+    finally:
+        await stop_embedded_worker(worker, rt.settings.shutdown_grace_seconds)
+        await cancel_and_wait(task)
+
+
+async def test_a_trigger_whose_dispatch_reply_is_lost_is_run_by_a_worker_not_stranded(
+    orm: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API's Redis client does not retry: the trigger itself calls the script again when the reply of a
+    call meant to run here is lost, and that second call queues the run for any worker."""
+    await make_job(id="lost-reply", payload={"summary": "ran anyway"})
+    real = queue.lease_and_dispatch_run
+    calls: list[bool] = []
+
+    async def reply_lost_once(*args: Any, **kwargs: Any) -> queue.Dispatched:
+        calls.append(kwargs["run_here"])
+        answer = await real(*args, **kwargs)  # the script runs on the real server...
+        if len(calls) == 1:
+            raise RedisConnectionError("Connection reset by peer")  # ...and its reply never arrives
+        return answer
+
+    monkeypatch.setattr(queue, "lease_and_dispatch_run", reply_lost_once)
+    async with embedded_worker(orm) as (rt, worker):
+        token = await runs_service.trigger(rt, job_id="lost-reply", actor="user:1")
+        [run] = await finished_runs("lost-reply")
+        assert (run.token, run.result, run.details) == (token, "success", "ran anyway")
+        assert calls == [True, True]
+        # Taken from the list (by this same worker, the only one), not from the call: the slot it had
+        # reserved was given back.
+        assert (consumer(worker).taken, consumer(worker).taken_here) == (1, 0)
+        await wait_until(lambda: _slots_free(worker), timeout=5)
+        assert await Run.filter(job_id="lost-reply").count() == 1
+
+
+async def test_a_trigger_cancelled_while_dispatching_gives_its_reserved_slot_back(
+    orm: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await make_job(id="cancelled")
+    in_call = asyncio.Event()
+
+    async def never_answers(*_: Any, **__: Any) -> queue.Dispatched:
+        in_call.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async with embedded_worker(orm) as (rt, worker):
+        monkeypatch.setattr(queue, "lease_and_dispatch_run", never_answers)
+        call = asyncio.create_task(runs_service.trigger(rt, job_id="cancelled", actor="user:1"))
+        await asyncio.wait_for(in_call.wait(), 5)
+        assert worker.job_counter == 1  # reserved for this trigger
+        await cancel_and_wait(call)
+        assert worker.job_counter == 0
+        monkeypatch.undo()
+        await runs_service.trigger(rt, job_id="cancelled", actor="user:2")  # the slot is usable again
+        [run] = await finished_runs("cancelled")
+        assert (run.triggered_by, run.result) == ("user:2", "success")
+
+
+async def test_a_run_handed_to_a_worker_that_began_stopping_goes_to_the_list(orm: Runtime) -> None:
+    await make_job(id="late")
+    async with embedded_worker(orm) as (rt, worker):
+        local = rt.local_runner
+        assert local is not None and await local.reserve()
+        run = queue.DirectRun("late", "tok-late", "test_sleep", {}, None, "user:1")
+        dispatched = await queue.lease_and_dispatch_run(
+            orm.redis, lease_key=lease.key("late"), lease_ttl=60, run=run, channel=CHANNEL, event="{}", run_here=True
+        )
+        assert dispatched.message is not None
+        worker.allow_pick_jobs = False  # the shutdown began between the reservation and the start
+        await local.start(dispatched.message)
+        assert (worker.job_counter, consumer(worker).taken) == (0, 0)
+
+        async def in_the_list() -> bool:  # this worker's consumer, blocked in BLPOP, may pop it and hand it back
+            return await queued(orm) == 1
+
+        await wait_until(in_the_list, timeout=10)  # for the other workers
+        assert await Run.filter(job_id="late").count() == 0
