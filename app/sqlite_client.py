@@ -9,9 +9,9 @@ connection in the calling thread, with SQLite's progress handler as a budget: a 
 a deep page or a large count never keeps the event loop busy for longer than the budget. CPU time, not
 wall time, and no garbage collection during the read: on a busy machine the process is descheduled,
 and a collection can start inside the progress handler, for milliseconds that have nothing to do with
-the query; counted against a wall clock they interrupted short reads only to run them again. Writes,
-transactions (which use tortoise's own wrapper) and anything the read-only connection refuses take
-tortoise's path unchanged.
+the query; counted against a wall clock they interrupted short reads only to run them again. Updates,
+deletes, transactions (which use tortoise's own wrapper) and anything the read-only connection refuses take
+tortoise's path unchanged; inserts, see below.
 A statement that ran over its budget is remembered (its text and parameters: the last
 `SLOW_SQL_MEMORY` of them, for `SLOW_SQL_RETRY_SECONDS`) and goes straight to the worker thread next
 time: otherwise every repeat of a deep page or a large count would burn the whole budget inline again
@@ -24,10 +24,17 @@ third connection, in autocommit: in WAL mode with synchronous=NORMAL the commit 
 with no fsync, and the thread hop cost more than the statement (a trigger's run record: 0.6 to 1.1 ms through
 aiosqlite, most of the time between a worker popping a trigger and starting its handler; B1). That
 connection never waits on SQLite's lock inside the event loop (busy_timeout 0): while another connection
-(another process, or a transaction here) holds the write lock it retries after `INLINE_WRITE_RETRY_SECONDS`,
-a few times, then takes tortoise's path, whose busy handler waits in steps of 1 ms and more. It never runs a
-checkpoint either (wal_autocheckpoint 0): a checkpoint copies the WAL into the database and syncs it, which
-is not for the event loop; the thread connection's own commits and every other process's still run them.
+(another process, or a transaction here) holds the write lock it tries again on the next turns of the event
+loop (`INLINE_WRITE_ATTEMPTS` in all), then takes tortoise's path, whose busy handler waits in steps of 1 ms
+and more. It never runs a checkpoint either (wal_autocheckpoint 0): a checkpoint copies the WAL into the
+database and syncs it, which is not for the event loop; the thread connection's own commits and every other
+process's still run them. It is only used in WAL mode with synchronous OFF or NORMAL (the default here): with
+FULL or EXTRA, or another journal mode, a commit waits for an fsync, and inserts keep tortoise's path.
+
+One consequence for code written later: a transaction on tortoise's connection can now see another connection
+of this same process commit while it is open, as it always could for other processes. A deferred transaction
+that reads before its first write then fails at that write with SQLITE_BUSY_SNAPSHOT instead of waiting; every
+transaction here starts with a write (or takes its lock first), which is what keeps that from happening.
 """
 
 from __future__ import annotations
@@ -51,8 +58,9 @@ SLOW_SQL_MEMORY = 256  # statements; the least recently seen is forgotten first
 # A remembered statement is tried inline again after this long: the same text may be cheap later
 # (a table that shrank), or its parameters may make it cheap most of the time.
 SLOW_SQL_RETRY_SECONDS = 30.0
-# While the write lock is taken: how long to wait between inline attempts, and how many before the thread path.
-INLINE_WRITE_RETRY_SECONDS = 0.0002
+# Inline attempts of an insert while the write lock is taken, each on a later turn of the event loop, before the
+# thread path. (A wait in between would be rounded to whole milliseconds by uvloop's timers, longer than most
+# commits hold the lock.)
 INLINE_WRITE_ATTEMPTS = 4
 
 
@@ -95,7 +103,12 @@ class InlineReadSqliteClient(SqliteClient):
             writer.execute("PRAGMA busy_timeout = 0")
             writer.execute("PRAGMA wal_autocheckpoint = 0")
             writer.set_progress_handler(self._over_budget, _PROGRESS_STEPS)
-            self._writer = writer
+            (journal,) = writer.execute("PRAGMA journal_mode").fetchone()
+            (synchronous,) = writer.execute("PRAGMA synchronous").fetchone()
+            if str(journal).lower() == "wal" and int(synchronous) <= 1:  # OFF or NORMAL: no fsync per commit
+                self._writer = writer
+            else:
+                writer.close()
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -162,7 +175,7 @@ class InlineReadSqliteClient(SqliteClient):
         """The new row's id; _OverBudget when the write lock is taken or the budget ran out (nothing written:
         the interrupted statement is rolled back with its autocommit transaction)."""
         self._interrupted = False
-        if self._writer is None or self._known_slow(query, values):
+        if self._writer is None:
             raise _OverBudget
         collecting = gc.isenabled()
         gc.disable()
@@ -171,8 +184,7 @@ class InlineReadSqliteClient(SqliteClient):
         try:
             cursor = self._writer.execute(query, values)
         except sqlite3.OperationalError as exc:  # busy (the write lock is taken) or interrupted
-            if self._interrupted:
-                self._remember_slow(query, values)
+            # Not remembered as slow: an insert's values (a token, a time) never come again.
             raise _OverBudget from exc
         finally:
             if collecting:
@@ -187,9 +199,9 @@ class InlineReadSqliteClient(SqliteClient):
                 try:
                     return self._insert_inline(query, values)
                 except _OverBudget:
-                    if self._interrupted or attempt == INLINE_WRITE_ATTEMPTS or self._known_slow(query, values):
+                    if self._interrupted or attempt == INLINE_WRITE_ATTEMPTS:
                         break
-                    await asyncio.sleep(INLINE_WRITE_RETRY_SECONDS)  # the write lock is taken: it is brief
+                    await asyncio.sleep(0)  # the write lock is taken: it is brief
         row_id: int = await super().execute_insert(query, values)
         return row_id
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 from tortoise import connections
@@ -207,11 +208,56 @@ async def test_an_insert_inside_a_transaction_stays_in_it(orm: Runtime) -> None:
     assert await Activity.filter(job_id="a").count() == 0
 
 
+async def test_an_insert_inside_a_transaction_context_without_using_db_stays_in_it(orm: Runtime) -> None:
+    client = connections.get("default")
+    await make_job(id="a")
+    seen: list[str] = []
+    client._writer.set_trace_callback(seen.append)
+    try:
+        with pytest.raises(RuntimeError):
+            async with in_transaction():
+                await Activity.create(event="jobs.trigger", job_id="a", actor="user:1")  # the context's connection
+                raise RuntimeError("roll back")
+    finally:
+        client._writer.set_trace_callback(None)
+    assert seen == []
+    assert await Activity.filter(job_id="a").count() == 0
+
+
 async def test_an_inline_insert_that_breaks_a_constraint_raises_tortoises_integrity_error(orm: Runtime) -> None:
+    client = connections.get("default")
     await Run.create(job_id="a", token="t-1", triggered_by="user:1", started_at=utcnow())
-    with pytest.raises(IntegrityError):
-        await Run.create(job_id="a", token="t-1", triggered_by="user:1", started_at=utcnow())
+    seen: list[str] = []
+    client._writer.set_trace_callback(seen.append)
+    try:
+        with pytest.raises(IntegrityError):
+            await Run.create(job_id="a", token="t-1", triggered_by="user:1", started_at=utcnow())
+    finally:
+        client._writer.set_trace_callback(None)
+    assert any(statement.startswith('INSERT INTO "job_run"') for statement in seen), seen  # refused inline
     assert await Run.filter(token="t-1").count() == 1
+
+
+@pytest.mark.parametrize(
+    ("pragmas", "inline"), [({}, True), ({"synchronous": "FULL"}, False), ({"journal_mode": "DELETE"}, False)]
+)
+async def test_inserts_run_inline_only_where_a_commit_needs_no_fsync(
+    orm: Runtime, tmp_path: Path, pragmas: dict[str, str], inline: bool
+) -> None:
+    # WAL with synchronous NORMAL (or OFF) appends to the WAL; FULL, or a rollback journal, syncs every commit,
+    # which must not happen on the event loop's thread.
+    client = sqlite_client.InlineReadSqliteClient(
+        str(tmp_path / "own.sqlite3"), connection_name="own", **{"synchronous": "NORMAL", **pragmas}
+    )
+    await client.create_connection(with_db=True)
+    try:
+        await client.execute_script("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        assert (client._writer is not None) is inline
+        row_id = await client.execute_insert("INSERT INTO t (v) VALUES (?)", ["x"])
+        assert row_id == 1
+        assert await client.execute_query_dict("SELECT v FROM t") == [{"v": "x"}]
+    finally:
+        await client.close()
 
 
 async def test_an_insert_waits_out_another_writer_without_stalling_the_event_loop(orm: Runtime) -> None:
