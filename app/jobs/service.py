@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -212,8 +213,10 @@ async def list_jobs(rt: Runtime) -> list[JobState]:
 
 
 Rendered = TypeVar("Rendered")
-# Per render function, per job id: (the row's values, running, what the function made of them).
-_renderings: dict[Callable[[JobState], Any], dict[str, tuple[tuple[Any, ...], bool, Any]]] = {}
+# Per render function (forgotten with it), per job id: (the row's values, running, what the function made of them).
+_renderings: weakref.WeakKeyDictionary[Callable[[JobState], Any], dict[str, tuple[tuple[Any, ...], bool, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def list_rendered(rt: Runtime, render: Callable[[JobState], Rendered]) -> list[Rendered]:
@@ -228,19 +231,24 @@ async def list_rendered(rt: Runtime, render: Callable[[JobState], Rendered]) -> 
     running = await _running(rt, [row["id"] for row in rows])
     before = _renderings.get(render, {})
     kept: dict[str, tuple[tuple[Any, ...], bool, Any]] = {}
-    out: list[Rendered] = []
+    changed: list[dict[str, Any]] = []
+    changed_values: list[tuple[Any, ...]] = []
     for row in rows:
-        values, job_id = tuple(row.values()), row["id"]
-        is_running = job_id in running
+        job_id = row["id"]
+        values = tuple(row.values())
         entry = before.get(job_id)
         # Compared by ==, never hashed: a backend may hand back a JSON column as a dict.
-        if entry is None or entry[1] != is_running or entry[0] != values:
-            (job,) = _jobs_from_rows([row])
-            entry = (values, is_running, render(JobState(job=job, running=is_running)))
-        kept[job_id] = entry
-        out.append(entry[2])
+        if entry is not None and entry[1] == (job_id in running) and entry[0] == values:
+            kept[job_id] = entry
+        else:
+            changed.append(row)
+            changed_values.append(values)
+    # In one pass, as `list_jobs` builds them: a cold or much-changed list costs what it did before.
+    for values, job in zip(changed_values, _jobs_from_rows(changed), strict=True):
+        is_running = job.id in running
+        kept[job.id] = (values, is_running, render(JobState(job=job, running=is_running)))
     _renderings[render] = kept  # jobs gone from the table are dropped with it
-    return out
+    return [kept[row["id"]][2] for row in rows]
 
 
 async def get(rt: Runtime, *, job_id: str) -> JobState:
