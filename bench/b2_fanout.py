@@ -241,6 +241,10 @@ def write(data: dict[str, dict[int, dict[str, Any]]]) -> Path:
         )
     )
     frame = data["gateway"][big]["frame_bytes"]
+
+    def us_per_subscriber(kind: str) -> float:
+        return med([r["cpu_ms_per_event"] for r in data[kind][big]["reps"]]) * 1000 / big
+
     notes = (
         f"Frame: the `jobStatus` next message of {frame} bytes (7 fields); the bare broadcast sends a message "
         f"of the same size. {ROUNDS} state changes per repetition ({BASELINE_ROUNDS} for the plain strawberry "
@@ -253,8 +257,9 @@ def write(data: dict[str, dict[int, dict[str, Any]]]) -> Path:
         "executes the selection once, serialises the `next` payload once, and writes the same frame to every "
         "member socket without a per-subscriber task or queue; a socket whose transport is paused gets a "
         "writer task and a backlog of the last few frames per job.\n\n"
-        "Where the time goes at 1,000 subscribers: about 18 µs of server CPU per subscriber and event, against "
-        "about 10 µs for websockets' broadcast(): each frame still goes through the ASGI send path (starlette, "
+        f"Where the time goes at {big:,} subscribers: {us_per_subscriber('gateway'):.1f} µs of server CPU per "
+        f"subscriber and event, against {us_per_subscriber('websockets'):.1f} µs for websockets' broadcast() in "
+        "this run: each frame still goes through the ASGI send path (starlette, "
         "uvicorn, websockets' frame encoder) per socket. Writing the one pre-encoded frame to each transport "
         "directly would close most of that gap, but only through uvicorn's private protocol objects, so it is "
         "not done. On a shared machine (other benchmarks and test suites on the same 2 cores), p99 over "
