@@ -192,7 +192,8 @@ async def test_an_insert_outside_a_transaction_runs_inline_and_is_committed(orm:
         assert await Activity.filter(id=entry.id).using_db(conn).count() == 1
 
 
-async def test_an_insert_inside_a_transaction_stays_in_it(orm: Runtime) -> None:
+@pytest.mark.parametrize("explicit", [True, False], ids=["using_db", "transaction-context"])
+async def test_an_insert_inside_a_transaction_stays_in_it(orm: Runtime, explicit: bool) -> None:
     client = connections.get("default")
     await make_job(id="a")
     seen: list[str] = []
@@ -200,23 +201,9 @@ async def test_an_insert_inside_a_transaction_stays_in_it(orm: Runtime) -> None:
     try:
         with pytest.raises(RuntimeError):
             async with in_transaction() as conn:
-                await Activity.create(event="jobs.trigger", job_id="a", actor="user:1", using_db=conn)
-                raise RuntimeError("roll back")
-    finally:
-        client._writer.set_trace_callback(None)
-    assert seen == []
-    assert await Activity.filter(job_id="a").count() == 0
-
-
-async def test_an_insert_inside_a_transaction_context_without_using_db_stays_in_it(orm: Runtime) -> None:
-    client = connections.get("default")
-    await make_job(id="a")
-    seen: list[str] = []
-    client._writer.set_trace_callback(seen.append)
-    try:
-        with pytest.raises(RuntimeError):
-            async with in_transaction():
-                await Activity.create(event="jobs.trigger", job_id="a", actor="user:1")  # the context's connection
+                # With or without `using_db`: tortoise routes the context's models to its transaction's connection.
+                using = {"using_db": conn} if explicit else {}
+                await Activity.create(event="jobs.trigger", job_id="a", actor="user:1", **using)
                 raise RuntimeError("roll back")
     finally:
         client._writer.set_trace_callback(None)

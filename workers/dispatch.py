@@ -221,7 +221,7 @@ async def run_direct(
     launched: asyncio.Future[None] | None = None,
 ) -> None:
     """Start a popped trigger: write its run record and run the handler, checking its lease first unless
-    `clock` shows the lease is too young to have lapsed. `launched` is resolved once the handler is started."""
+    `clock` shows the lease has a run lease's life left. `launched` is resolved once the handler is started."""
     # The job as the trigger saw it: it cannot be deleted meanwhile (the lease refuses that).
     job = Job(id=message.job_id, type=message.type, payload=message.payload, timeout_seconds=message.timeout)
     # Compare-and-extend, from the queued lease to a run's, alongside the record's INSERT (issued in this step,

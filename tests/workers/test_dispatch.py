@@ -111,19 +111,25 @@ async def test_a_trigger_waits_in_the_list_while_no_worker_runs_then_runs_once(o
     assert await Run.filter(job_id="patient").count() == 1
 
 
-async def test_a_popped_trigger_whose_queued_lease_lapsed_is_recorded_not_run(orm: Runtime) -> None:
-    await make_job(id="stranded", type="test_fail")
-    short = Runtime(
+async def queued_until_its_lease_lapsed(orm: Runtime, job_id: str, actor: str) -> Runtime:
+    """A trigger accepted under a 0.4 s queued lease that no worker took in time: the lease lapsed, and another
+    run has taken the job since. The API's runtime, with that setting."""
+    await make_job(id=job_id, type="test_fail")
+    api = Runtime(
         settings=orm.settings.model_copy(update={"queued_lease_ttl_seconds": 0.4}), redis=orm.redis, clock=orm.clock
     )
-    await runs_service.trigger(short, job_id="stranded", actor="user:4")
-    # No worker took it within the queued lease's life; the lease lapsed and another run has taken the job.
+    await runs_service.trigger(api, job_id=job_id, actor=actor)
 
     async def lapsed() -> bool:
-        return await lease.holder(orm.redis, "stranded") is None
+        return await lease.holder(orm.redis, job_id) is None
 
     await wait_until(lapsed, timeout=5)
-    await orm.redis.set(lease.key("stranded"), "successor")
+    await orm.redis.set(lease.key(job_id), "successor")
+    return api
+
+
+async def test_a_popped_trigger_whose_queued_lease_lapsed_is_recorded_not_run(orm: Runtime) -> None:
+    short = await queued_until_its_lease_lapsed(orm, "stranded", "user:4")
     async with worker_running(short):
         [run] = await finished_runs("stranded")
     assert (run.result, run.triggered_by) == ("error", "user:4")
@@ -135,17 +141,7 @@ async def test_a_popped_trigger_whose_queued_lease_lapsed_is_recorded_not_run(or
 async def test_a_worker_trusts_the_lease_life_the_api_gave_not_its_own_setting(orm: Runtime) -> None:
     # The API queues with a 0.4 s lease, the worker's own setting says 60 s: the message's expiry (by Redis's
     # clock) is what counts, so the lapsed lease is checked, found gone, and the handler never runs.
-    await make_job(id="short-lived", type="test_fail")
-    api = Runtime(
-        settings=orm.settings.model_copy(update={"queued_lease_ttl_seconds": 0.4}), redis=orm.redis, clock=orm.clock
-    )
-    await runs_service.trigger(api, job_id="short-lived", actor="user:5")
-
-    async def lapsed() -> bool:
-        return await lease.holder(orm.redis, "short-lived") is None
-
-    await wait_until(lapsed, timeout=5)
-    await orm.redis.set(lease.key("short-lived"), "successor")
+    await queued_until_its_lease_lapsed(orm, "short-lived", "user:5")
     async with worker_running(orm, queued_lease_ttl_seconds=60):
         [run] = await finished_runs("short-lived")
     assert (run.result, run.triggered_by) == ("error", "user:5")
