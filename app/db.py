@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tortoise import Tortoise
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.migrations.api import migrate as tortoise_migrate
 from tortoise.migrations.executor import MigrationExecutor
@@ -75,6 +76,17 @@ async def pending_migrations(settings: Settings) -> list[str]:
         return [f"{s.migration.app_label}.{s.migration.name}" for s in steps if not s.backward]
     finally:
         await Tortoise.close_connections()
+
+
+def commit_version(client: BaseDBAsyncClient) -> int | None:
+    """A number that differs once anyone has committed to the database since it was last read through this
+    client, or None where the backend cannot tell (PostgreSQL; a transaction's client).
+
+    Lets a hot read reuse its previous result while nothing has been written (app/sqlite_client.py).
+    """
+    probe = getattr(client, "data_version", None)
+    version: int | None = probe() if callable(probe) else None
+    return version
 
 
 class SchemaBehind(RuntimeError):

@@ -125,6 +125,21 @@ class InlineReadSqliteClient(SqliteClient):
             return 1
         return 0
 
+    def data_version(self) -> int | None:
+        """A number that changes whenever a connection commits to the database: any connection of any
+        process, this one's included, since the read connection it is asked of never writes (SQLite's
+        `PRAGMA data_version`, about 2 µs). Read it before the data it vouches for: a commit in between
+        then makes the data newer than the number, never older. None without a read connection (`:memory:`).
+        """
+        if self._reader is None:
+            return None
+        self._deadline = time.thread_time() + INLINE_BUDGET_SECONDS  # the progress handler compares with it
+        try:
+            (version,) = self._reader.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            return None
+        return int(version)
+
     def _known_slow(self, query: str, values: list[Any] | None) -> bool:
         if not self._slow:  # the usual case: nothing to look up, no key to build
             return False

@@ -20,6 +20,7 @@ from app.runs.models import Run
 from app.runtime import Runtime
 from app.timefmt import utcnow
 from tests.factories import make_job
+from tests.support.processes import commit_from_another_process
 
 pytestmark = [pytest.mark.sqlite_only, pytest.mark.serial]
 # A SELECT (only those are tried inline) that takes far longer than the inline budget.
@@ -36,6 +37,39 @@ async def test_reads_run_inline_and_see_every_committed_write(orm: Runtime) -> N
     assert [j.id for j in await Job.filter(id="a")] == ["a"]  # committed by the writer, read by the reader
     await Job.filter(id="a").update(name="renamed")
     assert (await Job.get(id="a")).name == "renamed"
+
+
+async def test_the_data_version_changes_with_every_commit_by_anyone_and_only_then(orm: Runtime) -> None:
+    client = connections.get("default")
+    assert isinstance(client, sqlite_client.InlineReadSqliteClient)
+    path = client.filename
+    await Job.all().count()  # the read connection opens with the first statement
+    seen = [client.data_version()]
+    assert isinstance(seen[0], int)
+
+    def changed() -> bool:
+        seen.append(client.data_version())
+        return seen[-1] != seen[-2]
+
+    await Job.all().count()
+    assert not changed()  # reads change nothing
+    await make_job(id="a")  # an insert on the inline writer
+    assert changed()
+    await Job.filter(id="a").update(name="renamed")  # an update through tortoise's connection
+    assert changed()
+    async with in_transaction() as conn:
+        await Job.filter(id="a").using_db(conn).update(name="inside")
+        assert not changed()  # not committed yet
+    assert changed()
+    with pytest.raises(RuntimeError):
+        async with in_transaction() as conn:
+            await Job.filter(id="a").using_db(conn).update(name="rolled back")
+            raise RuntimeError
+    assert not changed()
+    # Another process's commit (another API instance or a worker on the same file).
+    await commit_from_another_process(path, "UPDATE job SET name = 'x'")
+    assert changed()
+    assert not changed()
 
 
 async def test_a_transaction_reads_its_own_uncommitted_writes(orm: Runtime) -> None:

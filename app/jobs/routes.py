@@ -11,6 +11,7 @@ from app import openapi_docs as docs
 from app.deps import AdminDep, RuntimeDep
 from app.jobs import service as jobs_service
 from app.jobs.schemas import ActionResult, JobOut, JobUpdate, job_wire
+from app.jobs.service import JobState
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -25,7 +26,25 @@ class JobJSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return pydantic_core.to_json(content, inf_nan_mode="null")
+        return _json(content)
+
+
+def _json(content: Any) -> bytes:
+    return pydantic_core.to_json(content, inf_nan_mode="null")
+
+
+def _job_json(state: JobState) -> bytes:
+    return _json(job_wire(state))
+
+
+class JSONArray(Response):
+    """A JSON array from its elements' JSON: the list's jobs, each serialised once and kept while unchanged
+    (`jobs_service.list_rendered`); serialising the 20 objects again on every request was 4 % of its CPU (B3)."""
+
+    media_type = "application/json"
+
+    def render(self, content: list[bytes]) -> bytes:
+        return b"[" + b",".join(content) + b"]"
 
 
 @router.get(
@@ -35,10 +54,10 @@ class JobJSON(Response):
     description="Every job with its current status and configuration.",
     responses=docs.example([docs.JOB], docs.errors()),
 )
-async def list_jobs(rt: RuntimeDep, _: AdminDep) -> JobJSON:
-    # Serialised once, straight from the service's values: returning them for `response_model` to
-    # validate and dump again cost a sixth of the request's CPU (B3). The model still documents it.
-    return JobJSON(await jobs_service.list_rendered(rt, job_wire))
+async def list_jobs(rt: RuntimeDep, _: AdminDep) -> JSONArray:
+    # Serialised straight from the service's values: returning them for `response_model` to validate
+    # and dump again cost a sixth of the request's CPU (B3). The model still documents it.
+    return JSONArray(await jobs_service.list_rendered(rt, _job_json))
 
 
 @router.post(

@@ -15,6 +15,7 @@ from app.jobs.service import JobState
 from app.runs import lease
 from app.runtime import Runtime
 from tests.factories import make_job
+from tests.support.processes import commit_from_another_process
 
 WHEN = datetime(2026, 3, 4, 5, 6, 7, 891_234, tzinfo=UTC)
 
@@ -153,3 +154,28 @@ async def test_list_renders_again_only_the_jobs_that_changed(orm: Runtime) -> No
     assert rendered == ["b", "c"]
     assert (fourth[1]["running"], fourth[2]["name"]) == (False, "New C")
     assert fourth[0] is third[0]
+
+
+async def test_on_sqlite_the_rows_are_read_again_only_after_a_commit(orm: Runtime, db_backend: str) -> None:
+    """The list reuses its previous rows while nobody has committed (SQLite's data_version), and reads again
+    after any commit, another process's included; PostgreSQL cannot tell, so it reads every time."""
+    await make_job(id="a", name="Before")
+    first = await jobs_service._all_job_rows()
+    again = await jobs_service._all_job_rows()
+    if db_backend == "postgres":
+        assert again is not first and again == first
+        return
+    assert again is first
+    answer = await jobs_service.list_rendered(orm, job_wire)
+    assert await jobs_service.list_rendered(orm, job_wire) is answer  # same rows, same running flags
+    await lease.acquire(orm.redis, "a", "token-a", 30)  # Redis changed, the database did not
+    running = await jobs_service.list_rendered(orm, job_wire)
+    assert running is not answer and running[0]["running"] is True
+    await lease.release(orm.redis, "a", "token-a")
+
+    client = Job._meta.db
+    path = client.filename  # type: ignore[attr-defined]
+    await commit_from_another_process(path, "UPDATE job SET name = 'After'")
+    after = await jobs_service._all_job_rows()
+    assert after is not first and after[0]["name"] == "After"
+    assert (await jobs_service.list_rendered(orm, job_wire))[0]["name"] == "After"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -108,3 +109,10 @@ class ApiProcess(_Process):
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, timeout=10, **kwargs)
+
+
+async def commit_from_another_process(sqlite_file: str, statement: str) -> None:
+    """Run one statement and commit it in a separate Python process, as another instance would."""
+    code = f"import sqlite3; c = sqlite3.connect({sqlite_file!r}); c.execute({statement!r}); c.commit()"
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+    assert await asyncio.wait_for(child.wait(), 30) == 0
