@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any, ClassVar
 
 from cross_web import HTTPException
@@ -33,9 +34,10 @@ from app.activity.graphql import ActivityQuery
 from app.errors import AppError
 from app.graphql_context import Context, connection_token
 from app.graphql_errors import AppErrors, is_unexpected
-from app.graphql_fanout import Fanout, Member, share_key
+from app.graphql_fanout import Fanout, Member, Sender, share_key
 from app.job_types.graphql import JobTypeQuery
 from app.jobs.graphql import JobMutation, JobQuery, JobSubscription
+from app.observability.middleware import server_send
 from app.runs.graphql import RunQuery
 
 MAX_DEPTH = 10
@@ -130,7 +132,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         operations = self.operations
         member = Member(
             operation_id=operation.id,
-            send=self.websocket.ws.send_text,
+            send=_frame_sender(self.websocket.ws),
             expires_at=self.context.admin().expires_at,
             is_current=lambda: operations.get(operation.id) is operation,
         )
@@ -154,6 +156,19 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             )
         finally:
             stream.leave(member)
+
+
+def _frame_sender(websocket: WebSocket) -> Sender:
+    """How a shared stream writes a text frame to this socket: straight to the server when it can."""
+    send = server_send(websocket.scope)
+    if send is None or not inspect.iscoroutinefunction(send):  # the stream steps coroutines (_send_now)
+        return websocket.send_text
+
+    def send_text(frame: str) -> Coroutine[Any, Any, None]:
+        # The server's coroutine itself, not one wrapping it: a frame costs one coroutine, not two.
+        return send({"type": "websocket.send", "text": frame})
+
+    return send_text
 
 
 class Router(GraphQLRouter[Context, None]):

@@ -9,16 +9,18 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import pytest
 import structlog
 import uvicorn
 from fastapi import FastAPI
 from strawberry.types.execution import ExecutionResult
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from app import events
 from app.backlog import PER_JOB
 from app.config import Settings
-from app.graphql_fanout import Fanout, Member, share_key
+from app.graphql_fanout import Fanout, Member, next_frame, share_key
 from app.main import create_app
 from app.runs import lease
 from app.runs import service as runs_service
@@ -353,3 +355,35 @@ async def test_members_with_an_expired_token_or_a_completed_operation_get_nothin
     release.set()
     assert [await asyncio.wait_for(m.ended, 5) for m in members] == [None, None, None]  # complete
     assert fanout.streams == {}
+
+
+async def test_shared_frames_go_straight_to_the_server_and_none_reach_a_socket_it_closed(settings: Settings) -> None:
+    """A shared stream writes with the server's own `send`, below the middlewares (app.graphql._frame_sender);
+    a frame offered to a socket closed for a message over WS_MAX_MESSAGE_BYTES is refused quietly, and the
+    others go on."""
+    async with served(settings) as (app, url), AsyncExitStack() as stack:
+        rt: Runtime = app.state.runtime
+        fanout: Fanout = app.state.fanout
+        await asyncio.wait_for(app.state.hub.connected.wait(), 5)
+        closing = await subscriber(url, settings, STATUS, {"id": JOB})
+        staying = await stack.enter_async_context(await subscriber(url, settings, STATUS, {"id": JOB}))
+        assert state_of(await next_raw(closing)) == state_of(await next_raw(staying))
+        (shared,) = fanout.streams.values()
+        members = list(shared.members)
+        assert [m.send.__qualname__ for m in members] == ["_frame_sender.<locals>.send_text"] * 2
+
+        await closing.send(json.dumps({"type": "ping", "payload": {"pad": "x" * settings.ws_max_message_bytes}}))
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(closing.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        async with asyncio.timeout(5):
+            while len(shared.members) > 1:  # noqa: ASYNC110 - the operation ends with its socket
+                await asyncio.sleep(0.01)
+        gone = next(m for m in members if m not in shared.members)
+        gone.offer(JOB, next_frame(gone.operation_id, '{"data":null}'))  # the server refuses it: no error here
+        assert gone.broken and gone.writer is None
+
+        await set_running(rt, True)
+        assert state_of(await next_raw(staying))["running"] is True
+        await set_running(rt, False)
+        assert state_of(await next_raw(staying))["running"] is False
