@@ -109,7 +109,7 @@ async def trigger_latencies(
                     await asyncio.sleep(GAP)
     finally:
         await raw.close()
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await redis.aclose()
     return started, readable, through_httpx
 

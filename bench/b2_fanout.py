@@ -107,7 +107,7 @@ def measure(st: Stack, kind: str, url: str, pid: int, n: int, redis_url: str, to
     clients.rounds(3)  # warm-up: first-event allocations, code paths
     time.sleep(SETTLE / 2)
     rss_idle = psutil.Process(pid).memory_info().rss
-    reps = []
+    reps: list[dict[str, Any]] = []
     rounds = BASELINE_ROUNDS if kind == "strawberry" else ROUNDS
     for _ in range(REPS):
         cpu0 = cpu_seconds(pid)
@@ -124,7 +124,7 @@ def measure(st: Stack, kind: str, url: str, pid: int, n: int, redis_url: str, to
     }
     last = [percentile(r["last"], 50) for r in reps]
     print(
-        f"  {NAMES[kind]} × {n}: last p50 {statistics.median(last):.1f} ms, frame {frame} B, "
+        f"  {NAMES[kind]} × {n}: last p50 {statistics.median(last):.1f} ms, frame {frame or size} B, "
         f"cpu/event {statistics.median(r['cpu_ms_per_event'] for r in reps):.2f} ms, "
         f"{out['kb_per_subscriber']:.1f} kB/sub, connect {connect_s:.1f} s",
         flush=True,

@@ -120,9 +120,10 @@ async def _insert(url: str, ids: list[str]) -> None:
 
 async def arq_drain(pool: ArqRedis) -> float:
     await pool.flushdb()
-    jobs = await asyncio.gather(*(pool.enqueue_job("noop") for _ in range(N)))
+    queued = await asyncio.gather(*(pool.enqueue_job("noop") for _ in range(N)))
+    jobs = [job for job in queued if job is not None]
+    assert len(jobs) == N
     for job in jobs:
-        assert job is not None
         await job.result(timeout=120, poll_delay=0.05)
     infos = [await j.result_info() for j in jobs]
     first = min(i.start_time for i in infos if i is not None)

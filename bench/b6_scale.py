@@ -72,16 +72,35 @@ async def reset_schedules(url: str, redis_url: str) -> None:
     client.close()
 
 
-async def list_latencies(api_url: str, token: str, n: int) -> tuple[list[float], int]:
-    async with httpx.AsyncClient(base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
+# What happens to the job table between two lists: the three costs of `GET /api/jobs` (README, "Scaling out").
+NOTHING = "nothing committed"  # SQLite: the rows read before are reused
+OTHER_COMMIT = "a commit elsewhere, rows unchanged"  # the rows are read again; each job's JSON is reused
+ALL_CHANGED = "every job changed"  # everything is built again
+BETWEEN_LISTS = {
+    NOTHING: None,
+    OTHER_COMMIT: "UPDATE job SET enabled = enabled WHERE id = 'e00000'",
+    ALL_CHANGED: "UPDATE job SET last_duration_ms = ?",
+}
+
+
+async def list_latencies(api_url: str, token: str, n: int, url: str, between: str) -> tuple[list[float], int]:
+    statement = BETWEEN_LISTS[between]
+    async with (
+        httpx.AsyncClient(base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as c,
+        SqlDb(url) as db,
+    ):
         r = await c.get("/api/jobs")
         size = len(r.content)
         out = []
-        for _ in range(n):
+        for i in range(n):
+            if statement is not None:
+                await db.execute(statement, *([i] if "?" in statement else []))
             t0 = time.perf_counter()
             r = await c.get("/api/jobs")
             out.append((time.perf_counter() - t0) * 1000)
             assert r.status_code == 200
+            if statement is not None and "?" in statement:
+                assert r.json()[-1]["lastDuration"] == i, "the list must show the change"
         return out, size
 
 
@@ -175,13 +194,14 @@ def main() -> None:
         token = common.token_for(settings)
         api = st.api(settings, name="api")
         worker = st.worker(common.bench_settings(database_url=url, redis_url=r.url, embedded_worker=False))
-        lists = [asyncio.run(list_latencies(api.url, token, LIST_REQUESTS)) for _ in range(REPS)]
-        size = lists[0][1]
-        p50 = [percentile(x, 50) for x, _ in lists]
-        figures += [
-            figure(f"GET /api/jobs with {JOBS} jobs p50 ({size / 1e6:.1f} MB)", "ms", p50),
-            figure(f"GET /api/jobs with {JOBS} jobs p99", "ms", [percentile(x, 99) for x, _ in lists]),
-        ]
+        for between in BETWEEN_LISTS:
+            lists = [asyncio.run(list_latencies(api.url, token, LIST_REQUESTS, url, between)) for _ in range(REPS)]
+            size = lists[0][1]
+            p50 = [percentile(x, 50) for x, _ in lists]
+            figures += [
+                figure(f"GET /api/jobs with {JOBS} jobs ({size / 1e6:.1f} MB), {between}: p50", "ms", p50),
+                figure(f"GET /api/jobs with {JOBS} jobs, {between}: p99", "ms", [percentile(x, 99) for x, _ in lists]),
+            ]
         assert api.proc is not None and worker.proc is not None
         figures += [
             figure(f"API RSS (embedded worker) with {JOBS} jobs", "MB", [CpuMeter(api.proc.pid).rss_mb()]),

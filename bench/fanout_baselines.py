@@ -39,7 +39,7 @@ async def listen(redis_url: str, on_message: Any) -> None:
             if message is not None:
                 on_message(message["data"])
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await redis.aclose()
 
 
@@ -86,7 +86,7 @@ class Subscription:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         queues.add(queue)
         try:
-            yield Job(id=id or "bench-fanout", name="Fan-out", enabled=True, running=False)
+            yield Job(id=strawberry.ID(id or "bench-fanout"), name="Fan-out", enabled=True, running=False)
             while True:
                 state = await queue.get()
                 yield Job(**state)
