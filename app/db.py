@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 from tortoise import Tortoise
@@ -78,14 +79,14 @@ async def pending_migrations(settings: Settings) -> list[str]:
         await Tortoise.close_connections()
 
 
-def commit_version(client: BaseDBAsyncClient) -> int | None:
-    """A number that differs once anyone has committed to the database since it was last read through this
-    client, or None where the backend cannot tell (PostgreSQL; a transaction's client).
+def commit_version(client: BaseDBAsyncClient) -> Hashable | None:
+    """A value, compared with ==, that differs once anyone has committed to the database since it was last
+    read through this client, or None where the backend cannot tell (PostgreSQL; a transaction's client).
 
     Lets a hot read reuse its previous result while nothing has been written (app/sqlite_client.py).
     """
     probe = getattr(client, "data_version", None)
-    version: int | None = probe() if callable(probe) else None
+    version: Hashable | None = probe() if callable(probe) else None
     return version
 
 

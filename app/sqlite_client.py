@@ -82,6 +82,7 @@ class InlineReadSqliteClient(SqliteClient):
     def __init__(self, file_path: str, **kwargs: Any) -> None:
         super().__init__(file_path, **kwargs)
         self._reader: sqlite3.Connection | None = None
+        self._reader_generation = 0  # connections opened so far (see data_version)
         self._writer: sqlite3.Connection | None = None
         self._deadline = 0.0
         self._interrupted = False
@@ -96,6 +97,7 @@ class InlineReadSqliteClient(SqliteClient):
             reader.execute("PRAGMA busy_timeout = 0")  # never wait on a lock in the event loop: fall back
             reader.set_progress_handler(self._over_budget, _PROGRESS_STEPS)
             self._reader = reader
+            self._reader_generation += 1
         if self._writer is None and self.filename != ":memory:":
             writer = sqlite3.connect(self.filename, isolation_level=None)
             for pragma, value in self.pragmas.items():  # foreign keys and the like, as tortoise's connection has
@@ -125,11 +127,14 @@ class InlineReadSqliteClient(SqliteClient):
             return 1
         return 0
 
-    def data_version(self) -> int | None:
-        """A number that changes whenever a connection commits to the database: any connection of any
+    def data_version(self) -> tuple[int, int] | None:
+        """A value that changes whenever a connection commits to the database: any connection of any
         process, this one's included, since the read connection it is asked of never writes (SQLite's
         `PRAGMA data_version`, about 2 µs). Read it before the data it vouches for: a commit in between
-        then makes the data newer than the number, never older. None without a read connection (`:memory:`).
+        then makes the data newer than the value, never older. None without a read connection (`:memory:`).
+
+        SQLite's number is only comparable on one connection, so the value pairs it with the read
+        connection's generation: a client closed and connected again never repeats an earlier value.
         """
         if self._reader is None:
             return None
@@ -138,7 +143,7 @@ class InlineReadSqliteClient(SqliteClient):
             (version,) = self._reader.execute("PRAGMA data_version").fetchone()
         except sqlite3.Error:
             return None
-        return int(version)
+        return self._reader_generation, int(version)
 
     def _known_slow(self, query: str, values: list[Any] | None) -> bool:
         if not self._slow:  # the usual case: nothing to look up, no key to build

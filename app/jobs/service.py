@@ -6,7 +6,7 @@ import copy
 import functools
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -231,7 +231,9 @@ class _Listing:
 # Per render function, forgotten with it.
 _listings: weakref.WeakKeyDictionary[Callable[[JobState], Any], _Listing] = weakref.WeakKeyDictionary()
 # Per database client (a test's, a process's), forgotten with it: (commit version, the job table's rows then).
-_job_rows: weakref.WeakKeyDictionary[BaseDBAsyncClient, tuple[int, list[dict[str, Any]]]] = weakref.WeakKeyDictionary()
+_job_rows: weakref.WeakKeyDictionary[BaseDBAsyncClient, tuple[Hashable, list[dict[str, Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def _all_job_rows() -> list[dict[str, Any]]:
