@@ -89,6 +89,8 @@ async def _limit_messages(app: ASGIApp, scope: Scope, receive: Receive, send: Se
         return message
 
     async def guarded_send(message: Message) -> None:
+        # Shared `jobStatus` frames do not pass here (observability.middleware.server_send): after this close
+        # uvicorn refuses them itself, and the fan-out drops that member.
         if not closed:  # the socket is closed already: anything the app still sends goes nowhere
             await send(message)
 

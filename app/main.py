@@ -81,7 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     rest_errors.install(app)
     openapi_docs.without_422(app)
     app.add_middleware(BodyLimit)
-    app.add_middleware(RequestContext)  # outermost: every response, a 413 too, carries the request id
+    # Outermost: every response, a 413 too, carries the request id; and shared subscription frames are written
+    # with the server's own send it hands on, past every middleware below it (observability.middleware.server_send).
+    app.add_middleware(RequestContext)
     app.include_router(ops_routes.router)
     app.include_router(runs_router)
     app.include_router(jobs_router)

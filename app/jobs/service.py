@@ -221,7 +221,7 @@ Rendered = TypeVar("Rendered")
 class _Listing:
     """One `list_rendered` answer and what it was made of."""
 
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]] | None  # None where they cannot come back (see _all_job_rows)
     running: set[str]
     # per job id: (the row's values, running, what the render function made of them)
     by_id: dict[str, tuple[tuple[Any, ...], bool, Any]]
@@ -236,8 +236,9 @@ _job_rows: weakref.WeakKeyDictionary[BaseDBAsyncClient, tuple[Hashable, list[dic
 )
 
 
-async def _all_job_rows() -> list[dict[str, Any]]:
-    """Every job's row, in id order; shared, never mutate them.
+async def _all_job_rows() -> tuple[list[dict[str, Any]], bool]:
+    """Every job's row, in id order (shared, never mutate them), and whether a later call may return this
+    same list.
 
     Where the database tells when it was last written (SQLite: `db.commit_version`), the previous call's rows
     (the same list) while nobody has committed since: reading and converting 20 rows was 15 % of a list
@@ -248,24 +249,24 @@ async def _all_job_rows() -> list[dict[str, Any]]:
     version = commit_version(db)  # before the read: a commit in between then only makes the rows newer
     known = _job_rows.get(db)
     if version is not None and known is not None and known[0] == version:
-        return known[1]
+        return known[1], True
     rows: list[dict[str, Any]] = await db.execute_query_dict(_all_jobs_sql())
     if version is not None:
         _job_rows[db] = (version, rows)
-    return rows
+    return rows, version is not None
 
 
 async def list_rendered(rt: Runtime, render: Callable[[JobState], Rendered]) -> list[Rendered]:
     """Every job as `render` makes it (the list's wire objects, say); `render` must depend on the state only.
 
-    Both stores are read on every call, as `list_jobs` reads them (SQLite's rows reused while nothing was
-    committed, see `_all_job_rows`). What is skipped is rebuilding the unchanged: a job whose row values and
+    Redis is read on every call, and the database too unless it tells that nothing was committed since the
+    previous read (SQLite; see `_all_job_rows`). What is skipped is rebuilding the unchanged: a job whose row values and
     running flag equal those of this process's previous call reuses that call's rendering, and an unchanged
     list its whole answer. Building 20 Job instances and then their JSON objects was a third of a list
     request's CPU (B3), for a list that mostly does not change between two reads. Answers and renderings are
     shared: never mutate one.
     """
-    rows = await _all_job_rows()
+    rows, reusable = await _all_job_rows()
     running = await _running(rt, [row["id"] for row in rows])
     before = _listings.get(render)
     if before is not None and before.rows is rows and before.running == running:
@@ -289,7 +290,8 @@ async def list_rendered(rt: Runtime, render: Callable[[JobState], Rendered]) -> 
         is_running = job.id in running
         kept[job.id] = (values, is_running, render(JobState(job=job, running=is_running)))
     answer = [kept[row["id"]][2] for row in rows]
-    _listings[render] = _Listing(rows=rows, running=running, by_id=kept, answer=answer)  # gone jobs dropped
+    kept_rows = rows if reusable else None  # the rows of 10,000 jobs are megabytes: kept only if they can return
+    _listings[render] = _Listing(rows=kept_rows, running=running, by_id=kept, answer=answer)  # gone jobs dropped
     return answer
 
 

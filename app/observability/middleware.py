@@ -35,8 +35,11 @@ def server_send(scope: Scope) -> Send | None:
 
     For writing `websocket.send` messages only, once the socket is accepted: a shared `jobStatus` event goes
     to up to thousands of sockets at once, and the layers above (Starlette's state checks, three pass-through
-    wrappers) cost a fifth of the server's CPU per socket (B2). Those layers act on accept and close only;
-    after a close the server drops or refuses a send by itself.
+    wrappers) cost a fifth of the server's CPU per socket (B2). What those layers do with a data frame is
+    refuse it after a close: Starlette and `body_limit` (after its 1009 close) drop or reject it, and here
+    the server itself raises instead (uvicorn: ClientDisconnected, or RuntimeError once it has sent a close),
+    which the fan-out takes as a broken member. So a middleware that must see or change every frame cannot
+    go inside this one; this one must stay outermost (app.main).
     """
     send: Send | None = scope.get(_SERVER_SEND)
     return send

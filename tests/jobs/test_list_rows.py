@@ -4,10 +4,14 @@ and `response_model` gave: the same Job values and the same wire object, on both
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import httpx
+import pytest
 from tortoise import fields
+from tortoise.transactions import in_transaction
 
+from app.db import commit_version
 from app.jobs import service as jobs_service
 from app.jobs.models import Job
 from app.jobs.schemas import JobOut, job_wire
@@ -113,9 +117,9 @@ async def test_list_and_get_answer_the_response_models_json(
 
 
 async def test_list_renders_again_only_the_jobs_that_changed(orm: Runtime) -> None:
-    """`list_rendered` reads both stores on every call and reuses a rendering only for a job whose row and
-    running flag are unchanged: a change made anywhere (here a plain UPDATE, as another process would make
-    it; a lease; a delete and a re-create under the same id) shows on the next call."""
+    """`list_rendered` reuses a rendering only for a job whose row and running flag are unchanged: a change
+    made anywhere (here a plain UPDATE, as another process would make it; a lease; a delete and a re-create
+    under the same id) shows on the next call."""
     rendered: list[str] = []
 
     def render(state: JobState) -> dict[str, object]:
@@ -160,12 +164,12 @@ async def test_on_sqlite_the_rows_are_read_again_only_after_a_commit(orm: Runtim
     """The list reuses its previous rows while nobody has committed (SQLite's data_version), and reads again
     after any commit, another process's included; PostgreSQL cannot tell, so it reads every time."""
     await make_job(id="a", name="Before")
-    first = await jobs_service._all_job_rows()
-    again = await jobs_service._all_job_rows()
+    first, _ = await jobs_service._all_job_rows()
+    again, reusable = await jobs_service._all_job_rows()
     if db_backend == "postgres":
-        assert again is not first and again == first
+        assert again is not first and again == first and not reusable
         return
-    assert again is first
+    assert again is first and reusable
     answer = await jobs_service.list_rendered(orm, job_wire)
     assert await jobs_service.list_rendered(orm, job_wire) is answer  # same rows, same running flags
     await lease.acquire(orm.redis, "a", "token-a", 30)  # Redis changed, the database did not
@@ -176,6 +180,43 @@ async def test_on_sqlite_the_rows_are_read_again_only_after_a_commit(orm: Runtim
     client = Job._meta.db
     path = client.filename  # type: ignore[attr-defined]
     await commit_from_another_process(path, "UPDATE job SET name = 'After'")
-    after = await jobs_service._all_job_rows()
+    after, _ = await jobs_service._all_job_rows()
     assert after is not first and after[0]["name"] == "After"
     assert (await jobs_service.list_rendered(orm, job_wire))[0]["name"] == "After"
+
+
+@pytest.mark.sqlite_only
+async def test_a_commit_landing_just_after_the_rows_were_read_shows_on_the_next_list(
+    orm: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit version is read before the rows: a commit between the two must make the next call read again
+    (read after the rows, it would vouch for rows older than itself, and the change would never show)."""
+    await make_job(id="a", name="Before")
+    client = Job._meta.db
+    path = client.filename  # type: ignore[attr-defined]
+    read = client.execute_query_dict
+
+    async def read_then_another_process_commits(query: str, values: list[Any] | None = None) -> list[dict[str, Any]]:
+        rows = await read(query, values)
+        if "job_run" not in query:
+            await commit_from_another_process(path, "UPDATE job SET name = 'After'")
+        return rows
+
+    monkeypatch.setattr(client, "execute_query_dict", read_then_another_process_commits)
+    assert (await jobs_service.list_rendered(orm, job_wire))[0]["name"] == "Before"
+    monkeypatch.undo()
+    assert (await jobs_service.list_rendered(orm, job_wire))[0]["name"] == "After"
+
+
+async def test_a_list_inside_a_transaction_is_never_reused_after_it(orm: Runtime) -> None:
+    """Inside a transaction the list reads the transaction's own, uncommitted rows: nothing read there may
+    be reused once it has rolled back (a transaction's client cannot tell commits: `commit_version` is None)."""
+    await make_job(id="a", name="Committed")
+    assert (await jobs_service.list_rendered(orm, job_wire))[0]["name"] == "Committed"
+    with pytest.raises(RuntimeError):
+        async with in_transaction() as conn:
+            await Job.filter(id="a").using_db(conn).update(name="Uncommitted")
+            assert commit_version(Job._meta.db) is None
+            assert (await jobs_service.list_rendered(orm, job_wire))[0]["name"] == "Uncommitted"
+            raise RuntimeError("roll back")
+    assert (await jobs_service.list_rendered(orm, job_wire))[0]["name"] == "Committed"

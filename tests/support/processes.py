@@ -115,4 +115,9 @@ async def commit_from_another_process(sqlite_file: str, statement: str) -> None:
     """Run one statement and commit it in a separate Python process, as another instance would."""
     code = f"import sqlite3; c = sqlite3.connect({sqlite_file!r}); c.execute({statement!r}); c.commit()"
     child = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
-    assert await asyncio.wait_for(child.wait(), 30) == 0
+    try:
+        assert await asyncio.wait_for(child.wait(), 30) == 0
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
