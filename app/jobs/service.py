@@ -208,8 +208,8 @@ def _jobs_from_rows(rows: Sequence[dict[str, Any]]) -> list[Job]:
 
 
 async def list_jobs(rt: Runtime) -> list[JobState]:
-    rows = await Job._meta.db.execute_query_dict(_all_jobs_sql())
-    jobs = _jobs_from_rows(rows)
+    rows, _ = await _all_job_rows()
+    jobs = _jobs_from_rows(rows)  # copies each row's values: the shared rows stay untouched
     running = await _running(rt, [j.id for j in jobs])
     return [JobState(job=j, running=j.id in running) for j in jobs]
 

@@ -220,3 +220,15 @@ async def test_a_list_inside_a_transaction_is_never_reused_after_it(orm: Runtime
             assert (await jobs_service.list_rendered(orm, job_wire))[0]["name"] == "Uncommitted"
             raise RuntimeError("roll back")
     assert (await jobs_service.list_rendered(orm, job_wire))[0]["name"] == "Committed"
+
+
+async def test_jobs_listed_from_shared_rows_are_independent_copies(orm: Runtime) -> None:
+    """`list_jobs` builds its Job instances from the rows `_all_job_rows` may hand out again: changing a listed
+    job (its JSON payload included) must change neither those rows nor the next listing."""
+    await make_job(id="a", payload={"days_old": 30})
+    first = await jobs_service.list_jobs(orm)
+    first[0].job.payload["days_old"] = 1
+    first[0].job.name = "changed in memory"
+    again = await jobs_service.list_jobs(orm)
+    assert again[0].job.payload == {"days_old": 30}
+    assert again[0].job.name != "changed in memory"
