@@ -72,7 +72,14 @@ def cmd_run(_: argparse.Namespace) -> None:
     )
     configure_logging(settings)  # uvicorn's own lines too, from the first one (log_config=None keeps ours)
     uvicorn.run(
-        "app.main:app", host=settings.host, port=settings.port, log_level=settings.log_level.lower(), log_config=None
+        "app.main:app",
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        # Without permessage-deflate a jobStatus event is one prepared frame written to every socket
+        # (app.websocket_wire); with it each socket compresses its own copy, for frames of a few hundred bytes.
+        ws_per_message_deflate=False,
     )
 
 

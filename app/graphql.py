@@ -39,6 +39,7 @@ from app.job_types.graphql import JobTypeQuery
 from app.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from app.observability.middleware import server_send
 from app.runs.graphql import RunQuery
+from app.websocket_wire import wire_writer
 
 MAX_DEPTH = 10
 MAX_ALIASES = 15
@@ -129,12 +130,13 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         if key is None or fanout is None or not isinstance(self.websocket, ASGIWebSocketAdapter):
             await super().run_operation(operation)
             return
-        operations = self.operations
         member = Member(
             operation_id=operation.id,
             send=_frame_sender(self.websocket.ws),
+            write_wire=wire_writer(server_send(self.websocket.ws.scope)),
             expires_at=self.context.admin().expires_at,
-            is_current=lambda: operations.get(operation.id) is operation,
+            operations=self.operations,
+            operation=operation,
         )
         shared = self.context.for_shared_stream()
 

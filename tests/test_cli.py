@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from app.config import Settings
 from app.runtime import Runtime
@@ -158,6 +160,25 @@ async def test_logs_follow_prints_each_run_as_it_finishes(api: ApiProcess, setti
         if follower.returncode is None:
             follower.kill()
             await follower.wait()
+
+
+@pytest.mark.parametrize("command", ["run", "uvicorn as the README runs it"])
+async def test_the_api_serves_websockets_without_per_message_compression(
+    settings: Settings, orm: Runtime, tmp_path: Path, command: str
+) -> None:
+    """So that one `jobStatus` frame, prepared once, goes to every socket (app.websocket_wire)."""
+    port = free_port()
+    api = ApiProcess(settings, tmp_path, port, embedded_worker=False)
+    if command == "run":
+        api.argv = [CLI, "run"]
+        api.env.update({"HOST": "127.0.0.1", "PORT": str(port)})
+    with api:
+        url = f"ws://127.0.0.1:{port}/graphql"
+        async with connect(url, subprotocols=[Subprotocol("graphql-transport-ws")], compression="deflate") as ws:
+            assert ws.response is not None and ws.response.status_code == 101
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers
+            await ws.send(json.dumps({"type": "connection_init", "payload": {"token": make_token(settings)}}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "connection_ack"
 
 
 @pytest.mark.serial

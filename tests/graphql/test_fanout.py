@@ -4,87 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from contextlib import AsyncExitStack
+from typing import Any, Literal
 
 import pytest
 import structlog
-import uvicorn
-from fastapi import FastAPI
 from strawberry.types.execution import ExecutionResult
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from app import events
 from app.backlog import PER_JOB
 from app.config import Settings
-from app.graphql_fanout import Fanout, Member, next_frame, share_key
-from app.main import create_app
+from app.graphql_fanout import Fanout, Member, PreparedFrame, next_frame, share_key
 from app.runs import lease
 from app.runs import service as runs_service
 from app.runtime import Runtime
-from tests.conftest import make_token
 from tests.factories import make_job
-from tests.support.servers import free_port
+from tests.support.subscriptions import JOB, STATUS, next_raw, served, set_running, standalone, state_of, subscriber
 
-STATUS = "subscription S($id: ID) { jobStatus(id: $id) { id running lastResult enabled } }"
 OTHER = 'subscription { jobStatus(id: "metadata-sync") { id running } }'
 DEFAULTED = 'subscription S($id: ID = "metadata-sync") { jobStatus(id: $id) { id running } }'
 WITH_LOGS = "subscription S($id: ID) { jobStatus(id: $id) { id running logs(limit: 5) { total logs { id } } } }"
-JOB = "metadata-sync"
-
-
-@asynccontextmanager
-async def served(settings: Settings) -> AsyncIterator[tuple[FastAPI, str]]:
-    """The real app under a real uvicorn server in this process, so that its state can be inspected."""
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(20):
-            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
-                await asyncio.sleep(0.02)
-        yield app, f"ws://127.0.0.1:{port}/graphql"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
-
-
-async def subscriber(
-    url: str, settings: Settings, query: str, variables: dict[str, Any], protocol: str = "graphql-transport-ws"
-) -> ClientConnection:
-    ws = await connect(url, subprotocols=[protocol])  # type: ignore[list-item]
-    await ws.send(json.dumps({"type": "connection_init", "payload": {"token": make_token(settings)}}))
-    assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "connection_ack"
-    start = "subscribe" if protocol == "graphql-transport-ws" else "start"  # graphql-ws: the legacy protocol
-    await ws.send(json.dumps({"id": "1", "type": start, "payload": {"query": query, "variables": variables}}))
-    return ws
-
-
-async def next_raw(ws: ClientConnection) -> str:
-    raw = await asyncio.wait_for(ws.recv(), 5)
-    assert isinstance(raw, str)
-    return raw
-
-
-def state_of(raw: str) -> dict[str, Any]:
-    message = json.loads(raw)
-    assert message["type"] in {"next", "data"}, message
-    state: dict[str, Any] = message["payload"]["data"]["jobStatus"]
-    return state
-
-
-async def set_running(rt: Runtime, running: bool) -> None:
-    """What a worker does when a run starts or ends: hold or drop the lease, then publish."""
-    if running:
-        assert await lease.acquire(rt.redis, JOB, secrets.token_hex(8), 30)
-        await events.publish(rt.redis, "run.started", JOB, running=True)
-    else:
-        await rt.redis.delete(lease.key(JOB))
-        await events.publish(rt.redis, "run.finished", JOB, running=False)
 
 
 async def test_identical_subscriptions_share_one_execution_and_one_payload(settings: Settings) -> None:
@@ -229,7 +169,7 @@ async def test_a_shared_stream_does_not_run_in_its_first_subscribers_log_context
     fanout = Fanout()
     key = share_key(STATUS, {"id": JOB}, None)
     assert key is not None
-    member = Member("1", send, expires_at=float("inf"), is_current=lambda: True)
+    member = standalone("1", send)
     structlog.contextvars.bind_contextvars(request_id="first-subscriber", user="alice")
     try:
         fanout.join(key, member, open_stream, lambda: JOB)
@@ -281,7 +221,7 @@ async def test_shutdown_ends_every_fanout_task_before_the_hub_stops(settings: Se
             for job in ("left", "live"):
                 key = share_key(STATUS, {"id": job}, None)
                 assert key is not None
-                member = Member("1", send, expires_at=float("inf"), is_current=lambda: True)
+                member = standalone("1", send)
                 slow = fanout.join(key, member, open_slow, lambda: None)
                 await asyncio.sleep(0.05)
                 if job == "left":
@@ -307,13 +247,13 @@ async def test_a_stalled_socket_keeps_the_last_frames_per_job_and_never_delays_t
     async def fast_send(frame: str) -> None:
         fast_sent.append(frame)
 
-    slow = Member("1", slow_send, expires_at=float("inf"), is_current=lambda: True)
-    fast = Member("1", fast_send, expires_at=float("inf"), is_current=lambda: True)
+    slow = standalone("1", slow_send)
+    fast = standalone("1", fast_send)
     a_frames = [f"a{i}" for i in range(1, PER_JOB + 4)]
     offers = [("a", a_frames[0]), ("a", a_frames[1]), ("b", "b1"), *[("a", f) for f in a_frames[2:]]]
     for job, frame in offers:
-        slow.offer(job, frame)
-        fast.offer(job, frame)
+        slow.offer(job, PreparedFrame.of(frame))
+        fast.offer(job, PreparedFrame.of(frame))
     assert fast_sent == [frame for _, frame in offers]  # written at once, with no await in between
     assert slow_sent == [] and slow.writer is not None
     gate.set()
@@ -340,7 +280,7 @@ async def test_members_with_an_expired_token_or_a_completed_operation_get_nothin
         async def send(frame: str) -> None:
             got[name].append(frame)
 
-        return Member("7", send, expires_at=expires_at, is_current=lambda: current)
+        return standalone("7", send, expires_at=expires_at, current=current)
 
     members = [member("live", float("inf"), True), member("expired", 0.0, True), member("completed", 1e12, False)]
     stream = None
@@ -357,20 +297,26 @@ async def test_members_with_an_expired_token_or_a_completed_operation_get_nothin
     assert fanout.streams == {}
 
 
-async def test_shared_frames_go_straight_to_the_server_and_none_reach_a_socket_it_closed(settings: Settings) -> None:
-    """A shared stream writes with the server's own `send`, below the middlewares (app.graphql._frame_sender);
-    a frame offered to a socket closed for a message over WS_MAX_MESSAGE_BYTES is refused quietly, and the
-    others go on."""
+@pytest.mark.parametrize("compression", [None, "deflate"])
+async def test_shared_frames_go_straight_to_the_server_and_none_reach_a_socket_it_closed(
+    settings: Settings, compression: Literal["deflate"] | None
+) -> None:
+    """A shared stream writes with the server's own `send`, below the middlewares (app.graphql._frame_sender),
+    or straight to its transport when the socket does not compress (app.websocket_wire); a frame offered
+    to a socket closed for a message over WS_MAX_MESSAGE_BYTES is refused quietly, and the others go on."""
     async with served(settings) as (app, url), AsyncExitStack() as stack:
         rt: Runtime = app.state.runtime
         fanout: Fanout = app.state.fanout
         await asyncio.wait_for(app.state.hub.connected.wait(), 5)
-        closing = await subscriber(url, settings, STATUS, {"id": JOB})
-        staying = await stack.enter_async_context(await subscriber(url, settings, STATUS, {"id": JOB}))
+        closing = await subscriber(url, settings, STATUS, {"id": JOB}, compression=compression)
+        staying = await stack.enter_async_context(
+            await subscriber(url, settings, STATUS, {"id": JOB}, compression=compression)
+        )
         assert state_of(await next_raw(closing)) == state_of(await next_raw(staying))
         (shared,) = fanout.streams.values()
         members = list(shared.members)
         assert [m.send.__qualname__ for m in members] == ["_frame_sender.<locals>.send_text"] * 2
+        assert [m.write_wire is None for m in members] == [compression == "deflate"] * 2
 
         await closing.send(json.dumps({"type": "ping", "payload": {"pad": "x" * settings.ws_max_message_bytes}}))
         with pytest.raises(ConnectionClosed) as closed:
@@ -380,7 +326,10 @@ async def test_shared_frames_go_straight_to_the_server_and_none_reach_a_socket_i
             while len(shared.members) > 1:  # noqa: ASYNC110 - the operation ends with its socket
                 await asyncio.sleep(0.01)
         gone = next(m for m in members if m not in shared.members)
-        gone.offer(JOB, next_frame(gone.operation_id, '{"data":null}'))  # the server refuses it: no error here
+        frame = PreparedFrame.of(next_frame(gone.operation_id, '{"data":null}'))
+        if gone.write_wire is not None:
+            assert gone.write_wire(frame.wire) is False  # declined: the ASGI send decides
+        gone.offer(JOB, frame)  # the server refuses it: no error here
         assert gone.broken and gone.writer is None
 
         await set_running(rt, True)

@@ -98,12 +98,13 @@ class WorkerProcess(_Process):
 
 
 class ApiProcess(_Process):
-    """`uvicorn app.main:app` on a loopback port."""
+    """`uvicorn app.main:app` on a loopback port, as the README runs an API instance."""
 
     ready_text = "Application startup complete"
 
     def __init__(self, settings: Settings, workdir: Path, port: int, name: str = "api", **extra: Any) -> None:
         argv = [str(BIN / "uvicorn"), "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--ws-per-message-deflate", "false"]
         super().__init__(argv, env_for(settings, **extra), workdir, name)
         self.url = f"http://127.0.0.1:{port}"
 

@@ -1,0 +1,70 @@
+"""Writing one prepared websocket frame to many uvicorn sockets: a `transport.write` per socket.
+
+A shared `jobStatus` event goes to up to thousands of sockets with the same bytes (app.graphql_fanout).
+Through the ASGI `send`, uvicorn spends per socket an Event wait, the message dict, encoding the text,
+websockets building and serialising the frame and joining its output, before the one call that matters,
+`transport.write`: more than half of the API's CPU per event at 1,000 subscribers (B2, bench/NOTES.md).
+Here the frame is serialised once per event, and each socket only gets the write.
+
+This reaches into uvicorn's own websocket protocol, so it is used only where the result is byte for
+byte what uvicorn would have written, and only with the implementation it was checked against:
+- the server's `send` is a method of uvicorn's `WebSocketsSansIOProtocol` (its default `--ws`); any
+  other server or implementation gets no writer, and the fan-out uses the ASGI `send`;
+- the socket negotiated no extension: with permessage-deflate every socket compresses with its own
+  context, so there is no shared frame (`jobs-gateway run` serves without it: README, *Scaling out*);
+- at each frame, uvicorn has sent no close, the peer is connected, the transport is not closing (uvicorn
+  closes it when a close arrives) and accepts data. Otherwise the writer declines and the caller uses
+  the ASGI `send`, which waits for a paused transport or raises on a closed socket exactly as before.
+
+uvicorn is pinned (pyproject.toml, requirements.lock), and tests/graphql/test_websocket_wire.py checks all
+this on the real server, so an upgrade that moves these attributes fails a test instead of quietly taking
+the slow path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from websockets.frames import Frame, Opcode
+
+WireWriter = Callable[[bytes], bool]
+
+
+def text_frame(text: str) -> bytes:
+    """A complete, unmasked server text frame: what uvicorn's `send` writes for `{"text": text}`."""
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+
+
+def wire_writer(send: object) -> WireWriter | None:
+    """A function writing a prepared frame to this socket's transport, or None when that is not safe.
+
+    The function returns False, having written nothing, whenever the ASGI `send` must decide instead.
+    """
+    protocol = _uvicorn_protocol(send)
+    if protocol is None or protocol.conn.extensions:
+        return None
+    transport = protocol.transport
+    writable = protocol.writable
+
+    def write(frame: bytes) -> bool:
+        # Once the connection leaves OPEN uvicorn has sent a close (close_sent) or closed the transport.
+        if protocol.close_sent or protocol.disconnected or transport.is_closing() or not writable.is_set():
+            return False
+        transport.write(frame)
+        return True
+
+    return write
+
+
+def _uvicorn_protocol(send: object) -> Any:
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol as Protocol
+    except ImportError:  # pragma: no cover - uvicorn is a dependency; another server may run the app
+        return None
+    protocol = getattr(send, "__self__", None)
+    if type(protocol) is not Protocol or getattr(send, "__func__", None) is not Protocol.send:
+        return None
+    if not protocol.handshake_complete or protocol.initial_response is not None:
+        return None
+    return protocol
