@@ -168,12 +168,17 @@ class Member:
     broken: bool = False
 
     def offer(self, job_key: str | None, frame: PreparedFrame) -> None:
+        write = self.write_wire
+        if write is not None and self.writer is None and not self.broken and write(frame.wire):
+            return
+        self.offer_through_send(job_key, frame)
+
+    def offer_through_send(self, job_key: str | None, frame: PreparedFrame) -> None:
+        """offer() once the direct write is ruled out or has declined: the ASGI send, or the backlog."""
         if self.broken:
             return
         if self.writer is not None:
             self.backlog.push(job_key, frame.text)  # past a few unsent frames of a job, its oldest goes
-            return
-        if self.write_wire is not None and self.write_wire(frame.wire):
             return
         coro = self.send(frame.text)
         try:
@@ -283,7 +288,8 @@ class SharedStream:
         now = time.time()
         for member in list(self.members):
             # Nothing past a token's expiry (its socket is being closed), nor after the operation ended.
-            # Inline, not a method: at 1,000 sockets each call per member is ~3 % of the event's CPU (B2).
+            # This and the direct write are inline, not method calls: at 1,000 sockets the calls cost a tenth
+            # of the API's CPU per event (B2, bench/NOTES.md).
             if member.expires_at <= now or member.operations.get(member.operation_id) is not member.operation:
                 continue
             frame = frames.get(member.operation_id)
@@ -291,8 +297,8 @@ class SharedStream:
                 frame = frames[member.operation_id] = PreparedFrame.of(next_frame(member.operation_id, payload))
             write = member.write_wire
             if write is not None and member.writer is None and not member.broken and write(frame.wire):
-                continue  # Member.offer's first step, inline as above
-            member.offer(job_key, frame)
+                continue  # Member.offer, inline
+            member.offer_through_send(job_key, frame)
 
 
 def _payload(result: ExecutionResult) -> str:

@@ -16,19 +16,32 @@ byte what uvicorn would have written, and only with the implementation it was ch
   closes it when a close arrives) and accepts data. Otherwise the writer declines and the caller uses
   the ASGI `send`, which waits for a paused transport or raises on a closed socket exactly as before.
 
-uvicorn is pinned (pyproject.toml, requirements.lock), and tests/graphql/test_websocket_wire.py checks all
-this on the real server, so an upgrade that moves these attributes fails a test instead of quietly taking
-the slow path.
+uvicorn and websockets are pinned (pyproject.toml, requirements.lock). An upgrade that renames what this
+reads gets no writer, so the fan-out falls back to the ASGI send (slower, never wrong), and
+tests/graphql/test_websocket_wire.py, which checks all this on the real server, fails until this module
+follows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from starlette.types import Send
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 
 WireWriter = Callable[[bytes], bool]
+
+# What the writer reads on uvicorn's protocol; without any of them there is no writer.
+_PROTOCOL_STATE = (
+    "close_sent",
+    "disconnected",
+    "writable",
+    "transport",
+    "conn",
+    "handshake_complete",
+    "initial_response",
+)
 
 
 def text_frame(text: str) -> bytes:
@@ -36,34 +49,37 @@ def text_frame(text: str) -> bytes:
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
 
 
-def wire_writer(send: object) -> WireWriter | None:
+def wire_writer(send: Send | None) -> WireWriter | None:
     """A function writing a prepared frame to this socket's transport, or None when that is not safe.
 
     The function returns False, having written nothing, whenever the ASGI `send` must decide instead.
     """
     protocol = _uvicorn_protocol(send)
-    if protocol is None or protocol.conn.extensions:
+    if protocol is None or getattr(protocol.conn, "extensions", True):
         return None
     transport = protocol.transport
     writable = protocol.writable
 
     def write(frame: bytes) -> bool:
-        # Once the connection leaves OPEN uvicorn has sent a close (close_sent) or closed the transport.
-        if protocol.close_sent or protocol.disconnected or transport.is_closing() or not writable.is_set():
+        try:
+            # Once the connection leaves OPEN uvicorn has sent a close (close_sent) or closed the transport.
+            if protocol.close_sent or protocol.disconnected or transport.is_closing() or not writable.is_set():
+                return False
+            transport.write(frame)
+        except Exception:  # anything unexpected: let the ASGI send decide, as it would have without us
             return False
-        transport.write(frame)
         return True
 
     return write
 
 
-def _uvicorn_protocol(send: object) -> Any:
-    try:
-        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol as Protocol
-    except ImportError:  # pragma: no cover - uvicorn is a dependency; another server may run the app
-        return None
+def _uvicorn_protocol(send: Send | None) -> WebSocketsSansIOProtocol | None:
     protocol = getattr(send, "__self__", None)
-    if type(protocol) is not Protocol or getattr(send, "__func__", None) is not Protocol.send:
+    if type(protocol) is not WebSocketsSansIOProtocol:
+        return None
+    if getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send:
+        return None
+    if not all(hasattr(protocol, name) for name in _PROTOCOL_STATE):
         return None
     if not protocol.handshake_complete or protocol.initial_response is not None:
         return None

@@ -162,7 +162,7 @@ async def test_logs_follow_prints_each_run_as_it_finishes(api: ApiProcess, setti
             await follower.wait()
 
 
-@pytest.mark.parametrize("command", ["run", "uvicorn as the README runs it"])
+@pytest.mark.parametrize("command", ["run", "uvicorn with --ws-per-message-deflate false"])
 async def test_the_api_serves_websockets_without_per_message_compression(
     settings: Settings, orm: Runtime, tmp_path: Path, command: str
 ) -> None:

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
+from starlette.types import Receive, Scope, Send
+from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 from websockets.asyncio.client import ClientConnection
+from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
 
 from app.config import Settings
 from app.graphql_fanout import Fanout, Member, SharedStream
 from app.runtime import Runtime
-from app.websocket_wire import text_frame
+from app.websocket_wire import text_frame, wire_writer
 from tests.support.subscriptions import JOB, STATUS, next_raw, served, served_by, set_running, state_of, subscriber
 
 
@@ -27,9 +34,148 @@ def test_a_prepared_frame_is_byte_for_byte_what_uvicorns_websockets_writes(text:
     assert text_frame(text) == b"".join(conn.data_to_send())
 
 
-async def _shared(fanout: Fanout) -> SharedStream:
+def _shared(fanout: Fanout) -> SharedStream:
     (shared,) = fanout.streams.values()
     return shared
+
+
+class _Transport(asyncio.Transport):
+    """A transport that keeps what uvicorn writes, so that its protocol can be driven step by step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closing = False
+        self.fails = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.fails:
+            raise RuntimeError("the transport broke")
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:  # noqa: ARG002 - no socket to describe
+        return default
+
+
+Accepted = tuple[WebSocketsSansIOProtocol, _Transport, ClientProtocol]
+
+
+@asynccontextmanager
+async def _accepted(*, deflate: bool = False) -> AsyncIterator[Accepted]:
+    """uvicorn's websocket protocol after the handshake, with the peer's side of the connection."""
+    accepted, finish = asyncio.Event(), asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        accepted.set()
+        await finish.wait()
+
+    config = Config(app=app, ws_per_message_deflate=deflate, log_config=None, log_level="warning")
+    config.load()
+    state = ServerState()
+    protocol, transport = WebSocketsSansIOProtocol(config, state, {}), _Transport()
+    protocol.connection_made(transport)
+    peer = ClientProtocol(parse_uri("ws://127.0.0.1/graphql"), extensions=[ClientPerMessageDeflateFactory()])
+    peer.send_request(peer.connect())
+    protocol.data_received(b"".join(peer.data_to_send()))
+    await asyncio.wait_for(accepted.wait(), 5)
+    peer.receive_data(transport.written.pop())  # the 101 response
+    assert peer.state is State.OPEN and bool(peer.extensions) is deflate
+    try:
+        yield protocol, transport, peer
+    finally:
+        finish.set()
+        await asyncio.gather(*state.tasks)
+
+
+def _received(peer: ClientProtocol, data: list[bytes]) -> list[Frame]:
+    peer.receive_data(b"".join(data))
+    return [e for e in peer.events_received() if isinstance(e, Frame)]
+
+
+async def test_a_direct_write_is_what_uvicorns_send_writes_and_the_peer_reads() -> None:
+    async with _accepted() as (protocol, transport, peer):
+        write = wire_writer(protocol.send)
+        assert write is not None
+        await protocol.send({"type": "websocket.send", "text": '{"état":1}'})
+        assert write(text_frame('{"état":1}')) is True
+        sent, direct = transport.written
+        assert direct == sent
+        frames = _received(peer, transport.written)
+        assert [(f.opcode, bytes(f.data)) for f in frames] == [(Opcode.TEXT, '{"état":1}'.encode())] * 2
+
+
+async def test_no_writer_without_uvicorns_protocol_or_with_compression() -> None:
+    async def other_send(message: Any) -> None:
+        pass
+
+    assert wire_writer(None) is None
+    assert wire_writer(other_send) is None
+    async with _accepted(deflate=True) as (protocol, _, _peer):
+        assert wire_writer(protocol.send) is None  # every socket compresses with its own context
+    async with _accepted() as (protocol, _, _peer):
+        del protocol.close_sent  # a uvicorn without the state this reads: no writer rather than a guess
+        assert wire_writer(protocol.send) is None
+
+
+async def _app_closed(protocol: WebSocketsSansIOProtocol, peer: ClientProtocol) -> None:
+    await protocol.send({"type": "websocket.close", "code": 1000})
+
+
+async def _server_shut_down(protocol: WebSocketsSansIOProtocol, peer: ClientProtocol) -> None:
+    protocol.shutdown()
+
+
+async def _peer_closed(protocol: WebSocketsSansIOProtocol, peer: ClientProtocol) -> None:
+    peer.send_close(1000)
+    protocol.data_received(b"".join(peer.data_to_send()))
+
+
+async def _connection_lost(protocol: WebSocketsSansIOProtocol, peer: ClientProtocol) -> None:
+    protocol.connection_lost(ConnectionResetError())  # uvicorn leaves closing the transport to asyncio here
+
+
+async def _transport_paused(protocol: WebSocketsSansIOProtocol, peer: ClientProtocol) -> None:
+    protocol.pause_writing()
+
+
+@pytest.mark.parametrize("event", [_app_closed, _server_shut_down, _peer_closed, _connection_lost, _transport_paused])
+async def test_the_writer_declines_once_the_socket_is_closing_or_paused(
+    event: Callable[[WebSocketsSansIOProtocol, ClientProtocol], Coroutine[Any, Any, None]],
+) -> None:
+    async with _accepted() as (protocol, transport, peer):
+        write = wire_writer(protocol.send)
+        assert write is not None and write(text_frame("before")) is True
+        await event(protocol, peer)
+        written = len(transport.written)
+        assert write(text_frame("after")) is False
+        assert len(transport.written) == written  # nothing after the close, or past the high-water mark
+        if event is _transport_paused:
+            protocol.resume_writing()
+            assert write(text_frame("after")) is True
+        else:
+            assert not any(f.opcode is Opcode.TEXT and f.data == b"after" for f in _received(peer, transport.written))
+
+
+async def test_a_transport_that_raises_leaves_the_frame_to_the_asgi_send() -> None:
+    async with _accepted() as (protocol, transport, _peer):
+        write = wire_writer(protocol.send)
+        assert write is not None
+        transport.fails = True
+        assert write(text_frame("x")) is False
 
 
 async def test_frames_go_to_the_transport_unless_the_socket_compresses(settings: Settings) -> None:
@@ -44,7 +190,7 @@ async def test_frames_go_to_the_transport_unless_the_socket_compresses(settings:
         sockets = [*plain, deflating]
         assert len({await next_raw(ws) for ws in sockets}) == 1  # the first state, the same for all
 
-        shared = await _shared(app.state.fanout)
+        shared = _shared(app.state.fanout)
         written: dict[int, list[bool]] = {}
         sent: dict[int, list[str]] = {}
         for number, member in enumerate(shared.members):
@@ -88,11 +234,11 @@ async def test_a_paused_transport_takes_the_asgi_send_and_gets_every_change_in_o
         await asyncio.wait_for(app.state.hub.connected.wait(), 5)
         ws = await stack.enter_async_context(await subscriber(url, settings, STATUS, {"id": JOB}, compression=None))
         assert state_of(await next_raw(ws))["running"] is False
-        (member,) = (await _shared(app.state.fanout)).members
+        (member,) = (_shared(app.state.fanout)).members
         assert member.write_wire is not None
         (protocol,) = [c for c in server.server_state.connections if isinstance(c, WebSocketsSansIOProtocol)]
 
-        shared = await _shared(app.state.fanout)
+        shared = _shared(app.state.fanout)
         protocol.pause_writing()  # what the transport does past its high-water mark
         for running in (True, False, True):
             executions = shared.executions
@@ -104,14 +250,20 @@ async def test_a_paused_transport_takes_the_asgi_send_and_gets_every_change_in_o
         await _nothing_arrives(ws)
 
         protocol.resume_writing()
-        assert [state_of(await next_raw(ws))["running"] for _ in range(3)] == [True, False, True]
+        # Writable again, but the writer has not caught up yet: a new change must queue behind it, not jump
+        # the queue through the transport.
+        assert shared.latest is not None and '"running":true' in shared.latest
+        shared._deliver(JOB, shared.latest.replace('"running":true', '"running":false'))
+        assert [state_of(await next_raw(ws))["running"] for _ in range(4)] == [True, False, True, False]
         await asyncio.wait_for(member.flushed(), 5)
-        await set_running(rt, False)  # and the next change goes straight to the transport again
-        assert state_of(await next_raw(ws))["running"] is False
-        await set_running(rt, True)
-        assert state_of(await next_raw(ws))["running"] is True
-        assert member.writer is None
-        await set_running(rt, False)
+
+        written: dict[int, list[bool]] = {}
+        sent: dict[int, list[str]] = {}
+        _record(member, 0, written, sent)
+        for running in (False, True, False):  # and the next changes go straight to the transport again
+            await set_running(rt, running)
+            assert state_of(await next_raw(ws))["running"] is running
+        assert (written[0], sent[0], member.writer) == ([True] * 3, [], None)
 
 
 async def _nothing_arrives(ws: ClientConnection) -> None:
