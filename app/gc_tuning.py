@@ -14,6 +14,9 @@ the collector's share fell below 1 % and 50 connections served as many requests 
 from __future__ import annotations
 
 import gc
+import logging
+
+log = logging.getLogger(__name__)
 
 # Net allocations (allocations minus deallocations) that start a young-generation pass. Requests
 # free nearly all they allocate, so this is reached mostly by what requests in flight hold.
@@ -28,6 +31,10 @@ def tune_for_serving() -> tuple[int, int, int]:
     # finalizers (ResourceWarnings) of whatever an earlier app in the same process left behind.
     gc.freeze()
     gc.set_threshold(max(GEN0_THRESHOLD, previous[0]), previous[1], previous[2])
+    # Logged so that an operator (and a process test) can see that a serving process took the settings.
+    log.info(
+        "garbage collector tuned: %d start-up objects frozen, thresholds %s", gc.get_freeze_count(), gc.get_threshold()
+    )
     return previous
 
 

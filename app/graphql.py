@@ -15,6 +15,7 @@ from graphql import GraphQLError
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
+from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketState
 from strawberry import Schema
 from strawberry.asgi import ASGIWebSocketAdapter
@@ -130,10 +131,11 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         if key is None or fanout is None or not isinstance(self.websocket, ASGIWebSocketAdapter):
             await super().run_operation(operation)
             return
+        server = server_send(self.websocket.ws.scope)
         member = Member(
             operation_id=operation.id,
-            send=_frame_sender(self.websocket.ws),
-            write_wire=wire_writer(server_send(self.websocket.ws.scope)),
+            send=_frame_sender(self.websocket.ws, server),
+            write_wire=wire_writer(server),
             expires_at=self.context.admin().expires_at,
             operations=self.operations,
             operation=operation,
@@ -160,9 +162,8 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             stream.leave(member)
 
 
-def _frame_sender(websocket: WebSocket) -> Sender:
-    """How a shared stream writes a text frame to this socket: straight to the server when it can."""
-    send = server_send(websocket.scope)
+def _frame_sender(websocket: WebSocket, send: Send | None) -> Sender:
+    """How a shared stream writes a text frame to this socket: with the server's own `send` when it can."""
     if send is None or not inspect.iscoroutinefunction(send):  # the stream steps coroutines (_send_now)
         return websocket.send_text
 

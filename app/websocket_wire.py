@@ -1,13 +1,14 @@
 """Writing one prepared websocket frame to many uvicorn sockets: a `transport.write` per socket.
 
 A shared `jobStatus` event goes to up to thousands of sockets with the same bytes (app.graphql_fanout).
-Through the ASGI `send`, uvicorn spends per socket an Event wait, the message dict, encoding the text,
-websockets building and serialising the frame and joining its output, before the one call that matters,
-`transport.write`: more than half of the API's CPU per event at 1,000 subscribers (B2, bench/NOTES.md).
+Through the ASGI `send`, each socket costs a message dict (app.graphql) and, in uvicorn, an Event wait,
+encoding the text, websockets building and serialising the frame and joining its output, before the one
+call that matters, `transport.write`: more than half of the API's CPU per event at 1,000 subscribers (B2,
+bench/NOTES.md).
 Here the frame is serialised once per event, and each socket only gets the write.
 
 This reaches into uvicorn's own websocket protocol, so it is used only where the result is byte for
-byte what uvicorn would have written, and only with the implementation it was checked against:
+byte what uvicorn would have written, as far as the protocol's class and state tell:
 - the server's `send` is a method of uvicorn's `WebSocketsSansIOProtocol` (its default `--ws`); any
   other server or implementation gets no writer, and the fan-out uses the ASGI `send`;
 - the socket negotiated no extension: with permessage-deflate every socket compresses with its own
@@ -16,10 +17,11 @@ byte what uvicorn would have written, and only with the implementation it was ch
   closes it when a close arrives) and accepts data. Otherwise the writer declines and the caller uses
   the ASGI `send`, which waits for a paused transport or raises on a closed socket exactly as before.
 
-uvicorn and websockets are pinned (pyproject.toml, requirements.lock). An upgrade that renames what this
-reads gets no writer, so the fan-out falls back to the ASGI send (slower, never wrong), and
-tests/graphql/test_websocket_wire.py, which checks all this on the real server, fails until this module
-follows.
+What keeps those checks meaning what they say is the pins on uvicorn and websockets (pyproject.toml,
+requirements.lock) and tests/graphql/test_websocket_wire.py, which checks all this on uvicorn's real
+protocol: an upgrade that renames or removes what this reads gets no writer, and the fan-out falls back to
+the ASGI send (slower, not wrong); one that keeps the names but changes what they mean is caught by those
+tests, which an upgrade must pass.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from websockets.frames import Frame, Opcode
 
 WireWriter = Callable[[bytes], bool]
 
-# What the writer reads on uvicorn's protocol; without any of them there is no writer.
+# What the writer reads on uvicorn's protocol, checked once per socket so that a uvicorn without any one of
+# them gets the ASGI send rather than an AttributeError on every frame.
 _PROTOCOL_STATE = (
     "close_sent",
     "disconnected",
@@ -52,7 +55,9 @@ def text_frame(text: str) -> bytes:
 def wire_writer(send: Send | None) -> WireWriter | None:
     """A function writing a prepared frame to this socket's transport, or None when that is not safe.
 
-    The function returns False, having written nothing, whenever the ASGI `send` must decide instead.
+    The function returns False, having written nothing, whenever the ASGI `send` must decide instead:
+    when a check fails, or when anything raises (an asyncio transport takes a whole frame into its buffer
+    or raises before taking any of it).
     """
     protocol = _uvicorn_protocol(send)
     if protocol is None or getattr(protocol.conn, "extensions", True):
@@ -62,7 +67,8 @@ def wire_writer(send: Send | None) -> WireWriter | None:
 
     def write(frame: bytes) -> bool:
         try:
-            # Once the connection leaves OPEN uvicorn has sent a close (close_sent) or closed the transport.
+            # Once the connection leaves OPEN uvicorn has sent a close (close_sent) or closed the transport;
+            # `disconnected` covers a connection lost with an error, whose transport asyncio closes later.
             if protocol.close_sent or protocol.disconnected or transport.is_closing() or not writable.is_set():
                 return False
             transport.write(frame)

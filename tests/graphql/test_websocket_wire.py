@@ -21,10 +21,20 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from app.config import Settings
-from app.graphql_fanout import Fanout, Member, SharedStream
+from app.graphql_fanout import Fanout, Member, PreparedFrame, SharedStream
 from app.runtime import Runtime
 from app.websocket_wire import text_frame, wire_writer
-from tests.support.subscriptions import JOB, STATUS, next_raw, served, served_by, set_running, state_of, subscriber
+from tests.support.subscriptions import (
+    JOB,
+    STATUS,
+    next_raw,
+    served,
+    served_by,
+    set_running,
+    standalone,
+    state_of,
+    subscriber,
+)
 
 
 @pytest.mark.parametrize("text", ["", "x" * 125, "x" * 126, "x" * 65_535, "x" * 65_536, "état " * 20_000])
@@ -118,6 +128,23 @@ async def test_a_direct_write_is_what_uvicorns_send_writes_and_the_peer_reads() 
         assert [(f.opcode, bytes(f.data)) for f in frames] == [(Opcode.TEXT, '{"état":1}'.encode())] * 2
 
 
+async def test_a_member_offers_through_its_direct_writer_first() -> None:
+    """Member.offer (a late joiner's latest state takes it), as well as the stream's loop."""
+    sent: list[str] = []
+
+    async def send(frame: str) -> None:
+        sent.append(frame)
+
+    async with _accepted() as (protocol, transport, peer):
+        member = standalone("1", send)
+        member.write_wire = wire_writer(protocol.send)
+        member.offer(JOB, PreparedFrame.of('{"n":1}'))
+        protocol.pause_writing()
+        member.offer(JOB, PreparedFrame.of('{"n":2}'))
+        assert [bytes(f.data) for f in _received(peer, transport.written)] == [b'{"n":1}']
+        assert sent == ['{"n":2}']  # the writer declined: the ASGI send took it
+
+
 async def test_no_writer_without_uvicorns_protocol_or_with_compression() -> None:
     async def other_send(message: Any) -> None:
         pass
@@ -176,6 +203,17 @@ async def test_a_transport_that_raises_leaves_the_frame_to_the_asgi_send() -> No
         assert write is not None
         transport.fails = True
         assert write(text_frame("x")) is False
+        assert transport.written == []
+
+        sent: list[str] = []
+
+        async def send(frame: str) -> None:
+            sent.append(frame)
+
+        member = standalone("1", send)
+        member.write_wire = write
+        member.offer(JOB, PreparedFrame.of("x"))
+        assert sent == ["x"]
 
 
 async def test_frames_go_to_the_transport_unless_the_socket_compresses(settings: Settings) -> None:

@@ -18,7 +18,7 @@ from tortoise.migrations.api import migrate as tortoise_migrate
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from app import db
+from app import db, gc_tuning
 from app.config import Settings
 from app.runs.models import Run
 from app.runtime import Runtime
@@ -206,7 +206,8 @@ async def test_a_standalone_worker_serves_its_own_metrics(
     await make_job(id="remote", schedule="0 0 1 1 *", payload={"seconds": 0.05})
     port = free_port()
     api = ApiProcess(settings, tmp_path, free_port())
-    with WorkerProcess(settings, tmp_path, worker_metrics_port=port), api:
+    worker = WorkerProcess(settings, tmp_path, worker_metrics_port=port)
+    with worker, api:
         client = api.client()
         auth = {"Authorization": f"Bearer {make_token(settings)}"}
         assert (await client.post("/api/jobs/remote/trigger", headers=auth)).status_code == 200
@@ -234,6 +235,10 @@ async def test_a_standalone_worker_serves_its_own_metrics(
 
         await wait_until(forgotten, timeout=10)
         await client.aclose()
+    # Both serving processes took the collector settings once started (app.gc_tuning; B3, B4).
+    for process in (api, worker):
+        [tuned] = [line for line in json_lines(process) if line["logger"] == "app.gc_tuning"]
+        assert f"thresholds ({gc_tuning.GEN0_THRESHOLD}, " in tuned["message"]
 
 
 def test_env_for_passes_new_settings(settings: Settings) -> None:
