@@ -4,8 +4,7 @@ A shared `jobStatus` event goes to up to thousands of sockets with the same byte
 Through the ASGI `send`, each socket costs a message dict (app.graphql) and, in uvicorn, an Event wait,
 encoding the text, websockets building and serialising the frame and joining its output, before the one
 call that matters, `transport.write`: more than half of the API's CPU per event at 1,000 subscribers (B2,
-bench/NOTES.md).
-Here the frame is serialised once per event, and each socket only gets the write.
+bench/NOTES.md). Here the frame is serialised once per event, and each socket only gets the write.
 
 This reaches into uvicorn's own websocket protocol, so it is used only where the result is byte for
 byte what uvicorn would have written, as far as the protocol's class and state tell:
