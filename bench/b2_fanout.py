@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import psutil  # type: ignore[import-untyped]
 
-from bench import common
+from bench import common, fanout_baselines
 from bench.common import Stack, figure, percentile, pick
 from bench.fanout_clients import run_job
 
@@ -154,7 +154,7 @@ def main() -> None:
             port = common.free_port()
             argv = [sys.executable, "-m", "bench.fanout_baselines", kind, str(port), redis.url]
             proc = st.popen(argv, f"baseline-{kind}", env=common.child_env())
-            wait_for_log(st, f"baseline-{kind}", "Application startup complete", proc)
+            wait_for_log(st, f"baseline-{kind}", fanout_baselines.READY, proc)
             servers[kind] = (f"ws://127.0.0.1:{port}/graphql", proc.pid)
         size = 0
         for n in SIZES:

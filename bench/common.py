@@ -218,7 +218,7 @@ def bench_settings(*, database_url: str, redis_url: str, **overrides: Any) -> Se
         "app_env": "test",
         "jwt_secret": SECRET,
         "job_type_modules": [BENCH_JOB_TYPES],
-        # INFO as in production; the process helpers also wait for uvicorn's INFO "startup complete" line.
+        # INFO as in production; the process helpers also wait for uvicorn's INFO "Uvicorn running on" line.
         "log_level": "INFO",
     }
     base.update(overrides)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,8 @@ from strawberry.fastapi import GraphQLRouter
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from bench.fanout_clients import BASELINE_CHANNEL
+
+READY = "baseline listening"  # printed once the server accepts connections (bench.b2_fanout waits for it)
 
 
 async def listen(redis_url: str, on_message: Any) -> None:
@@ -54,7 +57,7 @@ async def websockets_server(port: int, redis_url: str) -> None:
             clients.discard(ws)
 
     async with serve(handler, "127.0.0.1", port, ping_interval=None):
-        print("Application startup complete", flush=True)
+        print(READY, flush=True)
         await listen(redis_url, lambda data: broadcast(clients, data.decode()))
 
 
@@ -103,7 +106,6 @@ def strawberry_app(redis_url: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(listen(redis_url, on_message))
-        print("Application startup complete", flush=True)
         yield
         task.cancel()
 
@@ -112,12 +114,21 @@ def strawberry_app(redis_url: str) -> FastAPI:
     return app
 
 
+class _ListeningServer(uvicorn.Server):
+    """Says when it listens: uvicorn's lifespan start-up ends before its socket is bound."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        print(READY, flush=True)
+
+
 def main() -> None:
     kind, port, redis_url = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     if kind == "websockets":
         uvloop.run(websockets_server(port, redis_url))
     else:
-        uvicorn.run(strawberry_app(redis_url), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn_config = uvicorn.Config(strawberry_app(redis_url), host="127.0.0.1", port=port, log_level="warning")
+        _ListeningServer(uvicorn_config).run()
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ class WorkerProcess(_Process):
 class ApiProcess(_Process):
     """`uvicorn app.main:app` on a loopback port, as the README runs an API instance."""
 
-    ready_text = "Application startup complete"
+    # Logged once the socket is bound; "Application startup complete" comes a moment before that.
+    ready_text = "Uvicorn running on"
 
     def __init__(self, settings: Settings, workdir: Path, port: int, name: str = "api", **extra: Any) -> None:
         argv = [str(BIN / "uvicorn"), "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
