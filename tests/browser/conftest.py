@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.browser.helpers import Dashboard, wait_serving
+from tests.browser.helpers import Dashboard
 from tests.conftest import make_settings
 from tests.support.processes import ROOT, ApiProcess
 from tests.support.servers import RedisServer, free_port
@@ -70,7 +70,6 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -
         settings = make_settings(database_url=f"sqlite://{database}", redis_url=redis.url)
         api = ApiProcess(settings, workdir, free_port())
         with api:
-            wait_serving(api)
             yield Dashboard(api, settings)
 
 

@@ -48,18 +48,6 @@ async def sign_in(page: Page, dashboard: Dashboard, token: str | None = None) ->
     await expect(page.locator("#connection")).to_have_text("Live")
 
 
-def wait_serving(api: ApiProcess, timeout: float = 30.0) -> None:
-    """uvicorn logs "startup complete" a moment before it binds its socket: wait for an answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            httpx.get(f"{api.url}/dashboard", timeout=2).raise_for_status()
-            return
-        except httpx.HTTPError:
-            assert time.monotonic() < deadline, f"{api.url} does not answer:\n{api.tail()}"
-            time.sleep(0.05)
-
-
 def unique_id(prefix: str) -> str:
     return f"{prefix}-{next(_ids)}-{time.monotonic_ns() % 1_000_000}"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 from datetime import timedelta
@@ -11,7 +10,7 @@ from pathlib import Path
 import jwt
 from playwright.async_api import Page, expect
 
-from tests.browser.helpers import Dashboard, create_job, rest, sign_in, wait_serving
+from tests.browser.helpers import Dashboard, create_job, rest, sign_in
 from tests.conftest import make_settings
 from tests.support.processes import ApiProcess
 from tests.support.servers import RedisServer, free_port
@@ -77,7 +76,6 @@ async def test_the_page_reconnects_by_itself_after_the_server_restarts(
         settings = make_settings(database_url=f"sqlite://{database}", redis_url=redis.url)
         api = ApiProcess(settings, tmp_path, free_port())
         with api:
-            await asyncio.to_thread(wait_serving, api)
             own = Dashboard(api, settings)
             job = await create_job(own, "after-restart", payload={"seconds": 0.5})
             await sign_in(page, own)
@@ -85,7 +83,6 @@ async def test_the_page_reconnects_by_itself_after_the_server_restarts(
             api.stop()
             await expect(page.locator("#connection")).to_have_text(re.compile("^Reconnecting"))
             api.start()
-            await asyncio.to_thread(wait_serving, api)
             await expect(page.locator("#connection")).to_have_text("Live", timeout=40_000)
             row = page.locator(f"tr[data-job-id='{job['id']}']")
             assert (await rest(own, "POST", f"/api/jobs/{job['id']}/trigger")).status_code == 200

@@ -111,6 +111,15 @@ async def _accepted(*, deflate: bool = False) -> AsyncIterator[Accepted]:
         await asyncio.gather(*state.tasks)
 
 
+def _recording_send(sent: list[str]) -> Callable[[str], Coroutine[Any, Any, None]]:
+    """A member's ASGI send that only keeps what it was given."""
+
+    async def send(frame: str) -> None:
+        sent.append(frame)
+
+    return send
+
+
 def _received(peer: ClientProtocol, data: list[bytes]) -> list[Frame]:
     peer.receive_data(b"".join(data))
     return [e for e in peer.events_received() if isinstance(e, Frame)]
@@ -131,12 +140,8 @@ async def test_a_direct_write_is_what_uvicorns_send_writes_and_the_peer_reads() 
 async def test_a_member_offers_through_its_direct_writer_first() -> None:
     """Member.offer (a late joiner's latest state takes it), as well as the stream's loop."""
     sent: list[str] = []
-
-    async def send(frame: str) -> None:
-        sent.append(frame)
-
     async with _accepted() as (protocol, transport, peer):
-        member = standalone("1", send)
+        member = standalone("1", _recording_send(sent))
         member.write_wire = wire_writer(protocol.send)
         member.offer(JOB, PreparedFrame.of('{"n":1}'))
         protocol.pause_writing()
@@ -206,11 +211,7 @@ async def test_a_transport_that_raises_leaves_the_frame_to_the_asgi_send() -> No
         assert transport.written == []
 
         sent: list[str] = []
-
-        async def send(frame: str) -> None:
-            sent.append(frame)
-
-        member = standalone("1", send)
+        member = standalone("1", _recording_send(sent))
         member.write_wire = write
         member.offer(JOB, PreparedFrame.of("x"))
         assert sent == ["x"]
@@ -272,11 +273,11 @@ async def test_a_paused_transport_takes_the_asgi_send_and_gets_every_change_in_o
         await asyncio.wait_for(app.state.hub.connected.wait(), 5)
         ws = await stack.enter_async_context(await subscriber(url, settings, STATUS, {"id": JOB}, compression=None))
         assert state_of(await next_raw(ws))["running"] is False
-        (member,) = (_shared(app.state.fanout)).members
+        shared = _shared(app.state.fanout)
+        (member,) = shared.members
         assert member.write_wire is not None
         (protocol,) = [c for c in server.server_state.connections if isinstance(c, WebSocketsSansIOProtocol)]
 
-        shared = _shared(app.state.fanout)
         protocol.pause_writing()  # what the transport does past its high-water mark
         for running in (True, False, True):
             executions = shared.executions
