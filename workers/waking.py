@@ -21,7 +21,7 @@ from arq import Worker
 from arq.connections import create_pool, log_redis_info
 from arq.utils import timestamp_ms
 from arq.worker import logger as arq_logger
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from app.aio import cancel_and_wait
 from app.queue import decode_wake, wake_channel
@@ -90,7 +90,17 @@ class WakingWorker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         self._read_all = len(job_ids) < self.queue_read_limit
-        await super().start_jobs(job_ids)
+        try:
+            await super().start_jobs(job_ids)
+        except WatchError:
+            # arq claims each job under WATCH, and redis-py reports a connection lost there as WatchError,
+            # which arq expects only from EXEC: it escaped arq's loop and ended the worker. The claim never
+            # ran, so the job is still queued; give back the slot arq had taken for it (arq 0.28 takes the
+            # slot and counts the job before the claim) and let the next poll take it and the ids after it.
+            self.job_counter -= 1
+            self.sem.release()
+            self._read_all = False
+            log.warning("worker: Redis connection lost while claiming a job; it stays queued for the next poll")
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

@@ -96,7 +96,13 @@ class Cluster:
         return self.apis[index].url.replace("http://", "ws://") + "/graphql"
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.tail(30)}" for p in [*self.apis, *self.workers])
+        """Every process's last lines; the ones that exited first, at length: a failure report shortened in
+        the middle (as CI's is) still shows why a process died."""
+        processes = [*self.apis, *self.workers]
+        exited = [p for p in processes if p.proc is not None and p.proc.poll() is not None]
+        parts = [f"--- {p.name} (exited {p.proc.poll() if p.proc else None})\n{p.tail(80)}" for p in exited]
+        parts += [f"--- {p.name}\n{p.tail(30)}" for p in processes if p not in exited]
+        return "\n".join(parts)
 
 
 @contextmanager
