@@ -294,6 +294,44 @@ async def enqueue_fires(redis: ArqRedis, fires: Sequence[tuple[str, datetime, fl
     return added
 
 
+# arq's claim of a queued job (Worker.start_jobs: WATCH, EXISTS, ZSCORE, then MULTI/PSETEX/EXEC, four round
+# trips per job, one job after another) for many at once: a job is claimed when it is still queued, due, and
+# in progress nowhere; at most ARGV[4] of them. The in-progress key holds the call's token, so that a call
+# retried after its reply was lost finds the jobs it claimed still its own.
+_CLAIM_DUE = """
+local now, token, ttl, limit, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local claimed = {}
+for i = 6, #ARGV do
+  if #claimed >= limit * 2 then
+    break
+  end
+  local id = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) <= now then
+    local key = prefix .. id
+    if redis.call('SET', key, token, 'NX', 'PX', ttl) or redis.call('GET', key) == token then
+      claimed[#claimed + 1] = id
+      claimed[#claimed + 1] = score
+    end
+  end
+end
+return claimed
+"""
+
+
+async def claim_due(
+    redis: Redis, *, queue_name: str, job_ids: Sequence[bytes], limit: int, in_progress_ms: int, token: str
+) -> list[tuple[str, int]]:
+    """Mark up to `limit` of these arq jobs in progress for this worker, as arq's own claim would (the ones
+    queued, due by this process's clock, and not in progress elsewhere): their (id, score), in the given order.
+    One round trip whatever their number: claims no longer queue behind each other's round trips."""
+    if not job_ids or limit <= 0:
+        return []
+    args: list[bytes | str | int] = [timestamp_ms(), token, in_progress_ms, limit, in_progress_key_prefix, *job_ids]
+    flat = await redis.register_script(_CLAIM_DUE)(keys=[queue_name], args=args)
+    return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+
 async def fires_pending(redis: ArqRedis, fires: Sequence[tuple[str, datetime]]) -> list[bool]:
     """fire_pending for many fires in one round trip."""
     if not fires:

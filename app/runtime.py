@@ -65,8 +65,8 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
     retried = (RedisConnectionError, RedisTimeoutError, OSError)
     rs.retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts, supported_errors=retried)  # type: ignore[arg-type]
     # `retry` alone only covers connecting: redis-py retries a command that was sent, or a pipeline, only
-    # for the errors listed here. Without them a command in flight when Redis went away (arq's poll, a
-    # heartbeat) failed at once and ended the worker, budget or not (CI caught it in scenario 3).
+    # for the errors listed here. Without them a command in flight when Redis went away (arq's poll, in
+    # tests/workers/test_redis_loss.py) failed at once and ended the worker, budget or not (CI, scenario 3).
     rs.retry_on_error = list(retried)
     return rs
 
