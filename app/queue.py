@@ -297,25 +297,46 @@ async def enqueue_fires(redis: ArqRedis, fires: Sequence[tuple[str, datetime, fl
 # arq's claim of a queued job (Worker.start_jobs: WATCH, EXISTS, ZSCORE, then MULTI/PSETEX/EXEC, four round
 # trips per job, one job after another) for many at once: a job is claimed when it is still queued, due, and
 # in progress nowhere; at most ARGV[4] of them. The in-progress key holds the call's token, so that a call
-# retried after its reply was lost finds the jobs it claimed still its own.
+# retried after its reply was lost finds the jobs it claimed still its own: they are counted first, so the
+# retry returns them all even if another id has become claimable meanwhile.
 _CLAIM_DUE = """
 local now, token, ttl, limit, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local mine, held = {}, 0
+for i = 6, #ARGV do
+  if redis.call('GET', prefix .. ARGV[i]) == token then
+    mine[ARGV[i]] = true
+    held = held + 1
+  end
+end
 local claimed = {}
 for i = 6, #ARGV do
-  if #claimed >= limit * 2 then
-    break
-  end
   local id = ARGV[i]
   local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= now then
-    local key = prefix .. id
-    if redis.call('SET', key, token, 'NX', 'PX', ttl) or redis.call('GET', key) == token then
+  if score then
+    if mine[id] then
+      claimed[#claimed + 1] = id
+      claimed[#claimed + 1] = score
+    elseif held < limit and tonumber(score) <= now and redis.call('SET', prefix .. id, token, 'NX', 'PX', ttl) then
+      held = held + 1
       claimed[#claimed + 1] = id
       claimed[#claimed + 1] = score
     end
   end
 end
 return claimed
+"""
+
+# Undo the claims a call made, for a caller that will not run them (its claim failed or was cancelled
+# after the script may have run): without it they would stay "in progress" for arq's whole timeout.
+_UNCLAIM = """
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('GET', ARGV[1] .. ARGV[i]) == KEYS[1] then
+    redis.call('DEL', ARGV[1] .. ARGV[i])
+    n = n + 1
+  end
+end
+return n
 """
 
 
@@ -330,6 +351,14 @@ async def claim_due(
     args: list[bytes | str | int] = [timestamp_ms(), token, in_progress_ms, limit, in_progress_key_prefix, *job_ids]
     flat = await redis.register_script(_CLAIM_DUE)(keys=[queue_name], args=args)
     return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+
+async def unclaim(redis: Redis, *, job_ids: Sequence[bytes], token: str) -> int:
+    """Give back what a `claim_due` call with this token claimed among these ids; how many it had."""
+    if not job_ids:
+        return 0
+    args: list[bytes | str] = [in_progress_key_prefix, *job_ids]
+    return int(await redis.register_script(_UNCLAIM)(keys=[token], args=args))
 
 
 async def fires_pending(redis: ArqRedis, fires: Sequence[tuple[str, datetime]]) -> list[bool]:

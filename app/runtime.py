@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import AbstractBackoff, ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.config import Settings
 from app.redis_pool import bounded_pool
 from app.timefmt import utcnow
+
+T = TypeVar("T")
 
 
 class LocalRunner(Protocol):
@@ -55,15 +60,14 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 
 def worker_redis_settings(settings: Settings) -> RedisSettings:
-    """A worker waits out a Redis restart instead of dying: each command retries with backoff for
-    about WORKER_REDIS_RETRY_SECONDS before it gives up."""
+    """A worker waits out a Redis restart instead of dying: a command retries with backoff until
+    WORKER_REDIS_RETRY_SECONDS have passed since it first failed, then gives up."""
     rs = RedisSettings.from_dsn(settings.redis_url)
     rs.conn_timeout = 2
-    attempts = _attempts_lasting(settings.worker_redis_retry_seconds, base=0.05, cap=1.0)
     # OSError too: a stopped Redis refuses the connection with a plain ConnectionRefusedError, which
     # redis-py's default (its own ConnectionError and TimeoutError) would not retry at all.
     retried = (RedisConnectionError, RedisTimeoutError, OSError)
-    rs.retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts, supported_errors=retried)  # type: ignore[arg-type]
+    rs.retry = DeadlineRetry(ExponentialBackoff(cap=1.0, base=0.05), settings.worker_redis_retry_seconds, retried)
     # `retry` alone only covers connecting: redis-py retries a command that was sent, or a pipeline, only
     # for the errors listed here. Without them a command in flight when Redis went away (arq's poll, in
     # tests/workers/test_redis_loss.py) failed at once and ended the worker, budget or not (CI, scenario 3).
@@ -71,13 +75,36 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
     return rs
 
 
-def _attempts_lasting(seconds: float, *, base: float, cap: float) -> int:
-    """How many retries of ExponentialBackoff(base, cap) it takes to have waited `seconds` in all."""
-    waited, attempts = 0.0, 0
-    while waited < seconds:
-        attempts += 1
-        waited += min(cap, base * 2**attempts)
-    return max(1, attempts)
+class DeadlineRetry(Retry):
+    """redis-py's Retry bounded by time since the first failure instead of by a count of attempts.
+
+    A command retried after its connection dropped reconnects through this same object (redis-py's
+    connect() runs its own retry loop), so counted attempts multiply: 34 command retries, each reconnecting
+    for up to the whole budget, kept a worker waiting a quarter of an hour instead of 30 s. With a deadline,
+    the command's loop gives up once the budget is spent, whatever the loops inside it did meanwhile."""
+
+    __slots__ = ("_budget",)
+
+    def __init__(self, backoff: AbstractBackoff, budget: float, supported_errors: tuple[type[Exception], ...]) -> None:
+        super().__init__(backoff, -1, supported_errors)  # type: ignore[arg-type]
+        self._budget = budget
+
+    async def call_with_retry(self, do: Callable[[], Awaitable[T]], fail: Callable[[RedisError], Any]) -> T:
+        self._backoff.reset()  # type: ignore[no-untyped-call]
+        failures = 0
+        deadline: float | None = None
+        while True:
+            try:
+                return await do()
+            except self._supported_errors as error:
+                failures += 1
+                await fail(error)
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self._budget
+                if now >= deadline:
+                    raise
+                await asyncio.sleep(min(self._backoff.compute(failures), deadline - now))
 
 
 # arq's create_pool sets no read timeout: a Redis that accepts but never answers (paused, partitioned)

@@ -5,7 +5,9 @@ Redis commands), a long one makes every trigger wait. This worker polls once, th
 first of: a wake-up published by `app.queue` on enqueue, the earliest deferred job coming due, or an
 idle cap (`idle_poll_seconds`, the safety net for anything that bypasses `app.queue`). Every worker
 subscribed to the queue's wake-up channel wakes; arq's own `in-progress` locking still decides which one
-runs a job. While the subscription is down, it falls back to arq's fixed `poll_delay`.
+runs a job. While the subscription is down, it falls back to arq's fixed `poll_delay`; a short outage the
+subscription's connection rides out (app.runtime's retries) may lose the wake-ups published meanwhile, which
+the idle cap bounds.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class WakingWorker(Worker):
             self.job_counter += 1
             slots += 1
         claimed: list[tuple[str, int]] = []
+        token = self._claim_token()
         try:
             if slots:
                 claimed = await queue.claim_due(
@@ -117,8 +120,15 @@ class WakingWorker(Worker):
                     job_ids=job_ids,
                     limit=slots,
                     in_progress_ms=int(self.in_progress_timeout_s * 1000),
-                    token=self._claim_token(),
+                    token=token,
                 )
+        except BaseException:
+            # The script may have run although its answer never came (cancelled, or failed past the retries):
+            # what it claimed would otherwise stay "in progress" for arq's whole timeout, run by nobody.
+            # Bounded: a worker whose Redis is gone is on its way out, and must not wait out a second budget.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(queue.unclaim(self.pool, job_ids=job_ids, token=token)), 2.0)
+            raise
         finally:
             for _ in range(slots - len(claimed)):  # not a run ending: no wake-up (see below)
                 super()._release_sem_dec_counter_on_complete()

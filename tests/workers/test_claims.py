@@ -75,6 +75,29 @@ async def test_a_retried_claim_keeps_its_jobs_and_another_worker_gets_none(redis
     assert await _claim(redis, ["a", "b"], token="w2:1") == []
 
 
+async def test_a_retried_claim_returns_what_it_held_although_an_earlier_id_became_claimable(redis: ArqRedis) -> None:
+    for job_id in ("early", "late"):
+        await redis.enqueue_job("noop", _job_id=job_id)
+    await redis.set(in_progress_key_prefix + "early", b"1")  # running elsewhere at the first attempt
+    assert [job_id for job_id, _ in await _claim(redis, ["early", "late"], limit=1, token="w1:3")] == ["late"]
+    await redis.delete(in_progress_key_prefix + "early")  # handed back meanwhile (a worker shutting down)
+    # The retry must not take `early` in place of `late`, which would leave `late` claimed and run by nobody.
+    assert [job_id for job_id, _ in await _claim(redis, ["early", "late"], limit=1, token="w1:3")] == ["late"]
+    assert not await redis.exists(in_progress_key_prefix + "early")
+
+
+async def test_unclaim_gives_back_only_the_calls_own_claims(redis: ArqRedis) -> None:
+    for job_id in ("x", "y", "z"):
+        await redis.enqueue_job("noop", _job_id=job_id)
+    await _claim(redis, ["x", "y"], token="w1:1")
+    await _claim(redis, ["z"], token="w2:1")
+    ids = [b"x", b"y", b"z"]
+    assert await queue.unclaim(redis, job_ids=ids, token="w1:1") == 2
+    assert not await redis.exists(in_progress_key_prefix + "x", in_progress_key_prefix + "y")
+    assert await redis.exists(in_progress_key_prefix + "z")  # another call's claim stays
+    assert [job_id for job_id, _ in await _claim(redis, ["x", "y", "z"], token="w3:1")] == ["x", "y"]
+
+
 async def test_concurrent_workers_claim_each_job_exactly_once(redis: ArqRedis) -> None:
     ids = [f"c{i:03d}" for i in range(300)]
     for job_id in ids:
@@ -106,23 +129,26 @@ async def _every_slot_free(worker: WakingWorker) -> None:
 async def test_the_worker_claims_no_more_than_its_free_slots_and_gives_back_the_unused(redis: ArqRedis) -> None:
     worker = WakingWorker(functions=[func(_slow, name="slow")], redis_pool=redis, max_jobs=3, handle_signals=False)
     try:
-        ids = [f"s{i}" for i in range(5)]
-        for job_id in ids:
+        for job_id in ("s0", "s1", "s2", "s3", "s4", "s5"):
             await redis.enqueue_job("slow", _job_id=job_id)
-        await redis.set(in_progress_key_prefix + "s0", b"1")  # running elsewhere: its slot goes back
+        await redis.set(in_progress_key_prefix + "s0", b"1")  # running elsewhere
 
-        await worker.start_jobs([i.encode() for i in ids])
+        await worker.start_jobs([b"s0", b"s1", b"s2"])  # three slots taken, s0's given back
+        assert sorted(worker.tasks) == ["s1", "s2"]
+        assert worker.job_counter == 2
 
-        assert sorted(worker.tasks) == ["s1", "s2", "s3"]  # three slots, s0 skipped
+        await worker.start_jobs([b"s3", b"s4", b"s5"])  # one slot left while s1 and s2 run
+        assert sorted(worker.tasks) == ["s1", "s2", "s3"]
         assert worker.job_counter == 3
+
         await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), 10)
         assert worker.job_counter == 0
         await _every_slot_free(worker)
-        assert await redis.zscore(default_queue_name, "s4") is not None  # left queued for the next poll
         assert await redis.zscore(default_queue_name, "s1") is None  # arq finished it
+        assert await redis.zscore(default_queue_name, "s4") is not None  # left queued for the next poll
 
         await redis.delete(in_progress_key_prefix + "s0")
-        await worker.start_jobs([b"s0", b"s4"])
+        await worker.start_jobs([b"s0", b"s4", b"s5"])
         await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), 10)
         assert await redis.zcard(default_queue_name) == 0
         assert worker.job_counter == 0

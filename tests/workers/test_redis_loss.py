@@ -8,6 +8,7 @@ worker however long its WORKER_REDIS_RETRY_SECONDS (CI, scenario 3).
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,3 +57,32 @@ async def test_a_standalone_worker_survives_redis_dying_with_its_commands_in_fli
 
 async def _runs_since(job_id: str, since: datetime, count: int) -> bool:
     return await Run.filter(job_id=job_id, started_at__gte=since, completed_at__isnull=False).count() >= count
+
+
+async def test_a_worker_with_commands_in_flight_gives_up_once_its_retry_budget_is_spent(
+    orm: Runtime, tmp_path: Path
+) -> None:
+    """Retrying a command that was in flight reconnects through the same retry policy: counted attempts
+    would multiply (each of them reconnecting for a whole budget). The budget is time, and it holds."""
+    budget = 2.0
+    with RedisServer() as private:
+        settings = orm.settings.model_copy(update={"redis_url": private.url})
+        with WorkerProcess(settings, tmp_path, "impatient", worker_redis_retry_seconds=budget) as worker:
+            assert worker.proc is not None
+            await asyncio.sleep(1.0)
+            admin = sync_redis.Redis.from_url(private.url)
+            try:
+                admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+            finally:
+                admin.close()
+            await asyncio.sleep(1.5)  # arq's poll is in flight
+            private.kill()  # and Redis does not come back
+            gone = time.monotonic()
+            code = await asyncio.to_thread(worker.wait, 120)
+            took = time.monotonic() - gone
+    print(f"worker gave up {took:.1f} s after Redis went away (budget {budget} s)")
+    assert code == 1, worker.tail(60)
+    assert "Redis unreachable for longer than WORKER_REDIS_RETRY_SECONDS" in worker.tail(60)
+    # The poll's retries (the budget, the last attempt's connect timeout), then arq's shutdown, which needs
+    # Redis and waits out a budget of its own. Counted attempts took far longer here.
+    assert took < 4 * budget + 4
