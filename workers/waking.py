@@ -28,7 +28,6 @@ from redis.exceptions import RedisError
 
 from app import queue
 from app.aio import cancel_and_wait
-from app.queue import decode_wake, wake_channel
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class WakingWorker(Worker):
     def __init__(self, *args: Any, idle_poll_seconds: float = 1.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.idle_poll_s = idle_poll_seconds
-        self.wake_channel = wake_channel(self.queue_name)
+        self.wake_channel = queue.wake_channel(self.queue_name)
         self._wake = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._next_poll_at = 0.0  # wall clock (time.time()) of the next planned poll
@@ -207,6 +206,6 @@ class WakingWorker(Worker):
             while True:
                 message = await pubsub.get_message(timeout=LISTEN_TIMEOUT_SECONDS)
                 if message is not None:
-                    self._on_wake(decode_wake(message["data"]))
+                    self._on_wake(queue.decode_wake(message["data"]))
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
