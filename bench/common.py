@@ -36,6 +36,7 @@ from tests.support.servers import PostgresCluster, RedisServer, free_port, postg
 
 __all__ = [
     "ApiProcess",
+    "CpuBudget",
     "CpuMeter",
     "PostgresCluster",
     "RedisCommandCounter",
@@ -43,6 +44,7 @@ __all__ = [
     "Stack",
     "WorkerProcess",
     "bench_settings",
+    "cpu_budget_unavailable_reason",
     "figure",
     "free_port",
     "migrated_postgres",
@@ -360,6 +362,76 @@ class RedisCommandCounter:
 
     def close(self) -> None:
         self.client.close()
+
+
+class CpuBudget:
+    """A Linux cgroup that caps the processes put in it at `cores` of CPU time (CFS quota per 100 ms period).
+
+    A process on its own budget no longer competes with the rest of the machine for it: this is how B5 shows
+    what a second worker adds when each worker has CPU of its own, as on a machine with a core per worker and
+    the database on cores of its own, on a machine too small for that.
+    """
+
+    PERIOD_US = 100_000
+
+    def __init__(self, name: str, cores: float) -> None:
+        self.dir = _cgroup_cpu_root() / name
+        self.dir.mkdir(exist_ok=True)
+        quota = int(cores * self.PERIOD_US)
+        if _cgroup_cpu_root() == CGROUP1_CPU:
+            (self.dir / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (self.dir / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            (self.dir / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+
+    def add(self, pid: int) -> None:
+        """Moves a process, its threads and its children (later children are born inside)."""
+        for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            (self.dir / "cgroup.procs").write_text(str(p.pid))
+
+    def remove(self) -> None:
+        """Gives its processes back to the root group (if any still live) and deletes the group."""
+        root = self.dir.parent / "cgroup.procs"
+        for pid in (self.dir / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                root.write_text(pid)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
+
+
+CGROUP1_CPU = Path("/sys/fs/cgroup/cpu")
+CGROUP2 = Path("/sys/fs/cgroup")
+
+
+def _cgroup_cpu_root() -> Path:
+    if (CGROUP1_CPU / "cpu.cfs_quota_us").exists():
+        return CGROUP1_CPU
+    return CGROUP2
+
+
+def cpu_budget_unavailable_reason() -> str | None:
+    """Why CpuBudget cannot work here (not Linux, no cgroup CPU controller, not writable), or None."""
+    root = _cgroup_cpu_root()
+    if root == CGROUP2:
+        controllers = CGROUP2 / "cgroup.subtree_control"
+        if not controllers.exists() or "cpu" not in controllers.read_text().split():
+            return "no cgroup CPU controller is enabled here"
+    if not os.access(root, os.W_OK):
+        return f"{root} is not writable (needs root)"
+    # The whole path, on a throwaway child: containers may allow creating a group but not moving into it.
+    child = subprocess.Popen(["sleep", "30"])
+    budget: CpuBudget | None = None
+    try:
+        budget = CpuBudget(f"jobs-gateway-probe-{os.getpid()}", 0.5)
+        budget.add(child.pid)
+    except OSError as exc:
+        return f"cannot cap a process with a cgroup under {root}: {exc}"
+    finally:
+        child.kill()
+        child.wait()
+        if budget is not None:
+            budget.remove()
+    return None
 
 
 @contextlib.contextmanager
