@@ -27,12 +27,15 @@ from bench.common import CpuBudget, CpuMeter, SqlDb, Stack, figure, parse_ts, pi
 from bench.job_types import PROBE_TYPE
 
 N = pick(smoke=60, quick=600, full=3000)
+# Drains on a CPU budget run at a third of the speed and are throttled in 100 ms periods: longer drains keep
+# their start and their tail (one worker done, the other not) a small part of the time measured.
+N_BUDGET = pick(smoke=60, quick=2000, full=3000)
 MAX_JOBS = Settings.model_fields["worker_max_jobs"].default
 REPS = 3
 PARALLEL_ENQUEUE = 32
 # Each worker's CPU in the *budget* rows, in cores: low enough that two such workers leave a 2-core machine's
 # database, Redis and client room to spare (at 0.6 the machine is 90 % busy again: bench/NOTES.md).
-WORKER_CORES = float(os.environ.get("BENCH_B5_WORKER_CORES", "0.4"))
+WORKER_CORES = common.cores_setting("BENCH_B5_WORKER_CORES", 0.4)
 ARQ_BUDGET_RUNS = [(0.5, 1), (0.5, 2), (0.005, 1), (0.005, 2)]
 
 
@@ -80,11 +83,12 @@ async def wait_runs(url: str, expected: int, timeout: float) -> tuple[float, flo
 
 
 def product_rates(st: Stack, url: str, workers: int, label: str, cores: float | None = None) -> list[float]:
-    """Runs/s of `workers` worker processes draining N runs, REPS times; with `cores`, each worker on a CPU
-    budget of its own of that many cores."""
+    """Runs/s of `workers` worker processes draining N runs, REPS times; with `cores`, N_BUDGET runs and each
+    worker on a CPU budget of its own of that many cores."""
+    n = N if cores is None else N_BUDGET
     r = st.redis()
     settings = common.bench_settings(database_url=url, redis_url=r.url, log_level="WARNING", embedded_worker=False)
-    ids = [f"t{i:05d}" for i in range(N)]
+    ids = [f"t{i:05d}" for i in range(n)]
     asyncio.run(_insert(url, ids))
     procs = [st.worker(settings, name=f"{label}-w{i}") for i in range(workers)]
     _budgets(st, label, [p.proc.pid for p in procs if p.proc is not None], cores)
@@ -96,9 +100,9 @@ def product_rates(st: Stack, url: str, workers: int, label: str, cores: float | 
             m.start()
         machine0 = psutil.cpu_times()
         asyncio.run(queue_runs(r.url, ids, rep))
-        first, last, ok = asyncio.run(wait_runs(url, N, timeout=120))
-        assert ok == N, f"{label}: {ok} of {N} runs succeeded"
-        rates.append(N / (last - first))
+        first, last, ok = asyncio.run(wait_runs(url, n, timeout=120))
+        assert ok == n, f"{label}: {ok} of {n} runs succeeded"
+        rates.append(n / (last - first))
         workers_cpu = sum(m.percent() for m in meters)
         busy = _busy_percent(machine0, psutil.cpu_times())
         CPU[label].append((workers_cpu, busy))
@@ -114,7 +118,7 @@ def _budgets(st: Stack, label: str, pids: list[int], cores: float | None) -> Non
     if cores is None:
         return
     for i, pid in enumerate(pids):
-        budget = CpuBudget(f"jobs-gateway-bench-{os.getpid()}-{label}-{i}", cores)
+        budget = CpuBudget(f"{label}-{i}", cores)
         st.callback(budget.remove)
         budget.add(pid)
 
@@ -234,13 +238,8 @@ def product_figures(results: dict[str, list[float]], with_pg: bool) -> list[dict
         figures += [
             figure(f"1 worker {each}, {db}", "runs/s", results["budget 1"]),
             figure(f"2 workers, each {each}, {db}", "runs/s", results["budget 2"]),
-            figure(
-                f"second worker's gain, each worker {each}, {db}",
-                "%",
-                budget_gain,
-                target="≥ 60" if with_pg else None,
-                met=_median(budget_gain) >= 60 if with_pg else None,
-            ),
+            # No target mark: issue 7's target is for the machine as it is, and plain arq gains on budgets too.
+            figure(f"second worker's gain, each worker {each}, {db}", "%", budget_gain),
         ]
     for label, samples in CPU.items():
         figures.append(figure(f"{label}: workers' CPU during the drain", "% of a core", [w for w, _ in samples]))
@@ -262,7 +261,8 @@ def arq_figures(results: dict[str, list[float]]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    budget_unavailable = common.cpu_budget_unavailable_reason()
+    common.remove_stale_cpu_budgets()
+    budget_unavailable = common.cpu_budget_unavailable_reason(WORKER_CORES)
     results, pg = measure(budget_unavailable)
     ratio = _median(results["sqlite 1"]) / _median(results["arq default 1"])
     notes = (
@@ -274,7 +274,8 @@ def main() -> None:
         notes += (
             f"The *budget* rows put each worker process in a cgroup of its own capped at {WORKER_CORES:g} of a core "
             "(BENCH_B5_WORKER_CORES), so that a second worker has CPU of its own instead of competing with the "
-            "first one, the database, Redis and the client for the machine's cores (bench/NOTES.md, B5)."
+            "first one, the database, Redis and the client for the machine's cores (bench/NOTES.md, B5); their "
+            f"drains are {N_BUDGET} runs long (plain arq's: {N} jobs). Gains are medians of each repetition's gain."
         )
     else:
         notes += f"No *budget* rows: {budget_unavailable}."

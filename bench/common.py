@@ -44,6 +44,7 @@ __all__ = [
     "Stack",
     "WorkerProcess",
     "bench_settings",
+    "cores_setting",
     "cpu_budget_unavailable_reason",
     "figure",
     "free_port",
@@ -53,6 +54,7 @@ __all__ = [
     "percentile",
     "pick",
     "postgres_unavailable_reason",
+    "remove_stale_cpu_budgets",
     "summary",
     "token_for",
     "write_result",
@@ -82,6 +84,19 @@ def mode() -> Mode:
 def pick(*, smoke: T, quick: T, full: T) -> T:
     """The size for the current mode."""
     return {"smoke": smoke, "quick": quick, "full": full}[mode()]
+
+
+def cores_setting(name: str, default: float) -> float:
+    """A CPU share from the environment, in cores: at least 0.01 (the smallest CFS quota is 1 ms per 100 ms)
+    and at most the machine's cores."""
+    raw = os.environ.get(name, "")
+    try:
+        cores = float(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a number of cores") from None
+    if not 0.01 <= cores <= (os.cpu_count() or 1):
+        raise SystemExit(f"{name}={raw!r}: give between 0.01 and {os.cpu_count()} cores")
+    return cores
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -368,35 +383,45 @@ class CpuBudget:
     """A Linux cgroup that caps the processes put in it at `cores` of CPU time (CFS quota per 100 ms period).
 
     A process on its own budget no longer competes with the rest of the machine for it: this is how B5 shows
-    what a second worker adds when each worker has CPU of its own, as on a machine with a core per worker and
-    the database on cores of its own, on a machine too small for that.
+    what a second worker adds when each worker has CPU of its own, on a machine too small to give each worker
+    a core and the database cores of their own.
     """
 
     PERIOD_US = 100_000
+    PREFIX = "jobs-gateway-"
 
     def __init__(self, name: str, cores: float) -> None:
-        self.dir = _cgroup_cpu_root() / name
-        self.dir.mkdir(exist_ok=True)
-        quota = int(cores * self.PERIOD_US)
-        if _cgroup_cpu_root() == CGROUP1_CPU:
-            (self.dir / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
-            (self.dir / "cpu.cfs_quota_us").write_text(str(quota))
-        else:
-            (self.dir / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        # The creator's pid in the name lets remove_stale_cpu_budgets() tell a killed run's groups apart.
+        self.path = _cgroup_cpu_root() / f"{self.PREFIX}{os.getpid()}-{name}"
+        self._origins: dict[int, Path] = {}
+        self.path.mkdir(exist_ok=True)
+        quota = round(cores * self.PERIOD_US)
+        try:
+            if _cgroup_cpu_root() == CGROUP1_CPU:
+                (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+                (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+            else:
+                (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        except OSError:
+            self.path.rmdir()
+            raise
 
     def add(self, pid: int) -> None:
         """Moves a process, its threads and its children (later children are born inside)."""
         for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-            (self.dir / "cgroup.procs").write_text(str(p.pid))
+            with contextlib.suppress(ProcessLookupError):  # a child that has just exited
+                self._origins[p.pid] = _cgroup_of(p.pid)
+                (self.path / "cgroup.procs").write_text(str(p.pid))
 
     def remove(self) -> None:
-        """Gives its processes back to the root group (if any still live) and deletes the group."""
-        root = self.dir.parent / "cgroup.procs"
-        for pid in (self.dir / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):
-                root.write_text(pid)
-        with contextlib.suppress(OSError):
-            self.dir.rmdir()
+        """Gives the processes still alive back to the groups they came from and deletes this one."""
+        for pid in map(int, (self.path / "cgroup.procs").read_text().split()):
+            with contextlib.suppress(ProcessLookupError):
+                (self._origins.get(pid, self.path.parent) / "cgroup.procs").write_text(str(pid))
+        try:
+            self.path.rmdir()
+        except OSError as exc:
+            print(f"  could not remove {self.path}: {exc}", flush=True)
 
 
 CGROUP1_CPU = Path("/sys/fs/cgroup/cpu")
@@ -409,8 +434,28 @@ def _cgroup_cpu_root() -> Path:
     return CGROUP2
 
 
-def cpu_budget_unavailable_reason() -> str | None:
-    """Why CpuBudget cannot work here (not Linux, no cgroup CPU controller, not writable), or None."""
+def _cgroup_of(pid: int) -> Path:
+    """The CPU cgroup a process is in, from /proc/<pid>/cgroup ("id:controllers:path" lines)."""
+    v1 = _cgroup_cpu_root() == CGROUP1_CPU
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if (v1 and "cpu" in controllers.split(",")) or (not v1 and controllers == ""):
+            return _cgroup_cpu_root() / path.lstrip("/")
+    return _cgroup_cpu_root()
+
+
+def remove_stale_cpu_budgets() -> None:
+    """Deletes the empty groups of earlier runs that were killed before they could remove them."""
+    for group in _cgroup_cpu_root().glob(f"{CpuBudget.PREFIX}*"):
+        creator = group.name.removeprefix(CpuBudget.PREFIX).split("-", 1)[0]
+        if creator.isdigit() and not psutil.pid_exists(int(creator)):
+            with contextlib.suppress(OSError):
+                group.rmdir()
+
+
+def cpu_budget_unavailable_reason(cores: float) -> str | None:
+    """Why a CpuBudget of `cores` cannot work here (not Linux, no cgroup CPU controller, not writable, a
+    quota the parent group refuses), or None."""
     root = _cgroup_cpu_root()
     if root == CGROUP2:
         controllers = CGROUP2 / "cgroup.subtree_control"
@@ -422,10 +467,10 @@ def cpu_budget_unavailable_reason() -> str | None:
     child = subprocess.Popen(["sleep", "30"])
     budget: CpuBudget | None = None
     try:
-        budget = CpuBudget(f"jobs-gateway-probe-{os.getpid()}", 0.5)
+        budget = CpuBudget("probe", cores)
         budget.add(child.pid)
     except OSError as exc:
-        return f"cannot cap a process with a cgroup under {root}: {exc}"
+        return f"cannot cap a process at {cores:g} of a core with a cgroup under {root}: {exc}"
     finally:
         child.kill()
         child.wait()
