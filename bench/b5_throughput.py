@@ -4,7 +4,8 @@ SQLite and PostgreSQL; baselines: plain arq no-op jobs per second at its default
 Each repetition queues N runs of N distinct jobs at once (the trigger's own lease-and-dispatch, as the API
 does it: the workers' dispatch consumers take them) on running `jobs-gateway worker` processes and measures
 from the first run's start to the last run's end, from the run records. arq: N `enqueue_job` calls, measured
-from its job results.
+from its job results. Where cgroups allow it, the same again with each worker (ours and arq's) capped at
+BENCH_B5_WORKER_CORES of a core: what a second worker adds when it has CPU of its own.
 """
 
 from __future__ import annotations

@@ -409,7 +409,7 @@ class CpuBudget:
     def add(self, pid: int) -> None:
         """Moves a process, its threads and its children (later children are born inside)."""
         for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-            with contextlib.suppress(ProcessLookupError):  # a child that has just exited
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError):  # a child that has just exited
                 self._origins[p.pid] = _cgroup_of(p.pid)
                 (self.path / "cgroup.procs").write_text(str(p.pid))
 
