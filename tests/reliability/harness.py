@@ -204,7 +204,13 @@ class Subscriber:
             found[:] = [s for s in self.states[after:] if check(s)]
             return bool(found) or self.closed is not None
 
-        await wait_for(arrived, timeout=timeout)
+        try:
+            await wait_for(arrived, timeout=timeout)
+        except AssertionError:
+            # The states just before the mark too: one that came early shows up there.
+            earlier = self.states[max(0, after - 3) : after]
+            message = f"no such state within {timeout} s; saw {self.states[after:]}, just before: {earlier}"
+            raise AssertionError(message) from None
         assert found, f"subscription closed ({self.closed}) before the expected state; saw {self.states[after:]}"
         return found[0]
 

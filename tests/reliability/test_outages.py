@@ -90,10 +90,11 @@ async def test_s03_redis_restart_reads_from_the_database_refuses_triggers_then_r
         fires_after = time.monotonic() - up_at
         # That run may have ended while this API was still re-subscribing: its state comes by resync.
         first = await subscriber.seen(lambda s: not s["running"] and s["lastRun"], timeout=10, after=before)
-        # And the live events flow again: the next run is seen starting and ending.
+        # And the live events flow again: the next run is seen starting and ending. The mark comes before the
+        # trigger: the run's start can reach the subscriber before the trigger's answer reaches this test.
+        mark = len(subscriber.states)
         async with cluster.client(0) as client:
             assert (await client.post("/api/jobs/s03/trigger")).status_code == 200
-        mark = len(subscriber.states)
         await subscriber.seen(lambda s: s["running"], timeout=10, after=mark)
         await subscriber.seen(lambda s: not s["running"] and s["lastRun"] != first["lastRun"], timeout=10, after=mark)
         pushed_after = time.monotonic() - up_at
@@ -227,7 +228,9 @@ async def test_s06_database_locked_or_stopped_answers_503_then_recovers(
     # SQLite: a writer waits out the busy timeout (5 s, sqlite3's default) and may first queue behind
     # a background write on the process's single connection. PostgreSQL refuses at once.
     assert max(a[2] for a in answers) < (2 * SQLITE_BUSY_SECONDS + 2 if db_backend == "sqlite" else 5.0)
-    # After recovery: a trigger runs, and no run stays half-written.
+    # After recovery: a trigger runs, and no run stays half-written. The mark comes first: the 0.1 s run can
+    # end and reach the subscriber before the calls below return.
+    seen_from = len(subscriber.states)
     async with cluster.client() as client:
 
         async def triggered() -> bool:
@@ -236,7 +239,6 @@ async def test_s06_database_locked_or_stopped_answers_503_then_recovers(
         await wait_for(triggered, timeout=20, interval=0.5)
         await client.patch("/api/jobs/s06-tick", json={"enabled": False})
     # The live events outlived the outage: the subscriber sees the run without reconnecting.
-    seen_from = len(subscriber.states)
     await subscriber.seen(lambda s: not s["running"] and s["lastResult"] == "success", timeout=15, after=seen_from)
     await subscriber.close()
     await _reopen_orm(cluster)
