@@ -27,12 +27,12 @@ def _connection_url(settings: Settings) -> str:
     return url + ("&" if "?" in url else "?") + "synchronous=NORMAL"
 
 
-def _connection(settings: Settings) -> str | dict[str, Any]:
-    url = _connection_url(settings)
-    if settings.sqlite_path() is None:
-        return url
-    config: dict[str, Any] = expand_db_url(url)
-    config["engine"] = "app.sqlite_client"  # short reads on the event loop's thread (see that module)
+def _connection(settings: Settings) -> dict[str, Any]:
+    config: dict[str, Any] = expand_db_url(_connection_url(settings))
+    if settings.sqlite_path() is not None:
+        config["engine"] = "app.sqlite_client"  # short reads on the event loop's thread (see that module)
+    elif config["engine"] == "tortoise.backends.asyncpg":
+        config["engine"] = "app.postgres_client"  # transactions that survive a cancel as they begin
     return config
 
 

@@ -35,6 +35,9 @@ One consequence for code written later: a transaction on tortoise's connection c
 of this same process commit while it is open, as it always could for other processes. A deferred transaction
 that reads before its first write then fails at that write with SQLITE_BUSY_SNAPSHOT instead of waiting; every
 transaction here starts with a write (or takes its lock first), which is what keeps that from happening.
+
+Transactions also start through `_CancelSafeTransactionContext` (see there): tortoise's own one lost its
+connection's lock for good when cancelled as the transaction began.
 """
 
 from __future__ import annotations
@@ -48,7 +51,16 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from tortoise.backends.sqlite.client import SqliteClient, translate_exceptions
+from tortoise.backends.base.client import TransactionContext
+from tortoise.backends.sqlite.client import (
+    SqliteClient,
+    SqliteTransactionContext,
+    SqliteTransactionWrapper,
+    translate_exceptions,
+)
+from tortoise.connection import get_connections
+
+from app.aio import in_background
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +88,42 @@ def _statement_key(query: str, values: list[Any] | None) -> tuple[str, tuple[Any
 
 class _OverBudget(Exception):
     """The inline read ran past its budget (or could not run here); run it on the worker thread."""
+
+
+class _CancelSafeTransactionContext(SqliteTransactionContext):
+    """tortoise's SQLite transaction, except when it fails or is cancelled while it begins.
+
+    tortoise (1.1.9) takes the connection's lock, then awaits BEGIN on the worker thread; cancelled in
+    between, it raised without ever releasing the lock, and every later transaction, update and thread-path
+    read of the process waited for it forever. A cancel lands there easily: a reconcile loop cancelled at
+    shutdown, or by the embedded worker's supervisor. Here the lock is handed to a cleanup task instead,
+    which rolls back whatever BEGIN the worker thread may still run, then releases it."""
+
+    async def __aenter__(self) -> SqliteTransactionWrapper:
+        await self._trxlock.acquire()
+        token = None
+        try:
+            await self.ensure_connection()
+            token = self.token = get_connections().set(self.connection_name, self.connection)
+            await self.connection.begin()
+        except BaseException:
+            if token is not None:
+                get_connections().reset(token)
+            in_background(self._abandon(), "sqlite-abandoned-begin")
+            raise
+        wrapper: SqliteTransactionWrapper = self.connection
+        return wrapper
+
+    async def _abandon(self) -> None:
+        try:
+            raw = self.connection._connection
+            if raw is not None:
+                # Queued behind the BEGIN on the same thread, so it runs after it; a no-op if none ran.
+                await raw.rollback()
+        except Exception:
+            log.warning("could not roll back a transaction abandoned as it began", exc_info=True)
+        finally:
+            self._trxlock.release()
 
 
 class InlineReadSqliteClient(SqliteClient):
@@ -111,6 +159,9 @@ class InlineReadSqliteClient(SqliteClient):
                 self._writer = writer
             else:
                 writer.close()
+
+    def _in_transaction(self) -> TransactionContext:
+        return _CancelSafeTransactionContext(SqliteTransactionWrapper(self), self._lock)
 
     async def close(self) -> None:
         if self._reader is not None:
