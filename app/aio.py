@@ -30,8 +30,8 @@ _background: set[asyncio.Task[None]] = set()
 
 
 def in_background(cleanup: Coroutine[object, object, None], name: str) -> None:
-    """Run `cleanup` in a task of its own, which nothing cancels: for the cleanup a cancelled task owes but
-    cannot await (it would be cancelled again, half-way)."""
+    """Run `cleanup` in a task of its own, which the app never cancels: for the cleanup a cancelled task owes
+    but cannot await (it could be cancelled again, half-way)."""
     task = asyncio.get_running_loop().create_task(cleanup, name=name)
     _background.add(task)
     task.add_done_callback(_background.discard)

@@ -29,10 +29,11 @@ def _connection_url(settings: Settings) -> str:
 
 def _connection(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = expand_db_url(_connection_url(settings))
-    if settings.sqlite_path() is not None:
-        config["engine"] = "app.sqlite_client"  # short reads on the event loop's thread (see that module)
+    # Both: a transaction cancelled as it begins gives its connection back (see those modules).
+    if config["engine"] == "tortoise.backends.sqlite":
+        config["engine"] = "app.sqlite_client"  # and short reads on the event loop's thread
     elif config["engine"] == "tortoise.backends.asyncpg":
-        config["engine"] = "app.postgres_client"  # transactions that survive a cancel as they begin
+        config["engine"] = "app.asyncpg_client"  # named so that tortoise's migrations pick asyncpg's schema editor
     return config
 
 

@@ -36,8 +36,13 @@ of this same process commit while it is open, as it always could for other proce
 that reads before its first write then fails at that write with SQLITE_BUSY_SNAPSHOT instead of waiting; every
 transaction here starts with a write (or takes its lock first), which is what keeps that from happening.
 
-Transactions also start through `_CancelSafeTransactionContext` (see there): tortoise's own one lost its
-connection's lock for good when cancelled as the transaction began.
+Cancellation: tortoise (1.1.9) takes its connection's lock, then awaits (BEGIN, or connecting); cancelled or
+failing in between, it never released the lock, and every later transaction, update and thread-path read of
+the process waited for it forever. A cancel lands there easily: a reconcile loop cancelled at shutdown, a run
+cancelled by the embedded worker's supervisor or its timeout, `/readyz` giving up on its query. So
+transactions and statements here take the lock through `_CancelSafeTransactionContext` and
+`_CancelSafeConnectionWrapper`, and a connection cut off half-way through its set-up is dropped, not kept
+without its PRAGMAs (foreign keys among them).
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from tortoise.backends.base.client import TransactionContext
+import aiosqlite
+from tortoise.backends.base.client import ConnectionWrapper, TransactionContext
 from tortoise.backends.sqlite.client import (
     SqliteClient,
     SqliteTransactionContext,
@@ -91,13 +97,8 @@ class _OverBudget(Exception):
 
 
 class _CancelSafeTransactionContext(SqliteTransactionContext):
-    """tortoise's SQLite transaction, except when it fails or is cancelled while it begins.
-
-    tortoise (1.1.9) takes the connection's lock, then awaits BEGIN on the worker thread; cancelled in
-    between, it raised without ever releasing the lock, and every later transaction, update and thread-path
-    read of the process waited for it forever. A cancel lands there easily: a reconcile loop cancelled at
-    shutdown, or by the embedded worker's supervisor. Here the lock is handed to a cleanup task instead,
-    which rolls back whatever BEGIN the worker thread may still run, then releases it."""
+    """tortoise's SQLite transaction, except when it fails or is cancelled while it begins: then the lock
+    goes to a cleanup task, which rolls back whatever BEGIN the worker thread may still run, then releases it."""
 
     async def __aenter__(self) -> SqliteTransactionWrapper:
         await self._trxlock.acquire()
@@ -106,7 +107,7 @@ class _CancelSafeTransactionContext(SqliteTransactionContext):
             await self.ensure_connection()
             token = self.token = get_connections().set(self.connection_name, self.connection)
             await self.connection.begin()
-        except BaseException:
+        except (Exception, asyncio.CancelledError):
             if token is not None:
                 get_connections().reset(token)
             in_background(self._abandon(), "sqlite-abandoned-begin")
@@ -126,6 +127,26 @@ class _CancelSafeTransactionContext(SqliteTransactionContext):
             self._trxlock.release()
 
 
+class _CancelSafeConnectionWrapper(ConnectionWrapper[aiosqlite.Connection]):
+    """tortoise's lock around one statement, released if connecting fails or is cancelled."""
+
+    async def __aenter__(self) -> aiosqlite.Connection:
+        await self._lock.acquire()
+        try:
+            await self.ensure_connection()
+        except (Exception, asyncio.CancelledError):
+            self._lock.release()
+            raise
+        return self.connection
+
+
+async def _close_quietly(connection: aiosqlite.Connection) -> None:
+    try:
+        await connection.close()
+    except Exception:
+        log.warning("could not close a connection abandoned during its set-up", exc_info=True)
+
+
 class InlineReadSqliteClient(SqliteClient):
     def __init__(self, file_path: str, **kwargs: Any) -> None:
         super().__init__(file_path, **kwargs)
@@ -138,7 +159,15 @@ class InlineReadSqliteClient(SqliteClient):
         self._slow: OrderedDict[tuple[str, tuple[Any, ...]], float] = OrderedDict()
 
     async def create_connection(self, with_db: bool) -> None:
-        await super().create_connection(with_db)
+        try:
+            await super().create_connection(with_db)
+        except (Exception, asyncio.CancelledError):
+            # tortoise keeps the connection before it runs the PRAGMAs: stopped in between, the next caller
+            # would use it as it is, for good. Dropped, the next caller connects again.
+            half, self._connection = self._connection, None
+            if half is not None:
+                in_background(_close_quietly(half), "sqlite-half-open-connection")
+            raise
         if self._reader is None and self.filename != ":memory:":
             reader = sqlite3.connect(self.filename, isolation_level=None)
             reader.execute("PRAGMA query_only = ON")
@@ -162,6 +191,9 @@ class InlineReadSqliteClient(SqliteClient):
 
     def _in_transaction(self) -> TransactionContext:
         return _CancelSafeTransactionContext(SqliteTransactionWrapper(self), self._lock)
+
+    def acquire_connection(self) -> ConnectionWrapper[aiosqlite.Connection]:
+        return _CancelSafeConnectionWrapper(self._lock, self)
 
     async def close(self) -> None:
         if self._reader is not None:

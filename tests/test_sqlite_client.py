@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -317,3 +318,36 @@ async def test_an_insert_waits_out_another_writer_without_stalling_the_event_loo
         other.close()
     assert await Activity.filter(id=entry.id).count() == 1
     assert max(gaps) < 0.05, f"the event loop stalled {1000 * max(gaps):.0f} ms"
+
+
+@pytest.mark.parametrize("path", ["transaction", "statement"])
+async def test_a_connection_cut_off_during_its_set_up_is_dropped_not_kept(orm: Runtime, path: str) -> None:
+    # tortoise keeps its new connection before it runs the PRAGMAs: a cancel in between used to leave the
+    # process on a connection without foreign keys and with synchronous=FULL, and (on the statement path)
+    # holding the lock for good.
+    client = connections.get("default")
+    assert isinstance(client, sqlite_client.InlineReadSqliteClient)
+    await make_job(id="a")
+
+    async def use() -> None:
+        if path == "transaction":
+            async with in_transaction() as conn:
+                await conn.execute_query("UPDATE job SET name = 'cut' WHERE id = 'a'")
+        else:
+            await client.execute_query("UPDATE job SET name = 'cut' WHERE id = 'a'")
+
+    for turns in range(30):
+        await client.close()
+        task = asyncio.create_task(use())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(5):
+            await Job.filter(id="a").update(name=f"after-{turns}")  # tortoise's connection, not the inline one
+            async with in_transaction() as conn:
+                (foreign_keys,) = (await conn.execute_query_dict("PRAGMA foreign_keys"))[0].values()
+                (synchronous,) = (await conn.execute_query_dict("PRAGMA synchronous"))[0].values()
+        assert (foreign_keys, synchronous) == (1, 1), f"set-up cut off after {turns} turns was kept"
+        assert client._reader is not None and (await Job.get(id="a")).name == f"after-{turns}"

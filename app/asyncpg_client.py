@@ -1,24 +1,20 @@
 """tortoise's asyncpg client, with transactions that give their connection back when cancelled as they begin.
 
-tortoise (1.1.9) takes a connection from the pool, then awaits BEGIN; cancelled in between, it raised
-without ever returning the connection. Each such cancel cost the pool a connection for good, and after as
+tortoise (1.1.9) takes a connection from the pool, then awaits BEGIN; cancelled (or failing) in between, it
+raised without ever returning the connection. Each such cancel cost the pool a connection for good, and after as
 many of them as the pool's size (tortoise's default: 5) every query of the process waited forever. A cancel
-lands there easily: a reconcile loop cancelled at shutdown, or a run cancelled by the embedded worker's
-supervisor.
+lands there easily: a reconcile loop cancelled at shutdown, a run cancelled by the embedded worker's
+supervisor or its timeout, `/readyz` giving up on its query.
 """
 
 from __future__ import annotations
 
-import logging
+import asyncio
 from typing import Any
 
 from tortoise.backends.asyncpg.client import AsyncpgDBClient, TransactionWrapper
 from tortoise.backends.base.client import TransactionalDBClient, TransactionContext, TransactionContextPooled
 from tortoise.connection import get_connections
-
-from app.aio import in_background
-
-log = logging.getLogger(__name__)
 
 
 class _CancelSafeTransactionContext(TransactionContextPooled):
@@ -31,20 +27,18 @@ class _CancelSafeTransactionContext(TransactionContextPooled):
         try:
             token = self.token = get_connections().set(self.connection_name, self.client)
             await self.client.begin()
-        except BaseException:
+        except (Exception, asyncio.CancelledError):
             if token is not None:
                 get_connections().reset(token)
-            in_background(_give_back(pool, connection), "postgres-abandoned-begin")
+            self._abandon(connection)
             raise
         return self.client
 
-
-async def _give_back(pool: Any, connection: Any) -> None:  # asyncpg's Pool and its proxy (untyped)
-    try:
-        # asyncpg's release waits for the cancelled BEGIN, then rolls back whatever it left open.
-        await pool.release(connection)
-    except Exception:
-        log.warning("could not return a connection abandoned as its transaction began", exc_info=True)
+    def _abandon(self, connection: Any) -> None:  # asyncpg's pool connection proxy (untyped)
+        # Closed rather than released: a release would wait for the cancelled BEGIN and roll back, and asyncpg
+        # logs an error for every connection released inside a transaction it did not see end. Closing gives
+        # the pool its slot back at once; it connects again when it needs to.
+        connection.terminate()
 
 
 class CancelSafeAsyncpgClient(AsyncpgDBClient):
