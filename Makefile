@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run migrate test test-reliability test-load test-fast lint format system-deps clean schema bench
+.PHONY: install run migrate test test-reliability test-load test-fast lint format system-deps bench-deps clean schema bench
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -69,8 +69,15 @@ test-load: install system-deps
 test-fast: install
 	$(BIN)/pytest -x -q
 
+# B3 drives the REST API with Debian's wrk; only the benchmarks need it.
+bench-deps:
+	@if ! command -v wrk >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; \
+		else echo "missing: wrk -- install with: sudo apt-get install wrk"; exit 1; fi; \
+	fi
+
 # Every bench/b*.py in quick mode (BENCH_FULL=1: full sizes, BENCH_SMOKE=1: seconds, CI), then BENCHMARKS.md.
-bench: install system-deps
+bench: install system-deps bench-deps
 	@set -e; for script in bench/b[0-9]*.py; do \
 		name=$$(basename $$script .py); echo "=== bench $$name"; $(BIN)/python -m bench.$$name; \
 	done
