@@ -10,8 +10,10 @@ supervisor or its timeout, `/readyz` giving up on its query.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
+import asyncpg
 from tortoise.backends.asyncpg.client import AsyncpgDBClient, TransactionWrapper
 from tortoise.backends.base.client import TransactionalDBClient, TransactionContext, TransactionContextPooled
 from tortoise.connection import get_connections
@@ -37,8 +39,10 @@ class _CancelSafeTransactionContext(TransactionContextPooled):
     def _abandon(self, connection: Any) -> None:  # asyncpg's pool connection proxy (untyped)
         # Closed rather than released: a release would wait for the cancelled BEGIN and roll back, and asyncpg
         # logs an error for every connection released inside a transaction it did not see end. Closing gives
-        # the pool its slot back at once; it connects again when it needs to.
-        connection.terminate()
+        # the pool its slot back at once; it connects again when it needs to. A connection the server dropped
+        # is back in the pool already, and its proxy refuses: the error that is raising matters, not that one.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            connection.terminate()
 
 
 class CancelSafeAsyncpgClient(AsyncpgDBClient):

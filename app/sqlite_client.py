@@ -102,6 +102,9 @@ class _CancelSafeTransactionContext(SqliteTransactionContext):
 
     async def __aenter__(self) -> SqliteTransactionWrapper:
         await self._trxlock.acquire()
+        # The wrapper took the client's connection when it was made, before the wait for the lock: a
+        # connection dropped meanwhile (see create_connection) must not be used.
+        self.connection._connection = self.connection._parent._connection
         token = None
         try:
             await self.ensure_connection()
@@ -132,6 +135,7 @@ class _CancelSafeConnectionWrapper(ConnectionWrapper[aiosqlite.Connection]):
 
     async def __aenter__(self) -> aiosqlite.Connection:
         await self._lock.acquire()
+        self.connection = self.client._connection  # as in the transaction context above
         try:
             await self.ensure_connection()
         except (Exception, asyncio.CancelledError):

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+import pytest_asyncio
 from tortoise import connections
 from tortoise.backends.asyncpg.client import TransactionWrapper as AsyncpgTransactionWrapper
 from tortoise.backends.sqlite.client import SqliteTransactionWrapper
@@ -25,7 +28,7 @@ async def _rename(name: str) -> None:
 
 
 async def test_a_transaction_cancelled_during_its_begin_gives_its_connection_back_with_none_open(
-    orm: Runtime, monkeypatch: pytest.MonkeyPatch
+    orm: Runtime, monkeypatch: pytest.MonkeyPatch, loop_errors: list[dict[str, Any]]
 ) -> None:
     # tortoise's own contexts kept SQLite's connection lock, or a PostgreSQL pool connection, when cancelled
     # while BEGIN ran: on SQLite the next transaction then waited forever, on PostgreSQL after as many such
@@ -59,7 +62,7 @@ async def test_a_transaction_cancelled_during_its_begin_gives_its_connection_bac
             await task
 
         async def given_back() -> bool:
-            return _all_connections_back(client)
+            return await _all_connections_back(client)
 
         await wait_until(given_back, timeout=5)
         async with asyncio.timeout(5):  # hung for good before
@@ -69,6 +72,7 @@ async def test_a_transaction_cancelled_during_its_begin_gives_its_connection_bac
         # Nothing holds SQLite's write lock: another process can still write.
         await commit_from_another_process(client.filename, "UPDATE job SET name = 'other'")
         assert (await Job.get(id="a")).name == "other"
+    assert not loop_errors, f"reported to the event loop: {loop_errors}"
 
 
 async def test_a_transaction_cancelled_at_any_point_leaves_the_database_usable(orm: Runtime) -> None:
@@ -85,7 +89,7 @@ async def test_a_transaction_cancelled_at_any_point_leaves_the_database_usable(o
             await task
 
         async def given_back() -> bool:
-            return _all_connections_back(client)
+            return await _all_connections_back(client)
 
         await wait_until(given_back, timeout=5)
         async with asyncio.timeout(5):
@@ -93,10 +97,29 @@ async def test_a_transaction_cancelled_at_any_point_leaves_the_database_usable(o
         assert (await Job.get(id="a")).name == f"after-{turns}"
 
 
-def _all_connections_back(client: object) -> bool:
+async def _all_connections_back(client: object) -> bool:
     """No transaction holds a connection, and none is left open."""
     if isinstance(client, sqlite_client.InlineReadSqliteClient):
         raw = client._connection
-        return not client._lock.locked() and raw is not None and not raw.in_transaction
+        if client._lock.locked() or raw is None:
+            return False
+        # The connection's thread runs its statements in order: once this one has run, so has any BEGIN
+        # still queued when the lock was released.
+        await raw.execute("SELECT 1")
+        return not raw.in_transaction
     assert isinstance(client, asyncpg_client.CancelSafeAsyncpgClient)
     return bool(client._pool.get_idle_size() == client._pool.get_size())
+
+
+@pytest_asyncio.fixture
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """What reached the event loop's exception handler (asyncpg reports a connection released inside a
+    transaction there), for the test to assert that nothing did."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        yield errors
+    finally:
+        loop.set_exception_handler(previous)

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import pytest
 from tortoise import connections
 from tortoise.exceptions import IntegrityError, OperationalError
@@ -321,33 +322,46 @@ async def test_an_insert_waits_out_another_writer_without_stalling_the_event_loo
 
 
 @pytest.mark.parametrize("path", ["transaction", "statement"])
-async def test_a_connection_cut_off_during_its_set_up_is_dropped_not_kept(orm: Runtime, path: str) -> None:
+async def test_a_connection_cut_off_during_its_set_up_is_dropped_not_kept(
+    orm: Runtime, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # tortoise keeps its new connection before it runs the PRAGMAs: a cancel in between used to leave the
     # process on a connection without foreign keys and with synchronous=FULL, and (on the statement path)
-    # holding the lock for good.
+    # holding the lock for good. A statement already waiting for the lock must not get the dropped connection.
     client = connections.get("default")
     assert isinstance(client, sqlite_client.InlineReadSqliteClient)
     await make_job(id="a")
+    in_set_up, resume = asyncio.Event(), asyncio.Event()
+    execute = aiosqlite.Connection.execute
 
-    async def use() -> None:
+    async def held_execute(self: aiosqlite.Connection, sql: str, parameters: Any = None) -> aiosqlite.Cursor:
+        if sql.startswith("PRAGMA") and not in_set_up.is_set():  # the first of tortoise's set-up PRAGMAs
+            in_set_up.set()
+            await resume.wait()
+        return await execute(self, sql, parameters)
+
+    async def use(name: str) -> int:
+        statement = f"UPDATE job SET name = '{name}' WHERE id = 'a'"
         if path == "transaction":
             async with in_transaction() as conn:
-                await conn.execute_query("UPDATE job SET name = 'cut' WHERE id = 'a'")
-        else:
-            await client.execute_query("UPDATE job SET name = 'cut' WHERE id = 'a'")
+                return (await conn.execute_query(statement))[0]
+        return (await client.execute_query(statement))[0]
 
-    for turns in range(30):
-        await client.close()
-        task = asyncio.create_task(use())
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        async with asyncio.timeout(5):
-            await Job.filter(id="a").update(name=f"after-{turns}")  # tortoise's connection, not the inline one
-            async with in_transaction() as conn:
-                (foreign_keys,) = (await conn.execute_query_dict("PRAGMA foreign_keys"))[0].values()
-                (synchronous,) = (await conn.execute_query_dict("PRAGMA synchronous"))[0].values()
-        assert (foreign_keys, synchronous) == (1, 1), f"set-up cut off after {turns} turns was kept"
-        assert client._reader is not None and (await Job.get(id="a")).name == f"after-{turns}"
+    await client.close()
+    monkeypatch.setattr(aiosqlite.Connection, "execute", held_execute)
+    task = asyncio.create_task(use("cut"))
+    await in_set_up.wait()
+    queued = asyncio.create_task(use("queued"))
+    await asyncio.sleep(0.05)  # the queued statement waits for the lock
+    assert not queued.done()
+    task.cancel()
+    resume.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(5):
+        assert await queued == 1
+        async with in_transaction() as conn:
+            (foreign_keys,) = (await conn.execute_query_dict("PRAGMA foreign_keys"))[0].values()
+            (synchronous,) = (await conn.execute_query_dict("PRAGMA synchronous"))[0].values()
+    assert (foreign_keys, synchronous) == (1, 1), "the connection cut off during its set-up was kept"
+    assert client._reader is not None and (await Job.get(id="a")).name == "queued"
