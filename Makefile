@@ -69,15 +69,15 @@ test-load: install system-deps
 test-fast: install
 	$(BIN)/pytest -x -q
 
-# B3 drives the REST API with Debian's wrk; only the benchmarks need it.
-bench-deps:
+# B3 drives the REST API with Debian's wrk; only the benchmarks need it. After system-deps: one apt-get at a time.
+bench-deps: system-deps
 	@if ! command -v wrk >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; \
 		else echo "missing: wrk -- install with: sudo apt-get install wrk"; exit 1; fi; \
 	fi
 
 # Every bench/b*.py in quick mode (BENCH_FULL=1: full sizes, BENCH_SMOKE=1: seconds, CI), then BENCHMARKS.md.
-bench: install system-deps bench-deps
+bench: install bench-deps
 	@set -e; for script in bench/b[0-9]*.py; do \
 		name=$$(basename $$script .py); echo "=== bench $$name"; $(BIN)/python -m bench.$$name; \
 	done
