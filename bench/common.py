@@ -502,7 +502,7 @@ class SqlDb:
 
     async def __aenter__(self) -> SqlDb:
         if self.postgres:
-            import asyncpg  # type: ignore[import-untyped]
+            import asyncpg
 
             self._pg = await asyncpg.connect(self.url.replace("postgres://", "postgresql://", 1))
         else:
