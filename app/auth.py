@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 
-from app.config import Settings
-from app.errors import Forbidden, Unauthenticated
+from app.platform.config import Settings
+from app.platform.errors import Forbidden, Unauthenticated
 
 ADMIN_PERMISSION = "settings.update"
 # Real tokens are a few hundred bytes; a huge one is refused before any base64 or JSON work on it.

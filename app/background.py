@@ -6,10 +6,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from app.aio import cancel_and_wait
 from app.jobs import scheduler
+from app.platform.aio import cancel_and_wait
+from app.platform.runtime import Runtime
 from app.runs import service as runs_service
-from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,13 @@ from typing import NoReturn
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from app import cli_client, db
+from app import cli_client
 from app.auth import ADMIN_PERMISSION, issue_token
-from app.config import Settings, get_settings
-from app.jobs.schedule import ScheduleError, parse_go_duration
-from app.logs import configure_logging
 from app.observability.worker_metrics import MetricsPortUnavailable
+from app.platform import db
+from app.platform.config import Settings, get_settings
+from app.platform.logs import configure_logging
+from app.platform.schedule import ScheduleError, parse_go_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 

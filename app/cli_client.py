@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from app.auth import ADMIN_PERMISSION, issue_token
-from app.config import get_settings
+from app.platform.config import get_settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV, TOKEN_ENV = "JOBS_GATEWAY_URL", "JOBS_GATEWAY_TOKEN"

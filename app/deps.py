@@ -9,8 +9,8 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
 
 from app.auth import Principal, decode_token, require_permission
-from app.errors import Unauthenticated
-from app.runtime import Runtime
+from app.platform.errors import Unauthenticated
+from app.platform.runtime import Runtime
 
 
 async def get_runtime(request: Request) -> Runtime:

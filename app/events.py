@@ -9,8 +9,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.observability import metrics
-from app.timefmt import iso_ms, utcnow
+from app.platform import metrics
+from app.platform.timefmt import iso_ms, utcnow
 
 CHANNEL = "jg:events"
 JOB_DELETED = "job.deleted"

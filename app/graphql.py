@@ -32,13 +32,13 @@ from strawberry.tools import merge_types
 from strawberry.types.unset import UNSET, UnsetType
 
 from app.activity.graphql import ActivityQuery
-from app.errors import AppError
 from app.graphql_context import Context, connection_token
 from app.graphql_errors import AppErrors, is_unexpected
 from app.graphql_fanout import Fanout, Member, Sender, share_key
 from app.job_types.graphql import JobTypeQuery
 from app.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from app.observability.middleware import server_send
+from app.platform.errors import AppError
 from app.runs.graphql import RunQuery
 from app.websocket_wire import wire_writer
 

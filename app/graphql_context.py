@@ -9,9 +9,9 @@ from strawberry.fastapi import BaseContext
 
 from app.auth import ADMIN_PERMISSION, Principal, decode_token, require_permission
 from app.deps import bearer_token
-from app.errors import AppError
 from app.live import Hub
-from app.runtime import Runtime
+from app.platform.errors import AppError
+from app.platform.runtime import Runtime
 
 
 class Context(BaseContext):

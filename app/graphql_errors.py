@@ -10,8 +10,8 @@ from typing import Any
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
-from app.errors import AppError, Conflict, Forbidden, Invalid, NotFound, Unauthenticated, Unavailable
 from app.outages import as_unavailable
+from app.platform.errors import AppError, Conflict, Forbidden, Invalid, NotFound, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 

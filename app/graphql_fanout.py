@@ -33,8 +33,8 @@ from graphql import FieldNode, GraphQLError, NullValueNode, OperationDefinitionN
 from graphql.error import GraphQLSyntaxError
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 
-from app.aio import cancel_and_wait
 from app.backlog import Backlog
+from app.platform.aio import cancel_and_wait
 from app.websocket_wire import WireWriter, text_frame
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.aio import cancel_and_wait
 from app.backlog import Backlog
 from app.events import CHANNEL, JOB_DELETED
-from app.observability import metrics
+from app.platform import metrics
+from app.platform.aio import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,10 @@ from fastapi import FastAPI
 from redis.exceptions import RedisError
 from tortoise.contrib.fastapi import RegisterTortoise
 
-from app import db, gc_tuning, graphql, openapi_docs, rest_errors
+from app import graphql, openapi_docs, rest_errors
 from app.activity.routes import router as activity_router
 from app.background import start_background_loops, stop_background_loops
 from app.body_limit import BodyLimit
-from app.config import Settings, get_settings
 from app.dashboard import routes as dashboard_routes
 from app.job_types import registry
 from app.job_types.routes import router as job_types_router
@@ -22,11 +21,14 @@ from app.jobs import scheduler
 from app.jobs import service as jobs_service
 from app.jobs.routes import router as jobs_router
 from app.live import Hub
-from app.logs import configure_logging
 from app.observability import routes as ops_routes
 from app.observability.middleware import RequestContext
+from app.platform import db, gc_tuning
+from app.platform.config import Settings, get_settings
+from app.platform.logs import configure_logging
+from app.platform.redis_pool import connect_redis
+from app.platform.runtime import Runtime
 from app.runs.routes import router as runs_router
-from app.runtime import Runtime, connect_redis
 from workers.settings import BUILTIN_HANDLERS, EmbeddedWorker
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tortoise.exceptions import DBConnectionError, OperationalError
 
-from app.errors import Unavailable
+from app.platform.errors import Unavailable
 
 REDIS_DOWN = "Redis is unavailable; try again shortly"
 DATABASE_DOWN = "The database is unavailable; try again shortly"

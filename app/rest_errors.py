@@ -10,8 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import AppError, Unauthenticated
 from app.outages import OUTAGE_CLASSES, as_unavailable
+from app.platform.errors import AppError, Unauthenticated
 
 log = logging.getLogger(__name__)
 

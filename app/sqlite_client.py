@@ -66,7 +66,7 @@ from tortoise.backends.sqlite.client import (
 )
 from tortoise.connection import get_connections
 
-from app.aio import in_background
+from app.platform.aio import in_background
 
 log = logging.getLogger(__name__)
 

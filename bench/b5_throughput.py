@@ -20,7 +20,7 @@ import psutil  # type: ignore[import-untyped]
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from app import events, queue
-from app.config import Settings
+from app.platform.config import Settings
 from app.runs import lease
 from app.runs import service as runs_service
 from bench import common

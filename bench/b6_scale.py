@@ -33,9 +33,10 @@ SCHEDULES = ("@every 1h", "0 * * * *", "*/30 * * * *", "@daily", "15 3 * * 1")
 async def reconcile_once(database_url: str, redis_url: str) -> float:
     from tortoise import Tortoise
 
-    from app import db
     from app.jobs import scheduler
-    from app.runtime import Runtime, connect_redis
+    from app.platform import db
+    from app.platform.redis_pool import connect_redis
+    from app.platform.runtime import Runtime
 
     settings = common.bench_settings(database_url=database_url, redis_url=redis_url)
     await Tortoise.init(config=db.tortoise_config(settings), _enable_global_fallback=True)

@@ -28,9 +28,9 @@ from typing import Any, Literal, TypeVar
 import psutil  # type: ignore[import-untyped]
 import redis as sync_redis
 
-from app import db
 from app.auth import ADMIN_PERMISSION, issue_token
-from app.config import Settings, get_settings
+from app.platform import db
+from app.platform.config import Settings, get_settings
 from tests.support.processes import ApiProcess, WorkerProcess
 from tests.support.servers import PostgresCluster, RedisServer, free_port, postgres_unavailable_reason
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.config import get_settings
 from app.deps import AdminDep
 from app.jobs.schemas import JobOut
+from app.platform.config import get_settings
 
 
 @asynccontextmanager

@@ -21,12 +21,13 @@ import redis as sync_redis
 from fastapi import FastAPI
 from tortoise import Tortoise
 
-from app import db
 from app.auth import ADMIN_PERMISSION, issue_token
-from app.config import Settings, get_settings
 from app.job_types import registry
 from app.main import create_app
-from app.runtime import Runtime, connect_redis
+from app.platform import db
+from app.platform.config import Settings, get_settings
+from app.platform.redis_pool import connect_redis
+from app.platform.runtime import Runtime
 from tests.support.servers import PostgresCluster, RedisServer, postgres_unavailable_reason
 from workers.settings import BUILTIN_HANDLERS
 

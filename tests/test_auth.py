@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app import cli
 from app.auth import ADMIN_PERMISSION
-from app.config import Settings
+from app.platform.config import Settings
 from tests.conftest import SECRET, make_token, running_app
 
 # Tokens are checked before any handler runs: no dialect-dependent behaviour (the routes' own tests run on both).

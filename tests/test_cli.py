@@ -18,8 +18,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
-from app.config import Settings
-from app.runtime import Runtime
+from app.platform.config import Settings
+from app.platform.runtime import Runtime
 from tests.conftest import SECRET, make_token
 from tests.factories import make_job
 from tests.support.processes import BIN, ApiProcess, WorkerProcess, env_for

@@ -17,7 +17,7 @@ from tortoise.transactions import in_transaction
 
 from app import asyncpg_client, sqlite_client
 from app.jobs.models import Job
-from app.runtime import Runtime
+from app.platform.runtime import Runtime
 from tests.factories import make_job, wait_until
 from tests.support.processes import commit_from_another_process
 

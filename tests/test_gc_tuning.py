@@ -1,10 +1,11 @@
-"""The collector settings a serving process (the API, a standalone worker) takes once started (app.gc_tuning)."""
+"""The collector settings a serving process (the API, a standalone worker) takes once started
+(app.platform.gc_tuning)."""
 
 from __future__ import annotations
 
 import gc
 
-from app import gc_tuning
+from app.platform import gc_tuning
 
 
 def test_tuning_freezes_the_start_up_heap_and_raises_the_young_threshold_and_restore_undoes_it() -> None:

@@ -11,8 +11,8 @@ import pytest
 from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.config import Settings
-from app.runtime import connect_redis
+from app.platform.config import Settings
+from app.platform.redis_pool import connect_redis
 from tests.conftest import make_token, running_app
 from tests.factories import make_job
 

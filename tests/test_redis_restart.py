@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.config import Settings
+from app.platform.config import Settings
 from tests.conftest import make_token, running_app
 from tests.factories import make_job, wait_for_logs
 from tests.support.servers import RedisServer

@@ -1,4 +1,4 @@
-"""`app.config.Settings`: refusing configurations that cannot run safely, and where values come from."""
+"""`app.platform.config.Settings`: refusing configurations that cannot run safely, and where values come from."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings, get_settings
+from app.platform.config import Settings, get_settings
 from tests.conftest import SECRET
 
 pytestmark = pytest.mark.sqlite_only  # settings parsing: no database involved

@@ -18,9 +18,9 @@ from tortoise.transactions import in_transaction
 from app import sqlite_client
 from app.activity.models import Activity
 from app.jobs.models import Job
+from app.platform.runtime import Runtime
+from app.platform.timefmt import utcnow
 from app.runs.models import Run
-from app.runtime import Runtime
-from app.timefmt import utcnow
 from tests.factories import make_job
 from tests.support.processes import commit_from_another_process
 

@@ -21,7 +21,7 @@ pops a message writes the run record and starts the handler. No arq claim, no se
   kept in a pending set; a worker killed between the pop and the record leaves it there, and any
   consumer's sweep records it once its lease has lapsed.
 - The API's embedded worker: a trigger accepted by its own API process, while it has a free slot, is not
-  pushed at all; the consumer takes it from the trigger call (`Consumer.start`, app.runtime.LocalRunner),
+  pushed at all; the consumer takes it from the trigger call (`Consumer.start`, app.platform.runtime.LocalRunner),
   with the same pending entry in case the process dies before the run record. One handed over while the
   worker is stopping goes to the list instead.
 - Idle cost: one BLPOP per BLOCK_SECONDS, and one TIME and one sweep read per SWEEP_SECONDS at most.
@@ -42,13 +42,14 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from app import events, queue
-from app.aio import cancel_and_wait
 from app.jobs.models import Job
-from app.observability import metrics
+from app.platform import metrics
+from app.platform.aio import cancel_and_wait
+from app.platform.redis_pool import SOCKET_TIMEOUT_SECONDS
+from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
 from app.runs.models import Run
-from app.runtime import SOCKET_TIMEOUT_SECONDS, Runtime
 from workers.redis_clock import RedisClock
 from workers.runner import execute
 
@@ -177,7 +178,7 @@ class Consumer:
         except Exception:
             log.exception("direct run %s of %s failed before its handler", message.token, message.job_id)
 
-    # --- app.runtime.LocalRunner: the API's own triggers, when this is its embedded worker -------------------
+    # --- app.platform.runtime.LocalRunner: the API's own triggers, when this is its embedded worker -------------------
 
     async def reserve(self) -> bool:
         worker = self._worker

@@ -25,11 +25,11 @@ from redis.exceptions import RedisError
 from app.groupcommit import per_loop
 from app.jobs import scheduler
 from app.jobs.models import Job
-from app.observability import metrics
+from app.platform import metrics
+from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
 from app.runs.models import Run
-from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -14,17 +14,17 @@ from arq.logs import default_log_config
 from arq.worker import func
 from tortoise import Tortoise
 
-from app import db, gc_tuning
-from app.aio import cancel_and_wait
 from app.background import start_background_loops, stop_background_loops
-from app.config import Settings, get_settings
 from app.job_types import registry
 from app.jobs import scheduler
 from app.jobs import service as jobs_service
-from app.logs import configure_logging
 from app.observability.worker_metrics import WorkerMetricsServer
-from app.redis_pool import bounded_pool
-from app.runtime import SOCKET_TIMEOUT_SECONDS, Runtime, connect_redis, worker_redis_settings
+from app.platform import db, gc_tuning
+from app.platform.aio import cancel_and_wait
+from app.platform.config import Settings, get_settings
+from app.platform.logs import configure_logging
+from app.platform.redis_pool import SOCKET_TIMEOUT_SECONDS, bounded_pool, connect_redis, worker_redis_settings
+from app.platform.runtime import Runtime
 from workers import dispatch
 from workers.tasks import fire_job, run_job
 from workers.waking import WakingWorker
@@ -57,7 +57,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     ctx["loops"] = start_background_loops(rt)
     ctx["metrics_server"] = WorkerMetricsServer.start(settings)
     await dispatch.start(ctx)
-    # As the API does once started (app.gc_tuning): without it, a full collection walking the start-up
+    # As the API does once started (app.platform.gc_tuning): without it, a full collection walking the start-up
     # heap took ~30 ms every ~8 s under 100 fires a second, landing on a second's burst of fires (B4).
     ctx["gc_thresholds"] = gc_tuning.tune_for_serving()
 
@@ -100,7 +100,7 @@ async def build_embedded_worker(rt: Runtime) -> WakingWorker:
     # Its start-up and shutdown only run the consumer of direct triggers (workers.dispatch).
     options = {**worker_options(rt.settings), "on_startup": dispatch.start, "on_shutdown": dispatch.stop}
     pool = await connect_redis(rt.settings, for_worker=True)
-    # `embedded`: its consumer also takes the API's own triggers directly (app.runtime.LocalRunner).
+    # `embedded`: its consumer also takes the API's own triggers directly (app.platform.runtime.LocalRunner).
     worker = WakingWorker(**options, redis_pool=pool, ctx={"runtime": rt, "embedded": True}, handle_signals=False)
     worker.ctx["worker"] = worker
     return worker

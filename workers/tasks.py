@@ -9,9 +9,9 @@ from typing import Any
 
 from app.jobs import scheduler
 from app.jobs.models import Job
+from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
-from app.runtime import Runtime
 from workers import fires
 from workers.runner import execute
 

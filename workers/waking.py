@@ -6,7 +6,7 @@ first of: a wake-up published by `app.queue` on enqueue, the earliest deferred j
 idle cap (`idle_poll_seconds`, the safety net for anything that bypasses `app.queue`). Every worker
 subscribed to the queue's wake-up channel wakes; arq's own `in-progress` locking still decides which one
 runs a job. While the subscription is down, it falls back to arq's fixed `poll_delay`; a short outage the
-subscription's connection rides out (app.runtime's retries) may lose the wake-ups published meanwhile, which
+subscription's connection rides out (app.platform.runtime's retries) may lose the wake-ups published meanwhile, which
 the idle cap bounds.
 """
 
@@ -27,7 +27,7 @@ from arq.worker import logger as arq_logger
 from redis.exceptions import RedisError
 
 from app import queue
-from app.aio import cancel_and_wait
+from app.platform.aio import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

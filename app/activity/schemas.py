@@ -4,8 +4,8 @@ from typing import Any
 
 from app.activity.models import Activity
 from app.jobs.schemas import CamelModel
-from app.pagination import Page
-from app.timefmt import iso_ms
+from app.platform.pagination import Page
+from app.platform.timefmt import iso_ms
 
 
 def activity_fields(entry: Activity) -> dict[str, Any]:

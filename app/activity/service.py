@@ -7,9 +7,9 @@ from typing import Any
 from tortoise.backends.base.client import BaseDBAsyncClient
 
 from app.activity.models import Activity
-from app.errors import Invalid
 from app.jobs.ids import validate_job_id
-from app.pagination import Page, PageRequest, fetch_page
+from app.platform.errors import Invalid
+from app.platform.pagination import Page, PageRequest, fetch_page
 
 EVENTS = ("jobs.update", "jobs.start", "jobs.stop", "jobs.trigger", "jobs.create", "jobs.delete")
 DEFAULT_LIMIT = 50

@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from app.config import Settings
-from app.errors import Invalid
-from app.validation import validated
+from app.platform.config import Settings
+from app.platform.errors import Invalid
+from app.platform.validation import validated
 
 
 class Payload(BaseModel):

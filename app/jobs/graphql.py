@@ -9,13 +9,13 @@ import strawberry
 from strawberry.dataloader import DataLoader
 from strawberry.scalars import JSON
 
-from app.errors import AppError
 from app.graphql_errors import to_graphql
 from app.jobs import service as jobs_service
 from app.jobs.schemas import job_fields
 from app.jobs.service import JobState
 from app.live import Hub
-from app.pagination import Page
+from app.platform.errors import AppError
+from app.platform.pagination import Page
 from app.runs import service as runs_service
 from app.runs.graphql import JobLogPageType
 from app.runs.models import Run

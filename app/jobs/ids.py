@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from app.errors import Invalid
+from app.platform.errors import Invalid
 
 JOB_ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 JOB_ID_MAX = 64

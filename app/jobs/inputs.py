@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from app.validation import validated
+from app.platform.validation import validated
 
 
 class JobCreate(BaseModel):

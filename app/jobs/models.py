@@ -3,7 +3,7 @@ from __future__ import annotations
 from tortoise import fields
 from tortoise.models import Model
 
-from app.db_fields import DatetimeField
+from app.platform.db_fields import DatetimeField
 
 
 class Job(Model):

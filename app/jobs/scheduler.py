@@ -19,9 +19,9 @@ from tortoise.transactions import in_transaction
 from app import queue
 from app.groupcommit import GroupCommit, per_loop
 from app.jobs.models import Job
-from app.jobs.schedule import MIN_INTERVAL, Schedule, catch_up, validate_schedule
-from app.observability import metrics
-from app.runtime import Runtime
+from app.platform import metrics
+from app.platform.runtime import Runtime
+from app.platform.schedule import MIN_INTERVAL, Schedule, catch_up, validate_schedule
 
 log = logging.getLogger(__name__)
 

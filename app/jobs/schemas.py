@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool
 from pydantic.alias_generators import to_camel
 
 from app.jobs.service import JobState
-from app.timefmt import iso_ms
+from app.platform.timefmt import iso_ms
 
 
 class CamelModel(BaseModel):

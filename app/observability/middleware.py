@@ -20,7 +20,7 @@ from prometheus_client import Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.observability import metrics
+from app.platform import metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's id is logged and echoed, so only short, plain tokens are honoured.

@@ -12,9 +12,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from app.errors import NotFound
-from app.observability import health, metrics
-from app.runtime import Runtime
+from app.observability import health
+from app.platform import metrics
+from app.platform.errors import NotFound
+from app.platform.runtime import Runtime
 
 # The queue depth read at scrape time may take this long; Prometheus' own scrape timeout is 10 s.
 QUEUE_DEPTH_TIMEOUT_SECONDS = 0.5

@@ -17,9 +17,9 @@ import redis
 from arq.constants import default_queue_name
 from prometheus_client import start_http_server
 
-from app.config import Settings
 from app.events import CHANNEL, JOB_DELETED
-from app.observability import metrics
+from app.platform import metrics
+from app.platform.config import Settings
 
 log = logging.getLogger(__name__)
 QUEUE_DEPTH_TIMEOUT_SECONDS = 0.5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
-from app.pagination import Page
+from app.platform.pagination import Page
 from app.runs import service as runs_service
 from app.runs.models import Run
 from app.runs.schemas import run_fields

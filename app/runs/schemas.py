@@ -3,9 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 from app.jobs.schemas import CamelModel
-from app.pagination import Page
+from app.platform.pagination import Page
+from app.platform.timefmt import iso_ms
 from app.runs.models import Run
-from app.timefmt import iso_ms
 
 
 def run_fields(run: Run) -> dict[str, Any]:

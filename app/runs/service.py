@@ -22,16 +22,16 @@ from tortoise.transactions import in_transaction
 
 from app import events, queue
 from app.activity import service as activity_service
-from app.errors import Conflict, Unavailable
 from app.groupcommit import GroupCommit, per_loop
 from app.jobs import service as jobs_service
 from app.jobs.models import Job
-from app.observability import metrics
-from app.pagination import Page, PageRequest, fetch_page
+from app.platform import metrics
+from app.platform.errors import Conflict, Unavailable
+from app.platform.pagination import Page, PageRequest, fetch_page
+from app.platform.runtime import Runtime
+from app.platform.timefmt import iso_ms, utcnow
 from app.runs import lease
 from app.runs.models import Run, RunCount
-from app.runtime import Runtime
-from app.timefmt import iso_ms, utcnow
 
 log = logging.getLogger(__name__)
 

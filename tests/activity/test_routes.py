@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from app.activity import service as activity_service
-from app.config import Settings
+from app.platform.config import Settings
 from tests.conftest import make_token
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from playwright.async_api import Page, expect
 
-from app.config import Settings
+from app.platform.config import Settings
 from tests.conftest import make_token
 from tests.support.processes import ApiProcess
 

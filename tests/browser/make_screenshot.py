@@ -11,7 +11,7 @@ from pathlib import Path
 
 from playwright.async_api import async_playwright
 
-from app import db
+from app.platform import db
 from tests.browser.conftest import CHROMIUM, LAUNCH_ARGS
 from tests.browser.helpers import Dashboard, rest, sign_in, wait_idle
 from tests.conftest import make_settings

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.config import Settings
+from app.platform.config import Settings
 from tests.conftest import make_token, running_app
 from tests.factories import make_job, wait_for_logs, wait_until
 
@@ -199,8 +199,8 @@ async def test_job_logs_of_many_jobs_cost_a_constant_number_of_queries(
 
 
 async def _statements_per_list(client: httpx.AsyncClient, auth: dict[str, str]) -> dict[int, int]:
+    from app.platform.timefmt import utcnow
     from app.runs.models import Run
-    from app.timefmt import utcnow
 
     counts = {}
     for n in (5, 100):

@@ -14,11 +14,11 @@ from strawberry.types.execution import ExecutionResult
 from websockets.exceptions import ConnectionClosed
 
 from app.backlog import PER_JOB
-from app.config import Settings
 from app.graphql_fanout import Fanout, Member, PreparedFrame, next_frame, share_key
+from app.platform.config import Settings
+from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
-from app.runtime import Runtime
 from tests.factories import make_job
 from tests.support.subscriptions import JOB, STATUS, next_raw, served, set_running, standalone, state_of, subscriber
 

@@ -16,13 +16,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app.backlog import PER_JOB
-from app.config import Settings
 from app.events import CHANNEL, publish
 from app.jobs import service as jobs_service
 from app.jobs.models import Job
 from app.jobs.service import JobState
 from app.live import DELETED, Hub
-from app.runtime import Runtime
+from app.platform.config import Settings
+from app.platform.runtime import Runtime
 from tests.conftest import make_token
 from tests.factories import make_job
 from tests.support.processes import ApiProcess

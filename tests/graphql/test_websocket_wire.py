@@ -20,9 +20,9 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from app.config import Settings
 from app.graphql_fanout import Fanout, Member, PreparedFrame, SharedStream
-from app.runtime import Runtime
+from app.platform.config import Settings
+from app.platform.runtime import Runtime
 from app.websocket_wire import text_frame, wire_writer
 from tests.support.subscriptions import (
     JOB,

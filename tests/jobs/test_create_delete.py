@@ -246,7 +246,7 @@ async def test_a_seed_type_job_created_through_the_api_does_its_work(
     from datetime import timedelta
 
     from app.data.models import Listing
-    from app.timefmt import utcnow
+    from app.platform.timefmt import utcnow
 
     now = utcnow()
     await Listing.create(title="old", created_at=now - timedelta(days=40), updated_at=now)

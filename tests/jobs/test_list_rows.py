@@ -11,13 +11,13 @@ import pytest
 from tortoise import fields
 from tortoise.transactions import in_transaction
 
-from app.db import commit_version
 from app.jobs import service as jobs_service
 from app.jobs.models import Job
 from app.jobs.schemas import JobOut, job_wire
 from app.jobs.service import JobState
+from app.platform.db import commit_version
+from app.platform.runtime import Runtime
 from app.runs import lease
-from app.runtime import Runtime
 from tests.factories import make_job
 from tests.support.processes import commit_from_another_process
 

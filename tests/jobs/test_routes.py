@@ -7,7 +7,7 @@ import re
 import httpx
 import pytest
 
-from app.config import Settings
+from app.platform.config import Settings
 from tests.conftest import running_app
 from tests.factories import make_job
 

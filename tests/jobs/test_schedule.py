@@ -1,4 +1,4 @@
-"""Table tests for app.jobs.schedule; every instant is injected, none is read from a clock."""
+"""Table tests for app.platform.schedule; every instant is injected, none is read from a clock."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.jobs.schedule import (
+from app.platform.schedule import (
     FORMS,
     MIN_INTERVAL,
     Schedule,

@@ -11,10 +11,10 @@ from app import events
 from app.jobs import scheduler
 from app.jobs.models import Job
 from app.live import Hub
-from app.observability import metrics
+from app.platform import metrics
+from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
-from app.runtime import Runtime
 from tests.factories import make_job
 from workers.runner import execute
 

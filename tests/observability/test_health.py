@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from tortoise.transactions import in_transaction
 
-from app.config import Settings
+from app.platform.config import Settings
 from tests.conftest import make_settings, running_app
 from tests.support.servers import RedisServer
 

@@ -14,7 +14,7 @@ import structlog
 import uvicorn.config
 from pydantic import ValidationError
 
-from app.logs import configure_logging
+from app.platform.logs import configure_logging
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.sqlite_only  # logging configuration: no database involved

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import httpx
 
-from app.config import Settings
+from app.platform.config import Settings
 from tests.conftest import running_app
 from tests.factories import make_job, wait_for_logs, wait_until
 from tests.observability.scrape import has, samples, value

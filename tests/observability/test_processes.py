@@ -18,10 +18,10 @@ from tortoise.migrations.api import migrate as tortoise_migrate
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from app import db, gc_tuning
-from app.config import Settings
+from app.platform import db, gc_tuning
+from app.platform.config import Settings
+from app.platform.runtime import Runtime
 from app.runs.models import Run
-from app.runtime import Runtime
 from tests.conftest import make_token
 from tests.factories import make_job, wait_until
 from tests.observability.scrape import value
@@ -235,9 +235,9 @@ async def test_a_standalone_worker_serves_its_own_metrics(
 
         await wait_until(forgotten, timeout=10)
         await client.aclose()
-    # Both serving processes took the collector settings once started (app.gc_tuning; B3, B4).
+    # Both serving processes took the collector settings once started (app.platform.gc_tuning; B3, B4).
     for process in (api, worker):
-        [tuned] = [line for line in json_lines(process) if line["logger"] == "app.gc_tuning"]
+        [tuned] = [line for line in json_lines(process) if line["logger"] == "app.platform.gc_tuning"]
         assert f"thresholds ({gc_tuning.GEN0_THRESHOLD}, " in tuned["message"]
 
 

@@ -12,9 +12,10 @@ import pytest
 import pytest_asyncio
 from tortoise import Tortoise
 
-from app import db
 from app.job_types import registry
-from app.runtime import Runtime, connect_redis
+from app.platform import db
+from app.platform.redis_pool import connect_redis
+from app.platform.runtime import Runtime
 from tests.reliability.harness import Cluster
 from workers.settings import BUILTIN_HANDLERS
 

@@ -18,7 +18,7 @@ import httpx
 import psutil
 from websockets.asyncio.client import ClientConnection, connect
 
-from app.config import Settings
+from app.platform.config import Settings
 from tests.conftest import TEST_JOB_TYPES, make_settings, make_token
 from tests.support.processes import ApiProcess, WorkerProcess, _Process
 from tests.support.servers import RedisServer, free_port

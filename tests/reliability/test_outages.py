@@ -14,10 +14,11 @@ import httpx
 import pytest
 from tortoise import Tortoise
 
-from app import db, queue
+from app import queue
 from app.jobs.models import Job
+from app.platform import db
+from app.platform.runtime import Runtime
 from app.runs.models import Run
-from app.runtime import Runtime
 from tests.reliability.harness import Cluster, Subscriber, create_job, figure, running_cluster, wait_for
 from tests.support.servers import PostgresCluster
 

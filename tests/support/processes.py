@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from app.config import Settings
+from app.platform.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

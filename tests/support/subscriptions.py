@@ -14,11 +14,11 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 
 from app import events
-from app.config import Settings
 from app.graphql_fanout import Member, Sender
 from app.main import create_app
+from app.platform.config import Settings
+from app.platform.runtime import Runtime
 from app.runs import lease
-from app.runtime import Runtime
 from tests.conftest import make_token
 from tests.support.servers import free_port
 

@@ -13,8 +13,8 @@ from arq.constants import default_queue_name, in_progress_key_prefix
 from arq.worker import func
 
 from app import queue
-from app.config import Settings
-from app.runtime import connect_redis
+from app.platform.config import Settings
+from app.platform.redis_pool import connect_redis
 from tests.support.servers import RedisServer
 from workers.waking import WakingWorker
 

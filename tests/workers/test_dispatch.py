@@ -20,13 +20,14 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app import queue
-from app.aio import cancel_and_wait
-from app.errors import Conflict, Unavailable
 from app.events import CHANNEL
+from app.platform.aio import cancel_and_wait
+from app.platform.errors import Conflict, Unavailable
+from app.platform.redis_pool import connect_redis
+from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
 from app.runs.models import Run
-from app.runtime import Runtime, connect_redis
 from tests.factories import make_job, wait_until
 from tests.support.processes import BIN, WorkerProcess, _Process, env_for
 from tests.support.servers import RedisServer

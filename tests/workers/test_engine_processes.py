@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from app.aio import cancel_and_wait
-from app.config import Settings
 from app.jobs import scheduler
 from app.jobs.models import Job
+from app.platform.aio import cancel_and_wait
+from app.platform.config import Settings
+from app.platform.runtime import Runtime
 from app.runs import service as runs_service
 from app.runs.models import Run
-from app.runtime import Runtime
 from tests.factories import make_job, wait_until
 from tests.support.processes import WorkerProcess
 from workers.tasks import SKIPPED_FIRES_KEY
@@ -55,7 +55,7 @@ async def test_every_second_with_two_workers_and_two_reconcilers_fires_once_per_
         loops = [asyncio.create_task(reconciler()) for _ in range(2)]
         first = await _first_fire(rt)
         await asyncio.sleep(10.2)
-        # Not one cancel(): a client library may swallow it and the loop would run on (app.aio). A cancel
+        # Not one cancel(): a client library may swallow it and the loop would run on (app.platform.aio). A cancel
         # that landed as a transaction began also used to keep SQLite's connection lock (app/sqlite_client).
         await cancel_and_wait(*loops)
         assert all(loop.done() for loop in loops), "a reconciler loop ignored cancellation"

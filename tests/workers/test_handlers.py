@@ -17,9 +17,9 @@ import pytest
 from app.data.models import Game, RefreshToken, StoredFile
 from app.job_types import registry
 from app.job_types.registry import RunContext
+from app.platform.runtime import Runtime
+from app.platform.timefmt import utcnow
 from app.runs.models import Run
-from app.runtime import Runtime
-from app.timefmt import utcnow
 
 pytestmark = pytest.mark.postgres
 

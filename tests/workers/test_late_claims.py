@@ -9,8 +9,8 @@ import pytest
 
 from app.jobs import scheduler
 from app.jobs.models import Job
+from app.platform.runtime import Runtime
 from app.runs.models import Run
-from app.runtime import Runtime
 from tests.factories import make_job
 from workers.tasks import fire_job
 

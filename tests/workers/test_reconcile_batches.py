@@ -10,7 +10,7 @@ from arq.constants import default_queue_name
 from app import queue
 from app.jobs import scheduler
 from app.jobs.models import Job
-from app.runtime import Runtime
+from app.platform.runtime import Runtime
 from tests.factories import make_job
 
 pytestmark = pytest.mark.postgres

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from app.runtime import Runtime
+from app.platform.runtime import Runtime
 from workers import redis_clock
 from workers.redis_clock import RedisClock
 

@@ -9,10 +9,11 @@ from arq.constants import default_queue_name, in_progress_key_prefix, job_key_pr
 
 from app import queue
 from app.jobs.models import Job
+from app.platform.redis_pool import connect_redis
+from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
 from app.runs.models import Run
-from app.runtime import Runtime, connect_redis
 from tests.factories import make_job
 from tests.support.servers import RedisServer
 from workers.runner import execute

@@ -15,10 +15,10 @@ from app.events import CHANNEL
 from app.jobs import scheduler
 from app.jobs import service as jobs_service
 from app.jobs.models import Job
+from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
 from app.runs.models import Run
-from app.runtime import Runtime
 from tests.factories import make_job
 from workers.tasks import SKIPPED_FIRES_KEY, fire_job, run_job
 

@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from app.data.models import Listing, Notification, SearchIndexEntry
 from app.job_types import registry
 from app.job_types.registry import RunContext
-from app.runtime import Runtime
-from app.timefmt import utcnow
+from app.platform.runtime import Runtime
+from app.platform.timefmt import utcnow
 from workers.handlers import update_search_index
 from workers.handlers.http_request import check_allowed
 

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from app.data.models import Listing
 from app.job_types.registry import Payload, RunContext, job_type
-from app.timefmt import utcnow
+from app.platform.timefmt import utcnow
 
 
 class CleanupExpiredListingsPayload(Payload):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from app.data.models import RefreshToken
 from app.job_types.registry import RunContext, job_type
-from app.timefmt import utcnow
+from app.platform.timefmt import utcnow
 
 
 @job_type("cleanup_expired_tokens", "Removes expired refresh tokens from the database")

@@ -21,8 +21,8 @@ from typing import Annotated, Literal
 import httpx
 from pydantic import ConfigDict, Field, field_validator
 
-from app.config import Settings
 from app.job_types.registry import Payload, RunContext, job_type
+from app.platform.config import Settings
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 SETTING = "HTTP_REQUEST_ALLOWED_HOSTS"

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.data.models import Game
 from app.job_types.registry import RunContext, job_type
-from app.timefmt import utcnow
+from app.platform.timefmt import utcnow
 
 
 class CatalogueGame(BaseModel):

@@ -19,10 +19,10 @@ from pathlib import Path
 from pydantic import ConfigDict, Field
 from tortoise.expressions import F
 
-from app.config import Settings
 from app.data.models import Notification
 from app.job_types.registry import Payload, RunContext, job_type
-from app.timefmt import utcnow
+from app.platform.config import Settings
+from app.platform.timefmt import utcnow
 
 # Called with (template, notification); may return an awaitable, which is awaited.
 Sender = Callable[[str, Notification], object]

@@ -16,7 +16,7 @@ from tortoise.transactions import in_transaction
 
 from app.data.models import Listing, SearchIndexEntry
 from app.job_types.registry import Payload, RunContext, job_type
-from app.timefmt import utcnow
+from app.platform.timefmt import utcnow
 
 CHUNK = 500
 

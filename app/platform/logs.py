@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import Processor
 
-from app.config import Settings
+from app.platform.config import Settings
 
 # Loggers that libraries configure with their own handlers; theirs are removed so that every line
 # goes through the root handler and its formatter.

@@ -11,7 +11,7 @@ from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.migrations.api import migrate as tortoise_migrate
 from tortoise.migrations.executor import MigrationExecutor
 
-from app.config import Settings
+from app.platform.config import Settings
 
 MODEL_MODULES = ["app.jobs.models", "app.runs.models", "app.activity.models", "app.data.models"]
 APP_LABEL = "models"

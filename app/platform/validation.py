@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from app.errors import Invalid
+from app.platform.errors import Invalid
 
 M = TypeVar("M", bound=BaseModel)
 

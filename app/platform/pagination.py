@@ -9,7 +9,7 @@ from typing import Generic, TypeVar
 from tortoise.models import Model
 from tortoise.queryset import QuerySet
 
-from app.errors import Invalid
+from app.platform.errors import Invalid
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Model)

@@ -1,0 +1,73 @@
+"""Redis connections for every API process and worker: bounded pools, timeouts, and a worker's retries."""
+
+from __future__ import annotations
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.asyncio import BlockingConnectionPool, ConnectionPool
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.adapters.redis import DeadlineRetry
+from app.platform.config import Settings
+
+# arq's create_pool sets no read timeout: a Redis that accepts but never answers (paused, partitioned)
+# would hang every caller. Requests fail fast instead, and workers retry within their budget.
+SOCKET_TIMEOUT_SECONDS = 2.0
+
+
+def bounded_pool(template: ConnectionPool, settings: Settings) -> BlockingConnectionPool:
+    """A pool of at most REDIS_POOL_SIZE connections, configured like `template` (arq's pool).
+
+    redis-py's default pool opens a new connection whenever all are busy, without limit: a burst
+    of requests against a slow Redis would open thousands. This one makes a command wait up to
+    REDIS_POOL_TIMEOUT_SECONDS for a free connection, then fail with redis-py's ConnectionError
+    ("No connection available."), which the API answers as 503 `unavailable` like any other Redis
+    outage. It also checks a pooled connection outside its lock, so concurrent commands do not
+    queue behind one another's checks (B3 measured that with the default pool of redis-py 5).
+    """
+    return BlockingConnectionPool(
+        connection_class=template.connection_class,
+        max_connections=settings.redis_pool_size,
+        timeout=settings.redis_pool_timeout_seconds,  # type: ignore[arg-type]  # typed int, takes seconds
+        **template.connection_kwargs,
+    )
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    # One quick attempt: a caller waiting on a dead Redis should get a 503, not a long retry loop.
+    rs = RedisSettings.from_dsn(settings.redis_url)
+    rs.conn_timeout = 2
+    rs.conn_retries = 1
+    rs.conn_retry_delay = 0
+    return rs
+
+
+def worker_redis_settings(settings: Settings) -> RedisSettings:
+    """A worker waits out a Redis restart instead of dying: a command retries with backoff until
+    WORKER_REDIS_RETRY_SECONDS have passed since it first failed, then gives up."""
+    rs = RedisSettings.from_dsn(settings.redis_url)
+    rs.conn_timeout = 2
+    # OSError too: a stopped Redis refuses the connection with a plain ConnectionRefusedError, which
+    # redis-py's default (its own ConnectionError and TimeoutError) would not retry at all.
+    retried = (RedisConnectionError, RedisTimeoutError, OSError)
+    rs.retry = DeadlineRetry(ExponentialBackoff(cap=1.0, base=0.05), settings.worker_redis_retry_seconds, retried)
+    # `retry` alone only covers connecting: redis-py retries a command that was sent, or a pipeline, only
+    # for the errors listed here. Without them a command in flight when Redis went away (arq's poll, in
+    # tests/workers/test_redis_loss.py) failed at once and ended the worker, budget or not (CI, scenario 3).
+    rs.retry_on_error = list(retried)
+    return rs
+
+
+async def connect_redis(settings: Settings, *, for_worker: bool = False) -> ArqRedis:
+    pool = await create_pool(worker_redis_settings(settings) if for_worker else redis_settings(settings))
+    await bound(pool, settings)
+    return pool
+
+
+async def bound(client: ArqRedis, settings: Settings) -> None:
+    """Give a client that arq made the read timeout and the bounded pool; the connections it made before (arq's
+    ping), which had no read timeout, are dropped."""
+    client.connection_pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_SECONDS
+    await client.connection_pool.disconnect()
+    client.connection_pool = bounded_pool(client.connection_pool, settings)
