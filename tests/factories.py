@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from app.jobs.models import Job
+from app.data.jobs import Job
 
 
 async def make_job(**overrides: Any) -> Job:

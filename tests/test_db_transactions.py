@@ -16,7 +16,7 @@ from tortoise.backends.sqlite.client import SqliteTransactionWrapper
 from tortoise.transactions import in_transaction
 
 from app import asyncpg_client, sqlite_client
-from app.jobs.models import Job
+from app.data.jobs import Job
 from app.platform.runtime import Runtime
 from tests.factories import make_job, wait_until
 from tests.support.processes import commit_from_another_process

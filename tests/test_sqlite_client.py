@@ -16,11 +16,11 @@ from tortoise.exceptions import IntegrityError, OperationalError
 from tortoise.transactions import in_transaction
 
 from app import sqlite_client
-from app.activity.models import Activity
-from app.jobs.models import Job
+from app.data.activity import Activity
+from app.data.jobs import Job
+from app.data.runs import Run
 from app.platform.runtime import Runtime
 from app.platform.timefmt import utcnow
-from app.runs.models import Run
 from tests.factories import make_job
 from tests.support.processes import commit_from_another_process
 

@@ -42,14 +42,14 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from app import events, queue
-from app.jobs.models import Job
+from app.data.jobs import Job
+from app.data.runs import Run
 from app.platform import metrics
 from app.platform.aio import cancel_and_wait
 from app.platform.redis_pool import SOCKET_TIMEOUT_SECONDS
 from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
-from app.runs.models import Run
 from workers.redis_clock import RedisClock
 from workers.runner import execute
 

@@ -22,14 +22,14 @@ from datetime import datetime
 
 from redis.exceptions import RedisError
 
+from app.data.jobs import Job
+from app.data.runs import Run
 from app.groupcommit import per_loop
 from app.jobs import scheduler
-from app.jobs.models import Job
 from app.platform import metrics
 from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
-from app.runs.models import Run
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from app.data.jobs import Job
 from app.jobs import scheduler
-from app.jobs.models import Job
 from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service

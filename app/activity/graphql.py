@@ -6,8 +6,8 @@ import strawberry
 from strawberry.scalars import JSON
 
 from app.activity import service as activity_service
-from app.activity.models import Activity
 from app.activity.schemas import activity_fields
+from app.data.activity import Activity
 
 
 @strawberry.type(name="Activity")

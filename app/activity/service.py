@@ -6,8 +6,8 @@ from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
-from app.activity.models import Activity
-from app.jobs.ids import validate_job_id
+from app.data.activity import Activity
+from app.data.jobs import validate_job_id
 from app.platform.errors import Invalid
 from app.platform.pagination import Page, PageRequest, fetch_page
 

@@ -9,6 +9,7 @@ import strawberry
 from strawberry.dataloader import DataLoader
 from strawberry.scalars import JSON
 
+from app.data.runs import Run
 from app.graphql_errors import to_graphql
 from app.jobs import service as jobs_service
 from app.jobs.schemas import job_fields
@@ -18,7 +19,6 @@ from app.platform.errors import AppError
 from app.platform.pagination import Page
 from app.runs import service as runs_service
 from app.runs.graphql import JobLogPageType
-from app.runs.models import Run
 
 LogKey = tuple[str, int | None, int | None]
 

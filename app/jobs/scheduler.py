@@ -17,8 +17,8 @@ from tortoise import connections
 from tortoise.transactions import in_transaction
 
 from app import queue
+from app.data.jobs import Job
 from app.groupcommit import GroupCommit, per_loop
-from app.jobs.models import Job
 from app.platform import metrics
 from app.platform.runtime import Runtime
 from app.platform.schedule import MIN_INTERVAL, Schedule, catch_up, validate_schedule

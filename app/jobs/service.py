@@ -21,19 +21,18 @@ from tortoise.transactions import in_transaction
 
 from app import events, queue
 from app.activity import service as activity_service
+from app.data.jobs import Job, validate_job_id
+from app.data.runs import Run
 from app.job_types import registry
 from app.jobs import scheduler
 from app.jobs.builtin import BUILTIN_JOBS
-from app.jobs.ids import validate_job_id
 from app.jobs.inputs import JobCreate, parse_job_create
-from app.jobs.models import Job
 from app.platform import metrics
 from app.platform.db import commit_version
 from app.platform.errors import Conflict, Invalid, NotFound
 from app.platform.runtime import Runtime
 from app.platform.schedule import FORMS, ScheduleError, interval_to_schedule, validate_schedule
 from app.runs import lease
-from app.runs.models import Run
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from tortoise.migrations.executor import MigrationExecutor
 
 from app.platform.config import Settings
 
-MODEL_MODULES = ["app.jobs.models", "app.runs.models", "app.activity.models", "app.data.models"]
+MODEL_MODULES = ["app.data.jobs", "app.data.runs", "app.data.activity", "app.data.app_tables"]
 APP_LABEL = "models"
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import strawberry
 
+from app.data.runs import Run
 from app.platform.pagination import Page
 from app.runs import service as runs_service
-from app.runs.models import Run
 from app.runs.schemas import run_fields
 
 

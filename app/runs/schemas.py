@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.data.runs import Run
 from app.jobs.schemas import CamelModel
 from app.platform.pagination import Page
 from app.platform.timefmt import iso_ms
-from app.runs.models import Run
 
 
 def run_fields(run: Run) -> dict[str, Any]:

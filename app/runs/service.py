@@ -22,16 +22,16 @@ from tortoise.transactions import in_transaction
 
 from app import events, queue
 from app.activity import service as activity_service
+from app.data.jobs import Job
+from app.data.runs import Run, RunCount
 from app.groupcommit import GroupCommit, per_loop
 from app.jobs import service as jobs_service
-from app.jobs.models import Job
 from app.platform import metrics
 from app.platform.errors import Conflict, Unavailable
 from app.platform.pagination import Page, PageRequest, fetch_page
 from app.platform.runtime import Runtime
 from app.platform.timefmt import iso_ms, utcnow
 from app.runs import lease
-from app.runs.models import Run, RunCount
 
 log = logging.getLogger(__name__)
 

@@ -199,8 +199,8 @@ async def test_job_logs_of_many_jobs_cost_a_constant_number_of_queries(
 
 
 async def _statements_per_list(client: httpx.AsyncClient, auth: dict[str, str]) -> dict[int, int]:
+    from app.data.runs import Run
     from app.platform.timefmt import utcnow
-    from app.runs.models import Run
 
     counts = {}
     for n in (5, 100):

@@ -16,9 +16,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app.backlog import PER_JOB
+from app.data.jobs import Job
 from app.events import CHANNEL, publish
 from app.jobs import service as jobs_service
-from app.jobs.models import Job
 from app.jobs.service import JobState
 from app.live import DELETED, Hub
 from app.platform.config import Settings

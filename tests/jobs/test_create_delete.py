@@ -245,7 +245,7 @@ async def test_a_seed_type_job_created_through_the_api_does_its_work(
 ) -> None:
     from datetime import timedelta
 
-    from app.data.models import Listing
+    from app.data.app_tables import Listing
     from app.platform.timefmt import utcnow
 
     now = utcnow()

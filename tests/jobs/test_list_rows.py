@@ -11,8 +11,8 @@ import pytest
 from tortoise import fields
 from tortoise.transactions import in_transaction
 
+from app.data.jobs import Job
 from app.jobs import service as jobs_service
-from app.jobs.models import Job
 from app.jobs.schemas import JobOut, job_wire
 from app.jobs.service import JobState
 from app.platform.db import commit_version

@@ -8,8 +8,8 @@ from datetime import timedelta
 from prometheus_client import REGISTRY
 
 from app import events
+from app.data.jobs import Job
 from app.jobs import scheduler
-from app.jobs.models import Job
 from app.live import Hub
 from app.platform import metrics
 from app.platform.runtime import Runtime

@@ -18,10 +18,10 @@ from tortoise.migrations.api import migrate as tortoise_migrate
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from app.data.runs import Run
 from app.platform import db, gc_tuning
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
-from app.runs.models import Run
 from tests.conftest import make_token
 from tests.factories import make_job, wait_until
 from tests.observability.scrape import value

@@ -22,9 +22,9 @@ import pytest
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
-from app.jobs.models import Job
+from app.data.jobs import Job
+from app.data.runs import Run
 from app.platform.runtime import Runtime
-from app.runs.models import Run
 from tests.reliability.harness import Cluster, create_job, figure, rss_mb, running_cluster
 from tests.support.processes import ROOT
 from workers.tasks import SKIPPED_FIRES_KEY

@@ -15,10 +15,10 @@ import pytest
 from tortoise import Tortoise
 
 from app import queue
-from app.jobs.models import Job
+from app.data.jobs import Job
+from app.data.runs import Run
 from app.platform import db
 from app.platform.runtime import Runtime
-from app.runs.models import Run
 from tests.reliability.harness import Cluster, Subscriber, create_job, figure, running_cluster, wait_for
 from tests.support.servers import PostgresCluster
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.data.runs import Run
 from app.platform.runtime import Runtime
-from app.runs.models import Run
 from tests.reliability.harness import Cluster, Subscriber, create_job, figure, graphql, running_cluster, wait_for
 from tests.reliability.job_types import executions
 

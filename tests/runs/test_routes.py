@@ -8,7 +8,7 @@ import re
 import httpx
 import pytest
 
-from app.runs.models import Run
+from app.data.runs import Run
 from tests.factories import make_job, wait_for_logs, wait_until
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from tortoise import connections
 
+from app.data.runs import Run, RunCount
 from app.runs import service as runs_service
-from app.runs.models import Run, RunCount
 from tests.factories import make_job
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

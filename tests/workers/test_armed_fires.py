@@ -13,14 +13,14 @@ import pytest
 from arq.constants import default_queue_name, retry_key_prefix
 
 from app import queue
+from app.data.jobs import Job
+from app.data.runs import Run
 from app.jobs import scheduler
 from app.jobs import service as jobs_service
-from app.jobs.models import Job
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
-from app.runs.models import Run
 from tests.factories import make_job, wait_until
 from tests.support.processes import WorkerProcess
 from tests.workers import test_engine_processes as engine_processes

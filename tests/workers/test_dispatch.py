@@ -20,6 +20,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app import queue
+from app.data.runs import Run
 from app.events import CHANNEL
 from app.platform.aio import cancel_and_wait
 from app.platform.errors import Conflict, Unavailable
@@ -27,7 +28,6 @@ from app.platform.redis_pool import connect_redis
 from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
-from app.runs.models import Run
 from tests.factories import make_job, wait_until
 from tests.support.processes import BIN, WorkerProcess, _Process, env_for
 from tests.support.servers import RedisServer

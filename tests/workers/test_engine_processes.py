@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from app.data.jobs import Job
+from app.data.runs import Run
 from app.jobs import scheduler
-from app.jobs.models import Job
 from app.platform.aio import cancel_and_wait
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
 from app.runs import service as runs_service
-from app.runs.models import Run
 from tests.factories import make_job, wait_until
 from tests.support.processes import WorkerProcess
 from workers.tasks import SKIPPED_FIRES_KEY

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from app.data.models import Game, RefreshToken, StoredFile
+from app.data.app_tables import Game, RefreshToken, StoredFile
+from app.data.runs import Run
 from app.job_types import registry
 from app.job_types.registry import RunContext
 from app.platform.runtime import Runtime
 from app.platform.timefmt import utcnow
-from app.runs.models import Run
 
 pytestmark = pytest.mark.postgres
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from app.data.jobs import Job
+from app.data.runs import Run
 from app.jobs import scheduler
-from app.jobs.models import Job
 from app.platform.runtime import Runtime
-from app.runs.models import Run
 from tests.factories import make_job
 from workers.tasks import fire_job
 

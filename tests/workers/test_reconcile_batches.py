@@ -8,8 +8,8 @@ import pytest
 from arq.constants import default_queue_name
 
 from app import queue
+from app.data.jobs import Job
 from app.jobs import scheduler
-from app.jobs.models import Job
 from app.platform.runtime import Runtime
 from tests.factories import make_job
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
+from app.data.runs import Run
 from app.platform.runtime import Runtime
 from app.platform.timefmt import utcnow
-from app.runs.models import Run
 from tests.factories import make_job, wait_until
 from tests.support.processes import WorkerProcess
 from tests.support.servers import RedisServer

@@ -8,12 +8,12 @@ from typing import Any
 from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix
 
 from app import queue
-from app.jobs.models import Job
+from app.data.jobs import Job
+from app.data.runs import Run
 from app.platform.redis_pool import connect_redis
 from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
-from app.runs.models import Run
 from tests.factories import make_job
 from tests.support.servers import RedisServer
 from workers.runner import execute

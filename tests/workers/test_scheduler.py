@@ -11,14 +11,14 @@ import pytest
 from arq.constants import default_queue_name
 
 from app import queue
+from app.data.jobs import Job
+from app.data.runs import Run
 from app.events import CHANNEL
 from app.jobs import scheduler
 from app.jobs import service as jobs_service
-from app.jobs.models import Job
 from app.platform.runtime import Runtime
 from app.runs import lease
 from app.runs import service as runs_service
-from app.runs.models import Run
 from tests.factories import make_job
 from workers.tasks import SKIPPED_FIRES_KEY, fire_job, run_job
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.data.models import Listing, Notification, SearchIndexEntry
+from app.data.app_tables import Listing, Notification, SearchIndexEntry
 from app.job_types import registry
 from app.job_types.registry import RunContext
 from app.platform.runtime import Runtime

@@ -17,11 +17,11 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 import redis as sync_redis
 
-from app.jobs.models import Job
+from app.data.jobs import Job
+from app.data.runs import Run
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
 from app.runs import service as runs_service
-from app.runs.models import Run
 from tests.conftest import make_settings, make_token, running_app
 from tests.factories import make_job, wait_for_logs, wait_until
 from tests.support.processes import WorkerProcess

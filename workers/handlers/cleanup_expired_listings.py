@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from pydantic import Field
 
-from app.data.models import Listing
+from app.data.app_tables import Listing
 from app.job_types.registry import Payload, RunContext, job_type
 from app.platform.timefmt import utcnow
 

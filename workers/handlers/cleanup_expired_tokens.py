@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from app.data.models import RefreshToken
+from app.data.app_tables import RefreshToken
 from app.job_types.registry import RunContext, job_type
 from app.platform.timefmt import utcnow
 

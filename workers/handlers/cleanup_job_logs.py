@@ -3,9 +3,9 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from app.data.runs import Run
 from app.job_types.registry import RunContext, job_type
 from app.platform.timefmt import utcnow
-from app.runs.models import Run
 
 # Small batches, each its own short transaction: a reader waiting on the database (the API sharing this
 # process's SQLite connection, or a lock) waits for one batch at most, never for the whole prune.

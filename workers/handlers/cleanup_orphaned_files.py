@@ -4,7 +4,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from app.data.models import StoredFile
+from app.data.app_tables import StoredFile
 from app.job_types.registry import RunContext, job_type
 
 

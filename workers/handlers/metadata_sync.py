@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.data.models import Game
+from app.data.app_tables import Game
 from app.job_types.registry import RunContext, job_type
 from app.platform.timefmt import utcnow
 

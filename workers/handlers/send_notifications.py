@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import ConfigDict, Field
 from tortoise.expressions import F
 
-from app.data.models import Notification
+from app.data.app_tables import Notification
 from app.job_types.registry import Payload, RunContext, job_type
 from app.platform.config import Settings
 from app.platform.timefmt import utcnow

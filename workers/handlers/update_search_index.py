@@ -14,7 +14,7 @@ from pydantic import ConfigDict, Field
 from tortoise.expressions import Subquery
 from tortoise.transactions import in_transaction
 
-from app.data.models import Listing, SearchIndexEntry
+from app.data.app_tables import Listing, SearchIndexEntry
 from app.job_types.registry import Payload, RunContext, job_type
 from app.platform.timefmt import utcnow
 
