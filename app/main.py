@@ -8,30 +8,41 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from redis.exceptions import RedisError
+from strawberry.tools import merge_types
 from tortoise.contrib.fastapi import RegisterTortoise
 
-from app import graphql, openapi_docs, rest_errors
+from app.activity.graphql import ActivityQuery
 from app.activity.routes import router as activity_router
+from app.api import graphql, openapi_docs, ops_routes, rest_errors
+from app.api.body_limit import BodyLimit
+from app.api.live import Hub
+from app.api.middleware import RequestContext
 from app.background import start_background_loops, stop_background_loops
-from app.body_limit import BodyLimit
 from app.dashboard import routes as dashboard_routes
 from app.job_types import registry
+from app.job_types.graphql import JobTypeQuery
 from app.job_types.routes import router as job_types_router
 from app.jobs import scheduler
 from app.jobs import service as jobs_service
+from app.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from app.jobs.routes import router as jobs_router
-from app.live import Hub
-from app.observability import routes as ops_routes
-from app.observability.middleware import RequestContext
 from app.platform import db, gc_tuning
 from app.platform.config import Settings, get_settings
 from app.platform.logs import configure_logging
 from app.platform.redis_pool import connect_redis
 from app.platform.runtime import Runtime
+from app.runs.graphql import RunQuery
 from app.runs.routes import router as runs_router
 from workers.settings import BUILTIN_HANDLERS, EmbeddedWorker
 
 log = logging.getLogger(__name__)
+
+# The GraphQL schema, merged from each domain's root types.
+schema = graphql.build_schema(
+    merge_types("Query", (JobQuery, RunQuery, ActivityQuery, JobTypeQuery)),
+    merge_types("Mutation", (JobMutation,)),
+    merge_types("Subscription", (JobSubscription,)),
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -91,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(activity_router)
     app.include_router(job_types_router)
-    graphql_router = graphql.router()
+    graphql_router = graphql.router(schema)
     app.state.fanout = graphql_router.fanout  # this process's shared subscription streams
     app.include_router(graphql_router, prefix="/graphql", include_in_schema=False)
     app.include_router(dashboard_routes.router())

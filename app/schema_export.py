@@ -1,6 +1,6 @@
 """`python -m app.schema_export` prints the SDL; `make schema` writes it to schema.graphql."""
 
-from app.graphql import schema
+from app.main import schema
 
 
 def sdl() -> str:

@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar
 import psutil  # type: ignore[import-untyped]
 import redis as sync_redis
 
-from app.auth import ADMIN_PERMISSION, issue_token
+from app.api.auth import ADMIN_PERMISSION, issue_token
 from app.platform import db
 from app.platform.config import Settings, get_settings
 from tests.support.processes import ApiProcess, WorkerProcess

@@ -1,5 +1,5 @@
 """B3's baseline: a bare FastAPI app serving the same 20-job JSON through `response_model`, behind the same
-JWT dependency as jobs-gateway (`app.deps.AdminDep`), with no database, Redis or middleware.
+JWT dependency as jobs-gateway (`app.api.deps.AdminDep`), with no database, Redis or middleware.
 
     BENCH_JOBS_JSON=jobs.json JWT_SECRET=... uvicorn bench.rest_baseline:app --host 127.0.0.1 --port PORT
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.deps import AdminDep
+from app.api.deps import AdminDep
 from app.jobs.schemas import JobOut
 from app.platform.config import get_settings
 

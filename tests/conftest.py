@@ -21,7 +21,7 @@ import redis as sync_redis
 from fastapi import FastAPI
 from tortoise import Tortoise
 
-from app.auth import ADMIN_PERMISSION, issue_token
+from app.api.auth import ADMIN_PERMISSION, issue_token
 from app.job_types import registry
 from app.main import create_app
 from app.platform import db

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app import cli
-from app.auth import ADMIN_PERMISSION
+from app.api.auth import ADMIN_PERMISSION
 from app.platform.config import Settings
 from tests.conftest import SECRET, make_token, running_app
 

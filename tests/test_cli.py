@@ -166,7 +166,7 @@ async def test_logs_follow_prints_each_run_as_it_finishes(api: ApiProcess, setti
 async def test_the_api_serves_websockets_without_per_message_compression(
     settings: Settings, orm: Runtime, tmp_path: Path, command: str
 ) -> None:
-    """So that one `jobStatus` frame, prepared once, goes to every socket (app.websocket_wire)."""
+    """So that one `jobStatus` frame, prepared once, goes to every socket (app.adapters.uvicorn)."""
     port = free_port()
     api = ApiProcess(settings, tmp_path, port, embedded_worker=False)
     if command == "run":

@@ -9,7 +9,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from tortoise.exceptions import DBConnectionError, IntegrityError, OperationalError
 
-from app.outages import DATABASE_DOWN, REDIS_DOWN, as_unavailable
+from app.api.outages import DATABASE_DOWN, REDIS_DOWN, as_unavailable
 
 
 @pytest.mark.parametrize(

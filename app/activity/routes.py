@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app import openapi_docs as docs
 from app.activity import service as activity_service
 from app.activity.schemas import ActivityPage
-from app.deps import AdminDep
+from app.api import openapi_docs as docs
+from app.api.deps import AdminDep
 
 router = APIRouter(prefix="/api/activity", tags=["activity"])
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app import openapi_docs as docs
-from app.deps import AdminDep
+from app.api import openapi_docs as docs
+from app.api.deps import AdminDep
 from app.job_types import service as job_types_service
 from app.job_types.schemas import JobTypeOut
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.api.schemas import CamelModel
 from app.job_types.service import JobTypeInfo
-from app.jobs.schemas import CamelModel
 
 
 class JobTypeOut(CamelModel):

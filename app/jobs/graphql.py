@@ -9,12 +9,12 @@ import strawberry
 from strawberry.dataloader import DataLoader
 from strawberry.scalars import JSON
 
+from app.api.graphql_errors import to_graphql
+from app.api.live import Hub
 from app.data.runs import Run
-from app.graphql_errors import to_graphql
 from app.jobs import service as jobs_service
 from app.jobs.schemas import job_fields
 from app.jobs.service import JobState
-from app.live import Hub
 from app.platform.errors import AppError
 from app.platform.pagination import Page
 from app.runs import service as runs_service

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 import pydantic_core
 from fastapi import APIRouter, Body, Response
 
-from app import openapi_docs as docs
-from app.deps import AdminDep, RuntimeDep
+from app.api import openapi_docs as docs
+from app.api.deps import AdminDep, RuntimeDep
+from app.api.schemas import ActionResult
 from app.jobs import service as jobs_service
-from app.jobs.schemas import ActionResult, JobOut, JobUpdate, job_wire
+from app.jobs.schemas import JobOut, JobUpdate, job_wire
 from app.jobs.service import JobState
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])

@@ -3,16 +3,10 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictBool
-from pydantic.alias_generators import to_camel
 
+from app.api.schemas import CamelModel
 from app.jobs.service import JobState
 from app.platform.timefmt import iso_ms
-
-
-class CamelModel(BaseModel):
-    """Snake-case fields in Python, the spec's camelCase names on the wire."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
 
 
 class JobOut(CamelModel):
@@ -83,8 +77,3 @@ class JobUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: StrictBool
-
-
-class ActionResult(BaseModel):
-    success: bool = True
-    message: str

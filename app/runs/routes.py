@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app import openapi_docs as docs
-from app.deps import AdminDep, RuntimeDep
-from app.jobs.schemas import ActionResult
+from app.api import openapi_docs as docs
+from app.api.deps import AdminDep, RuntimeDep
+from app.api.schemas import ActionResult
 from app.runs import service as runs_service
 from app.runs.schemas import RunPage
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.api.schemas import CamelModel
 from app.data.runs import Run
-from app.jobs.schemas import CamelModel
 from app.platform.pagination import Page
 from app.platform.timefmt import iso_ms
 

@@ -277,7 +277,7 @@ async def _complete_many(batch: list[_Completion]) -> list[bool]:
             data: dict[str, object] = {
                 "running": False,
                 "runId": c.run.id,
-                "startedAt": iso_ms(c.run.started_at),  # the job's lastRun as of this event (app.live)
+                "startedAt": iso_ms(c.run.started_at),  # the job's lastRun as of this event (app.api.live)
                 "result": c.result,
                 "duration": c.duration,
                 "details": c.details,

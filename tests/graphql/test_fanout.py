@@ -1,4 +1,4 @@
-"""Identical `jobStatus` subscriptions share one execution and one serialised payload (app.graphql_fanout)."""
+"""Identical `jobStatus` subscriptions share one execution and one serialised payload (app.api.fanout)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import structlog
 from strawberry.types.execution import ExecutionResult
 from websockets.exceptions import ConnectionClosed
 
-from app.backlog import PER_JOB
-from app.graphql_fanout import Fanout, Member, PreparedFrame, next_frame, share_key
+from app.api.backlog import PER_JOB
+from app.api.fanout import Fanout, Member, PreparedFrame, next_frame, share_key
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
 from app.runs import lease
@@ -301,8 +301,8 @@ async def test_members_with_an_expired_token_or_a_completed_operation_get_nothin
 async def test_shared_frames_go_straight_to_the_server_and_none_reach_a_socket_it_closed(
     settings: Settings, compression: Literal["deflate"] | None
 ) -> None:
-    """A shared stream writes with the server's own `send`, below the middlewares (app.graphql._frame_sender),
-    or straight to its transport when the socket does not compress (app.websocket_wire); a frame offered
+    """A shared stream writes with the server's own `send`, below the middlewares (app.api.graphql._frame_sender),
+    or straight to its transport when the socket does not compress (app.adapters.uvicorn); a frame offered
     to a socket closed for a message over WS_MAX_MESSAGE_BYTES is refused quietly, and the others go on."""
     async with served(settings) as (app, url), AsyncExitStack() as stack:
         rt: Runtime = app.state.runtime

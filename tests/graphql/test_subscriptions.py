@@ -15,12 +15,12 @@ import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from app.backlog import PER_JOB
+from app.api.backlog import PER_JOB
+from app.api.live import DELETED, Hub
 from app.data.jobs import Job
 from app.events import CHANNEL, publish
 from app.jobs import service as jobs_service
 from app.jobs.service import JobState
-from app.live import DELETED, Hub
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
 from tests.conftest import make_token

@@ -1,4 +1,4 @@
-"""Shared `jobStatus` frames written straight to uvicorn's transport (app.websocket_wire), on the real server."""
+"""Shared `jobStatus` frames written straight to uvicorn's transport (app.adapters.uvicorn), on the real server."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from app.graphql_fanout import Fanout, Member, PreparedFrame, SharedStream
+from app.adapters.uvicorn import text_frame, wire_writer
+from app.api.fanout import Fanout, Member, PreparedFrame, SharedStream
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
-from app.websocket_wire import text_frame, wire_writer
 from tests.support.subscriptions import (
     JOB,
     STATUS,

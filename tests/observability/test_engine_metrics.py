@@ -8,9 +8,9 @@ from datetime import timedelta
 from prometheus_client import REGISTRY
 
 from app import events
+from app.api.live import Hub
 from app.data.jobs import Job
 from app.jobs import scheduler
-from app.live import Hub
 from app.platform import metrics
 from app.platform.runtime import Runtime
 from app.runs import lease

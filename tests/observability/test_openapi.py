@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from app.outages import DATABASE_DOWN, REDIS_DOWN
+from app.api.outages import DATABASE_DOWN, REDIS_DOWN
 
 # The errors each operation can answer besides 401 and 403 (which every authenticated one can).
 EXPECTED_ERRORS = {

@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from app.auth import ADMIN_PERMISSION
+from app.api.auth import ADMIN_PERMISSION
 from tests.reliability.harness import TRANSPORT_WS, Cluster, figure, running_cluster
 from tests.test_auth import rsa_pem_pair
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 
 from app import events
-from app.graphql_fanout import Member, Sender
+from app.api.fanout import Member, Sender
 from app.main import create_app
 from app.platform.config import Settings
 from app.platform.runtime import Runtime

@@ -16,15 +16,15 @@ from typing import NoReturn
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from app import cli_client
-from app.auth import ADMIN_PERMISSION, issue_token
+from app.api.auth import ADMIN_PERMISSION, issue_token
+from app.cli import client as cli_client
 from app.observability.worker_metrics import MetricsPortUnavailable
 from app.platform import db
 from app.platform.config import Settings, get_settings
 from app.platform.logs import configure_logging
 from app.platform.schedule import ScheduleError, parse_go_duration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: app/cli/__init__.py
 
 
 def _settings() -> Settings:
@@ -79,7 +79,7 @@ def cmd_run(_: argparse.Namespace) -> None:
         log_level=settings.log_level.lower(),
         log_config=None,
         # Without permessage-deflate a jobStatus event is one prepared frame written to every socket
-        # (app.websocket_wire); with it each socket compresses its own copy, for frames of a few hundred bytes.
+        # (app.adapters.uvicorn); with it each socket compresses its own copy, for frames of a few hundred bytes.
         ws_per_message_deflate=False,
     )
 

@@ -10,7 +10,7 @@ from typing import Any
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
-from app.outages import as_unavailable
+from app.api.outages import as_unavailable
 from app.platform.errors import AppError, Conflict, Forbidden, Invalid, NotFound, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)

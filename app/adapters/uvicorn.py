@@ -1,7 +1,7 @@
 """Writing one prepared websocket frame to many uvicorn sockets: a `transport.write` per socket.
 
-A shared `jobStatus` event goes to up to thousands of sockets with the same bytes (app.graphql_fanout).
-Through the ASGI `send`, each socket costs a message dict (app.graphql) and, in uvicorn, an Event wait,
+A shared `jobStatus` event goes to up to thousands of sockets with the same bytes (app.api.fanout).
+Through the ASGI `send`, each socket costs a message dict (app.api.graphql) and, in uvicorn, an Event wait,
 encoding the text, websockets building and serialising the frame and joining its output, before the one
 call that matters, `transport.write`: more than half of the API's CPU per event at 1,000 subscribers (B2,
 bench/NOTES.md). Here the frame is serialised once per event, and each socket only gets the write.

@@ -2,7 +2,7 @@
 
 Workers and API instances publish on `app.events.CHANNEL`; each API process runs one `Hub`, which
 resolves every event to the job's current state once and hands it to each interested subscriber.
-A subscriber's mailbox holds the last few unsent states per job (app.backlog): a subscriber that falls
+A subscriber's mailbox holds the last few unsent states per job (app.api.backlog): a subscriber that falls
 behind for a moment still sees every change, a stalled one costs a few entries per job, and neither
 delays the others.
 """
@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.backlog import Backlog
+from app.api.backlog import Backlog
 from app.events import CHANNEL, JOB_DELETED
 from app.platform import metrics
 from app.platform.aio import cancel_and_wait

@@ -6,12 +6,12 @@ once per subscriber and event: about 0.2 ms of CPU each, so 1,000 dashboards wat
 (the data does not depend on who asks: every caller holds the one admin permission), so this module
 runs ONE strawberry stream per distinct (document, operation, variables) — a `SharedStream` — and
 writes its serialised `next` payload to every member socket: where the server allows, as one websocket
-frame prepared once per event and written to each socket's transport (app.websocket_wire).
+frame prepared once per event and written to each socket's transport (app.adapters.uvicorn).
 
 Per socket it keeps what must stay per socket: authentication (checked at `connection_init`; a member
 whose token has expired is skipped, and the socket is closed by its expiry task), its operation id, and
 its own flow control. A socket that cannot take a frame right away (its transport is paused) gets a
-writer task and a backlog holding the last few frames per job (app.backlog), so a client behind for a
+writer task and a backlog holding the last few frames per job (app.api.backlog), so a client behind for a
 moment still gets every change, a stalled one costs a few frames per job, and neither delays the
 others. Events of one stream reach every member in order.
 """
@@ -33,9 +33,9 @@ from graphql import FieldNode, GraphQLError, NullValueNode, OperationDefinitionN
 from graphql.error import GraphQLSyntaxError
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 
-from app.backlog import Backlog
+from app.adapters.uvicorn import WireWriter, text_frame
+from app.api.backlog import Backlog
 from app.platform.aio import cancel_and_wait
-from app.websocket_wire import WireWriter, text_frame
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def next_frame(operation_id: str, payload: str) -> str:
 @dataclass(frozen=True, slots=True)
 class PreparedFrame:
     """One `next` message for every member with the same operation id: its text, and the websocket frame
-    carrying it, serialised once (app.websocket_wire)."""
+    carrying it, serialised once (app.adapters.uvicorn)."""
 
     text: str
     wire: bytes

@@ -8,7 +8,7 @@ import structlog
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
 
-from app.auth import Principal, decode_token, require_permission
+from app.api.auth import Principal, decode_token, require_permission
 from app.platform.errors import Unauthenticated
 from app.platform.runtime import Runtime
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from app.observability import health
+from app.api import health
 from app.platform import metrics
 from app.platform.errors import NotFound
 from app.platform.runtime import Runtime

@@ -1,4 +1,5 @@
-"""The GraphQL API: the schema merged from each domain, its limits, and the FastAPI router."""
+"""The GraphQL API's plumbing: its limits, error handling and the FastAPI router (the schema itself is merged from
+the domains' types by the entry point, app.main)."""
 
 from __future__ import annotations
 
@@ -28,19 +29,14 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
-from strawberry.tools import merge_types
 from strawberry.types.unset import UNSET, UnsetType
 
-from app.activity.graphql import ActivityQuery
-from app.graphql_context import Context, connection_token
-from app.graphql_errors import AppErrors, is_unexpected
-from app.graphql_fanout import Fanout, Member, Sender, share_key
-from app.job_types.graphql import JobTypeQuery
-from app.jobs.graphql import JobMutation, JobQuery, JobSubscription
-from app.observability.middleware import server_send
+from app.adapters.uvicorn import wire_writer
+from app.api.fanout import Fanout, Member, Sender, share_key
+from app.api.graphql_context import Context, connection_token
+from app.api.graphql_errors import AppErrors, is_unexpected
+from app.api.middleware import server_send
 from app.platform.errors import AppError
-from app.runs.graphql import RunQuery
-from app.websocket_wire import wire_writer
 
 MAX_DEPTH = 10
 MAX_ALIASES = 15
@@ -66,11 +62,6 @@ class RequestLimits(SchemaExtension):
         yield
 
 
-Query = merge_types("Query", (JobQuery, RunQuery, ActivityQuery, JobTypeQuery))
-Mutation = merge_types("Mutation", (JobMutation,))
-Subscription = merge_types("Subscription", (JobSubscription,))
-
-
 class JobsSchema(Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: object = None) -> None:
         # Expected errors (bad input, auth, not found, conflicts) are answers, not incidents: log the rest.
@@ -79,19 +70,21 @@ class JobsSchema(Schema):
                 super().process_errors([error], execution_context)  # type: ignore[arg-type]
 
 
-schema = JobsSchema(
-    query=Query,
-    mutation=Mutation,
-    subscription=Subscription,
-    extensions=[
-        RequestLimits,
-        # Token counting happens in the parser, before validation; depth and aliases are validation rules.
-        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
-        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
-        AppErrors,
-    ],
-)
+def build_schema(query: type, mutation: type, subscription: type) -> JobsSchema:
+    """The schema of these root types, with the API's limits and error handling."""
+    return JobsSchema(
+        query=query,
+        mutation=mutation,
+        subscription=subscription,
+        extensions=[
+            RequestLimits,
+            # Token counting happens in the parser, before validation; depth and aliases are validation rules.
+            lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+            lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+            lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+            AppErrors,
+        ],
+    )
 
 
 async def get_context(connection: HTTPConnection) -> Context:
@@ -120,7 +113,7 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
 
 
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
-    """graphql-transport-ws, where identical `jobStatus` subscriptions share one stream (app.graphql_fanout).
+    """graphql-transport-ws, where identical `jobStatus` subscriptions share one stream (app.api.fanout).
 
     Everything else — queries, other subscriptions, validation, protocol errors — is strawberry's own.
     """
@@ -225,7 +218,7 @@ async def _close_at(websocket: WebSocket, expires_at: float) -> None:
         await websocket.close(EXPIRED_CLOSE_CODE, "Token expired")
 
 
-def router() -> Router:
+def router(schema: Schema) -> Router:
     graphql_router = Router(schema, context_getter=get_context, graphql_ide="graphiql")
     graphql_router.fanout = Fanout()
     return graphql_router

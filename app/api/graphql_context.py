@@ -7,9 +7,9 @@ from typing import Any
 import structlog
 from strawberry.fastapi import BaseContext
 
-from app.auth import ADMIN_PERMISSION, Principal, decode_token, require_permission
-from app.deps import bearer_token
-from app.live import Hub
+from app.api.auth import ADMIN_PERMISSION, Principal, decode_token, require_permission
+from app.api.deps import bearer_token
+from app.api.live import Hub
 from app.platform.errors import AppError
 from app.platform.runtime import Runtime
 
@@ -27,7 +27,7 @@ class Context(BaseContext):
         self.stream_job_id: str | None = None
 
     def for_shared_stream(self) -> Context:
-        """A context for one subscription stream shared by many sockets (app.graphql_fanout).
+        """A context for one subscription stream shared by many sockets (app.api.fanout).
 
         Each socket authenticated itself and ends when its own token expires; the data does not depend
         on who asks (every caller holds the admin permission), so the shared stream runs as the service

@@ -8,11 +8,11 @@ from typing import Any, Literal
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from app.outages import DATABASE_DOWN, REDIS_DOWN
+from app.api.outages import DATABASE_DOWN, REDIS_DOWN
 
 
 class ErrorBody(BaseModel):
-    """Every REST error (app/rest_errors.py)."""
+    """Every REST error (app/api/rest_errors.py)."""
 
     success: Literal[False] = False
     error: str = Field(description="stable machine code", examples=["not_found"])
@@ -129,7 +129,7 @@ TRIGGERED = {"success": True, "message": "Job triggered successfully"}
 
 def without_422(app: FastAPI) -> None:
     """FastAPI documents a 422 on every route with parameters; jobs-gateway answers bad input with 400
-    (app/rest_errors.py), which the routes list themselves. Drop the 422s so that /docs tells the truth."""
+    (app/api/rest_errors.py), which the routes list themselves. Drop the 422s so that /docs tells the truth."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from app.auth import ADMIN_PERMISSION, issue_token
+from app.api.auth import ADMIN_PERMISSION, issue_token
 from app.platform.config import get_settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.outages import OUTAGE_CLASSES, as_unavailable
+from app.api.outages import OUTAGE_CLASSES, as_unavailable
 from app.platform.errors import AppError, Unauthenticated
 
 log = logging.getLogger(__name__)
