@@ -1,5 +1,5 @@
-"""Transactions cancelled as they begin give their connection back (app/sqlite_client, app/asyncpg_client),
-on both backends."""
+"""Transactions cancelled as they begin give their connection back (app/adapters/tortoise/sqlite.py and
+asyncpg.py), on both backends."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from tortoise.backends.asyncpg.client import TransactionWrapper as AsyncpgTransa
 from tortoise.backends.sqlite.client import SqliteTransactionWrapper
 from tortoise.transactions import in_transaction
 
-from app import asyncpg_client, sqlite_client
+from app.adapters.tortoise import asyncpg as asyncpg_client
+from app.adapters.tortoise import sqlite as sqlite_client
 from app.data.jobs import Job
 from app.platform.runtime import Runtime
 from tests.factories import make_job, wait_until

@@ -1,5 +1,5 @@
 """SQLite reads and inserts outside transactions run inline on connections of their own, within a budget
-(app/sqlite_client)."""
+(app/adapters/tortoise/sqlite.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tortoise import connections
 from tortoise.exceptions import IntegrityError, OperationalError
 from tortoise.transactions import in_transaction
 
-from app import sqlite_client
+from app.adapters.tortoise import sqlite as sqlite_client
 from app.data.activity import Activity
 from app.data.jobs import Job
 from app.data.runs import Run

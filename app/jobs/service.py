@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import weakref
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
-from tortoise import fields
-from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
-from tortoise.fields import Field
-from tortoise.timezone import get_default_timezone, get_use_tz
 from tortoise.transactions import in_transaction
 
 from app import events, queue
 from app.activity import service as activity_service
+from app.data import jobs as jobs_table
 from app.data.jobs import Job, validate_job_id
 from app.data.runs import Run
 from app.job_types import registry
@@ -28,8 +24,7 @@ from app.jobs import scheduler
 from app.jobs.builtin import BUILTIN_JOBS
 from app.jobs.inputs import JobCreate, parse_job_create
 from app.platform import metrics
-from app.platform.db import commit_version
-from app.platform.errors import Conflict, Invalid, NotFound
+from app.platform.errors import Conflict, Invalid
 from app.platform.runtime import Runtime
 from app.platform.schedule import FORMS, ScheduleError, interval_to_schedule, validate_schedule
 from app.runs import lease
@@ -67,17 +62,6 @@ def as_of_event(state: JobState, event: dict[str, Any]) -> JobState:
     return JobState(job=job, running=running)
 
 
-def _not_found(job_id: str) -> NotFound:
-    return NotFound(f"Job '{job_id}' not found", code="job_not_found")
-
-
-async def get_or_raise(*, job_id: str) -> Job:
-    job = await _job_by_id(validate_job_id(job_id))
-    if job is None:
-        raise _not_found(job_id)
-    return job
-
-
 async def _running(rt: Runtime, job_ids: list[str]) -> set[str]:
     try:
         held = await lease.holders(rt.redis, job_ids)
@@ -89,126 +73,9 @@ async def _running(rt: Runtime, job_ids: list[str]) -> set[str]:
     return {job_id for job_id, token in held.items() if token is not None}
 
 
-@functools.cache
-def _all_jobs_sql() -> str:
-    # tortoise compiles a query's SQL again on every execution (about 95 µs of the 300 µs that reading
-    # 20 jobs costs, B3); this text never changes within a process (one database backend per process).
-    return Job.all().order_by("id").sql()
-
-
-_ID_PLACEHOLDER = "\x00job-id\x00"
-
-
-@functools.cache
-def _job_by_id_sql() -> tuple[str, tuple[object, ...]]:
-    """`Job.get_or_none(id=…)`'s SQL and parameters, with a placeholder value where the id goes.
-
-    Compiled once per process for the same reason as the list's: building it cost more than running it.
-    """
-    query = Job.filter(id=_ID_PLACEHOLDER).limit(1)
-    sql = query.sql()  # builds `query.query`, whose parameters come with it
-    _, params = query.query.get_parameterized_sql()
-    assert params.count(_ID_PLACEHOLDER) == 1, params
-    return sql, tuple(params)
-
-
-async def _job_by_id(job_id: str) -> Job | None:
-    sql, params = _job_by_id_sql()
-    values = [job_id if p == _ID_PLACEHOLDER else p for p in params]
-    rows = await Job._meta.db.execute_query_dict(sql, values)
-    jobs = _jobs_from_rows(rows)
-    return jobs[0] if jobs else None
-
-
-Converter = Callable[[Any], Any]
-
-
-def _datetime_converter(field: Field[Any]) -> Converter:
-    """tortoise's conversion of a stored timestamp, minus its per-value overhead, for aware values.
-
-    tortoise spends about 1.5 µs a value (B3: 80 of them per job list) checking awareness through helper
-    calls; the common case here is SQLite's ISO text or PostgreSQL's aware datetime, both converted to the
-    configured zone exactly as tortoise does. Anything else (naive values, odd text) takes tortoise's path.
-    """
-    if not get_use_tz():
-        return field.to_python_value
-    zone = get_default_timezone()
-    slow = field.to_python_value
-
-    def convert(value: Any) -> Any:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            try:
-                value = datetime.fromisoformat(value)
-            except ValueError:
-                return slow(value)
-        if isinstance(value, datetime) and value.tzinfo is not None:
-            return value.astimezone(zone)
-        return slow(value)
-
-    return convert
-
-
-def _or_none(field_type: Callable[[Any], Any]) -> Converter:
-    """tortoise's conversion for a field without its own: the field's type, None kept."""
-
-    def convert(value: Any) -> Any:
-        return None if value is None else field_type(value)
-
-    return convert
-
-
-def _row_plan() -> tuple[bool, list[tuple[str, str, Converter | None]]]:
-    """How to turn a Job row into attributes, as `Model._init_from_db` does: whether the row can be
-    copied whole (every column named as its attribute), and (column, attribute, converter or None)
-    for the columns still to set or convert.
-
-    Built from the model's metadata for the backend in use at each call (a few microseconds): the same
-    native / default / custom split tortoise makes, with a faster converter for timestamps.
-    """
-    meta = Job._meta
-    native: list[tuple[str, str, Converter | None]] = [(key, attr, None) for key, attr, _ in meta.db_native_fields]
-    converted: list[tuple[str, str, Converter | None]] = []
-    for key, attr, field in meta.db_default_fields:
-        converted.append((key, attr, _or_none(field.field_type)))
-    for key, attr, field in meta.db_complex_fields:
-        converter = _datetime_converter(field) if isinstance(field, fields.DatetimeField) else field.to_python_value
-        converted.append((key, attr, converter))
-    if all(key == attr for key, attr, _ in native + converted):
-        return True, converted
-    return False, native + converted
-
-
-def _jobs_from_rows(rows: Sequence[dict[str, Any]]) -> list[Job]:
-    """Job instances from full rows, as `Job.raw` builds them, at a fraction of its cost.
-
-    `Job.raw` (tortoise's executor and `_init_from_db`) took 185 µs of the 280 µs that reading 20 jobs
-    cost (B3), most of it per-field calls; the values and the instance state here are the same
-    (tests/jobs/test_list_rows.py compares them).
-    """
-    copy_row, plan = _row_plan()
-    generated_pk = Job._meta.db_pk_column not in Job._meta.generated_db_fields
-    jobs = []
-    for row in rows:
-        job = Job.__new__(Job)
-        values = job.__dict__
-        if copy_row:
-            values.update(row)
-        values["_partial"] = False
-        values["_saved_in_db"] = True
-        values["_custom_generated_pk"] = generated_pk
-        values["_await_when_save"] = {}
-        for key, attr, convert in plan:
-            value = row[key]
-            values[attr] = value if convert is None else convert(value)
-        jobs.append(job)
-    return jobs
-
-
 async def list_jobs(rt: Runtime) -> list[JobState]:
-    rows, _ = await _all_job_rows()
-    jobs = _jobs_from_rows(rows)  # copies each row's values: the shared rows stay untouched
+    rows, _ = await jobs_table.all_rows()
+    jobs = jobs_table.from_rows(rows)  # copies each row's values: the shared rows stay untouched
     running = await _running(rt, [j.id for j in jobs])
     return [JobState(job=j, running=j.id in running) for j in jobs]
 
@@ -220,7 +87,7 @@ Rendered = TypeVar("Rendered")
 class _Listing:
     """One `list_rendered` answer and what it was made of."""
 
-    rows: list[dict[str, Any]] | None  # None where they cannot come back (see _all_job_rows)
+    rows: list[dict[str, Any]] | None  # None where they cannot come back (see jobs_table.all_rows)
     running: set[str]
     # per job id: (the row's values, running, what the render function made of them)
     by_id: dict[str, tuple[tuple[Any, ...], bool, Any]]
@@ -229,43 +96,19 @@ class _Listing:
 
 # Per render function, forgotten with it.
 _listings: weakref.WeakKeyDictionary[Callable[[JobState], Any], _Listing] = weakref.WeakKeyDictionary()
-# Per database client (a test's, a process's), forgotten with it: (commit version, the job table's rows then).
-_job_rows: weakref.WeakKeyDictionary[BaseDBAsyncClient, tuple[Hashable, list[dict[str, Any]]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def _all_job_rows() -> tuple[list[dict[str, Any]], bool]:
-    """Every job's row, in id order (shared, never mutate them), and whether a later call may return this
-    same list.
-
-    Where the database tells when it was last written (SQLite: `db.commit_version`), the previous call's rows
-    (the same list) while nobody has committed since: reading and converting 20 rows was 15 % of a list
-    request's CPU (B3), and a dashboard reads the list far more often than anything is written. A commit
-    anywhere (a run recorded by any worker, an edit by another instance) makes the next call read again.
-    """
-    db = Job._meta.db
-    version = commit_version(db)  # before the read: a commit in between then only makes the rows newer
-    known = _job_rows.get(db)
-    if version is not None and known is not None and known[0] == version:
-        return known[1], True
-    rows: list[dict[str, Any]] = await db.execute_query_dict(_all_jobs_sql())
-    if version is not None:
-        _job_rows[db] = (version, rows)
-    return rows, version is not None
 
 
 async def list_rendered(rt: Runtime, render: Callable[[JobState], Rendered]) -> list[Rendered]:
     """Every job as `render` makes it (the list's wire objects, say); `render` must depend on the state only.
 
     Redis is read on every call, and the database too unless it tells that nothing was committed since the
-    previous read (SQLite; see `_all_job_rows`). What is skipped is rebuilding the unchanged: a job whose row values and
-    running flag equal those of this process's previous call reuses that call's rendering, and an unchanged
+    previous read (SQLite; see `jobs_table.all_rows`). What is skipped is rebuilding the unchanged: a job whose row
+    values and running flag equal those of this process's previous call reuses that call's rendering, and an unchanged
     list its whole answer. Building 20 Job instances and then their JSON objects was a third of a list
     request's CPU (B3), for a list that mostly does not change between two reads. Answers and renderings are
     shared: never mutate one.
     """
-    rows, reusable = await _all_job_rows()
+    rows, reusable = await jobs_table.all_rows()
     running = await _running(rt, [row["id"] for row in rows])
     before = _listings.get(render)
     if before is not None and before.rows is rows and before.running == running:
@@ -285,7 +128,7 @@ async def list_rendered(rt: Runtime, render: Callable[[JobState], Rendered]) -> 
             changed.append(row)
             changed_values.append(values)
     # In one pass, as `list_jobs` builds them: a cold or much-changed list costs what it did before.
-    for values, job in zip(changed_values, _jobs_from_rows(changed), strict=True):
+    for values, job in zip(changed_values, jobs_table.from_rows(changed), strict=True):
         is_running = job.id in running
         kept[job.id] = (values, is_running, render(JobState(job=job, running=is_running)))
     answer = [kept[row["id"]][2] for row in rows]
@@ -297,7 +140,7 @@ async def list_rendered(rt: Runtime, render: Callable[[JobState], Rendered]) -> 
 async def get(rt: Runtime, *, job_id: str) -> JobState:
     state = await find(rt, job_id=job_id)
     if state is None:
-        raise _not_found(job_id)
+        raise jobs_table.not_found(job_id)
     return state
 
 
@@ -316,7 +159,7 @@ async def find_many(rt: Runtime, job_ids: list[str]) -> dict[str, JobState]:
 
 async def find(rt: Runtime, *, job_id: str) -> JobState | None:
     """The job's current state, or None when it does not exist (a live stream ends then)."""
-    job = await _job_by_id(validate_job_id(job_id))
+    job = await jobs_table.get_or_none(validate_job_id(job_id))
     if job is None:
         return None
     return JobState(job=job, running=bool(await _running(rt, [job.id])))
@@ -324,7 +167,7 @@ async def find(rt: Runtime, *, job_id: str) -> JobState | None:
 
 async def set_enabled(rt: Runtime, *, job_id: str, enabled: bool, actor: str, event: str = "jobs.update") -> JobState:
     """Enable (schedule the next fire) or disable (remove the pending fire). Idempotent; always audited."""
-    job = await get_or_raise(job_id=job_id)
+    job = await jobs_table.get_or_raise(job_id=job_id)
     was_enabled = job.enabled
     async with in_transaction() as conn:
         await Job.filter(id=job.id).using_db(conn).update(enabled=enabled)
@@ -407,7 +250,7 @@ async def delete(rt: Runtime, *, job_id: str, actor: str) -> None:
     Refused for built-in jobs, and while the job runs: deleting a running job would orphan a run
     whose outcome nobody could act on, so the caller stops it and deletes once the run has finished.
     """
-    job = await get_or_raise(job_id=job_id)
+    job = await jobs_table.get_or_raise(job_id=job_id)
     if job.builtin:
         raise Conflict(f"Job '{job.id}' is built in and cannot be deleted; stop it instead", code="builtin_job")
     if await _running(rt, [job.id]):

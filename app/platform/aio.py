@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +22,3 @@ async def cancel_and_wait(*tasks: asyncio.Task[object] | asyncio.Future[object],
         _, pending = await asyncio.wait(pending, timeout=0.25)
     if pending:
         log.error("%d task(s) ignored cancellation for %s s: %s", len(pending), patience, pending)
-
-
-# Tasks started by `in_background` that are still running: the event loop keeps only weak references.
-_background: set[asyncio.Task[None]] = set()
-
-
-def in_background(cleanup: Coroutine[object, object, None], name: str) -> None:
-    """Run `cleanup` in a task of its own, which the app never cancels: for the cleanup a cancelled task owes
-    but cannot await (it could be cancelled again, half-way)."""
-    task = asyncio.get_running_loop().create_task(cleanup, name=name)
-    _background.add(task)
-    task.add_done_callback(_background.discard)

@@ -31,9 +31,11 @@ def _connection(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = expand_db_url(_connection_url(settings))
     # Both: a transaction cancelled as it begins gives its connection back (see those modules).
     if config["engine"] == "tortoise.backends.sqlite":
-        config["engine"] = "app.sqlite_client"  # and short reads on the event loop's thread
+        config["engine"] = "app.adapters.tortoise.sqlite"  # and short reads on the event loop's thread
     elif config["engine"] == "tortoise.backends.asyncpg":
-        config["engine"] = "app.asyncpg_client"  # named so that tortoise's migrations pick asyncpg's schema editor
+        config["engine"] = (
+            "app.adapters.tortoise.asyncpg"  # named so that tortoise's migrations pick asyncpg's schema editor
+        )
     return config
 
 
@@ -84,7 +86,7 @@ def commit_version(client: BaseDBAsyncClient) -> Hashable | None:
     """A value, compared with ==, that differs once anyone has committed to the database since it was last
     read through this client, or None where the backend cannot tell (PostgreSQL; a transaction's client).
 
-    Lets a hot read reuse its previous result while nothing has been written (app/sqlite_client.py).
+    Lets a hot read reuse its previous result while nothing has been written (app/adapters/tortoise/sqlite.py).
     """
     probe = getattr(client, "data_version", None)
     version: Hashable | None = probe() if callable(probe) else None

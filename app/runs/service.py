@@ -22,10 +22,10 @@ from tortoise.transactions import in_transaction
 
 from app import events, queue
 from app.activity import service as activity_service
+from app.data import jobs as jobs_table
 from app.data.jobs import Job
 from app.data.runs import Run, RunCount
 from app.groupcommit import GroupCommit, per_loop
-from app.jobs import service as jobs_service
 from app.platform import metrics
 from app.platform.errors import Conflict, Unavailable
 from app.platform.pagination import Page, PageRequest, fetch_page
@@ -52,7 +52,7 @@ def new_token() -> str:
 
 
 async def list_for_job(*, job_id: str, limit: int | str | None, offset: int | str | None) -> Page[Run]:
-    await jobs_service.get_or_raise(job_id=job_id)
+    await jobs_table.get_or_raise(job_id=job_id)
     page = PageRequest.build(limit, offset, default=JOB_LOGS_DEFAULT, maximum=JOB_LOGS_MAX)
     return await fetch_page(Run.filter(job_id=job_id), page, total=lambda: run_totals([job_id]))
 
@@ -103,7 +103,7 @@ async def trigger(rt: Runtime, *, job_id: str, actor: str) -> str:
     as it is now, so that the worker that takes it starts the handler without reading the job again. In a
     process with an embedded worker that has a free slot, that worker takes it from here, and the call
     returns once its handler has started."""
-    job = await jobs_service.get_or_raise(job_id=job_id)
+    job = await jobs_table.get_or_raise(job_id=job_id)
     token = new_token()
     run = queue.DirectRun(
         job_id=job.id,

@@ -11,6 +11,7 @@ import pytest
 from tortoise import fields
 from tortoise.transactions import in_transaction
 
+from app.data import jobs as jobs_table
 from app.data.jobs import Job
 from app.jobs import service as jobs_service
 from app.jobs.schemas import JobOut, job_wire
@@ -49,9 +50,9 @@ def _values(job: Job) -> dict[str, object]:
 
 async def test_rows_become_the_jobs_tortoise_would_build(orm: Runtime) -> None:
     await _varied_jobs()
-    sql = jobs_service._all_jobs_sql()
+    sql = Job.all().order_by("id").sql()
     expected: list[Job] = await Job.raw(sql)
-    got = jobs_service._jobs_from_rows(await Job._meta.db.execute_query_dict(sql))
+    got = jobs_table.from_rows(await Job._meta.db.execute_query_dict(sql))
     assert [j.id for j in got] == [j.id for j in expected] == ["a-plain", "b-full"]
     for mine, theirs in zip(got, expected, strict=True):
         assert _values(mine) == _values(theirs)
@@ -164,8 +165,8 @@ async def test_on_sqlite_the_rows_are_read_again_only_after_a_commit(orm: Runtim
     """The list reuses its previous rows while nobody has committed (SQLite's data_version), and reads again
     after any commit, another process's included; PostgreSQL cannot tell, so it reads every time."""
     await make_job(id="a", name="Before")
-    first, _ = await jobs_service._all_job_rows()
-    again, reusable = await jobs_service._all_job_rows()
+    first, _ = await jobs_table.all_rows()
+    again, reusable = await jobs_table.all_rows()
     if db_backend == "postgres":
         assert again is not first and again == first and not reusable
         return
@@ -180,7 +181,7 @@ async def test_on_sqlite_the_rows_are_read_again_only_after_a_commit(orm: Runtim
     client = Job._meta.db
     path = client.filename  # type: ignore[attr-defined]
     await commit_from_another_process(path, "UPDATE job SET name = 'After'")
-    after, _ = await jobs_service._all_job_rows()
+    after, _ = await jobs_table.all_rows()
     assert after is not first and after[0]["name"] == "After"
     assert (await jobs_service.list_rendered(orm, job_wire))[0]["name"] == "After"
 
@@ -223,7 +224,7 @@ async def test_a_list_inside_a_transaction_is_never_reused_after_it(orm: Runtime
 
 
 async def test_jobs_listed_from_shared_rows_are_independent_copies(orm: Runtime) -> None:
-    """`list_jobs` builds its Job instances from the rows `_all_job_rows` may hand out again: changing a listed
+    """`list_jobs` builds its Job instances from the rows `jobs_table.all_rows` may hand out again: changing a listed
     job (its JSON payload included) must change neither those rows nor the next listing."""
     await make_job(id="a", payload={"days_old": 30})
     first = await jobs_service.list_jobs(orm)

@@ -56,7 +56,8 @@ async def test_every_second_with_two_workers_and_two_reconcilers_fires_once_per_
         first = await _first_fire(rt)
         await asyncio.sleep(10.2)
         # Not one cancel(): a client library may swallow it and the loop would run on (app.platform.aio). A cancel
-        # that landed as a transaction began also used to keep SQLite's connection lock (app/sqlite_client).
+        # that landed as a transaction began also used to keep SQLite's connection lock
+        # (app/adapters/tortoise/sqlite.py).
         await cancel_and_wait(*loops)
         assert all(loop.done() for loop in loops), "a reconciler loop ignored cancellation"
     runs = await Run.filter(job_id="tick").order_by("fire_at")

@@ -53,7 +53,7 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import aiosqlite
@@ -65,8 +65,6 @@ from tortoise.backends.sqlite.client import (
     translate_exceptions,
 )
 from tortoise.connection import get_connections
-
-from app.platform.aio import in_background
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +78,18 @@ SLOW_SQL_RETRY_SECONDS = 30.0
 # thread path. (A wait in between would be rounded to whole milliseconds by uvloop's timers, longer than most
 # commits hold the lock.)
 INLINE_WRITE_ATTEMPTS = 4
+
+
+# Tasks started by `in_background` that are still running: the event loop keeps only weak references.
+_background: set[asyncio.Task[None]] = set()
+
+
+def in_background(cleanup: Coroutine[object, object, None], name: str) -> None:
+    """Run `cleanup` in a task of its own, which the app never cancels: for the cleanup a cancelled task owes
+    but cannot await (it could be cancelled again, half-way)."""
+    task = asyncio.get_running_loop().create_task(cleanup, name=name)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def _statement_key(query: str, values: list[Any] | None) -> tuple[str, tuple[Any, ...]] | None:
