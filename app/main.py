@@ -7,22 +7,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from redis.exceptions import RedisError
 from strawberry.tools import merge_types
 from tortoise.contrib.fastapi import RegisterTortoise
 
+from app import engine
 from app.activity.graphql import ActivityQuery
 from app.activity.routes import router as activity_router
 from app.api import graphql, openapi_docs, ops_routes, rest_errors
 from app.api.body_limit import BodyLimit
 from app.api.live import Hub
 from app.api.middleware import RequestContext
-from app.background import start_background_loops, stop_background_loops
 from app.dashboard import routes as dashboard_routes
-from app.job_types import registry
 from app.job_types.graphql import JobTypeQuery
 from app.job_types.routes import router as job_types_router
-from app.jobs import scheduler
 from app.jobs import service as jobs_service
 from app.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from app.jobs.routes import router as jobs_router
@@ -33,7 +30,7 @@ from app.platform.redis_pool import connect_redis
 from app.platform.runtime import Runtime
 from app.runs.graphql import RunQuery
 from app.runs.routes import router as runs_router
-from workers.settings import BUILTIN_HANDLERS, EmbeddedWorker
+from workers import settings as worker_definition
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +50,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         s = settings or get_settings()
         configure_logging(s)
         await db.ensure_current(s)
-        registry.load([BUILTIN_HANDLERS, *s.job_type_modules])
         async with RegisterTortoise(app, config=db.tortoise_config(s), generate_schemas=False):
             redis = await connect_redis(s)
             rt = Runtime(settings=s, redis=redis)
@@ -62,27 +58,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hub = Hub(
                 redis,
                 lambda job_id: jobs_service.find(rt, job_id=job_id),
-                on_reconnect=lambda: scheduler.reconcile_all(rt),
+                on_reconnect=lambda: engine.reconcile(rt),
                 as_of_event=jobs_service.as_of_event,
                 load_states=lambda job_ids: jobs_service.find_many(rt, job_ids),
             )
             hub.start()
             app.state.hub = hub
-            await jobs_service.register_builtin_jobs()
-            await _reconcile(rt)
-            loops = start_background_loops(rt)
-            worker = await EmbeddedWorker.start(rt) if s.embedded_worker else None
-            app.state.worker = worker  # /readyz checks it
+            run_handler = await worker_definition.prepare(rt)
+            jobs_engine = await engine.start(rt, run_handler=run_handler, embedded_worker=s.embedded_worker)
+            app.state.engine = jobs_engine  # /readyz checks its worker
             gc_thresholds = gc_tuning.tune_for_serving()
             try:
                 yield
             finally:
                 gc_tuning.restore(gc_thresholds)
-                await stop_background_loops(loops)
                 await app.state.fanout.aclose()  # its streams close their hub mailboxes: before the hub stops
                 await hub.stop()
-                if worker is not None:
-                    await worker.stop(s.shutdown_grace_seconds)
+                await jobs_engine.stop(s.shutdown_grace_seconds)
                 await redis.aclose()
 
     app = FastAPI(
@@ -95,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi_docs.without_422(app)
     app.add_middleware(BodyLimit)
     # Outermost: every response, a 413 too, carries the request id; and shared subscription frames are written
-    # with the server's own send it hands on, past every middleware below it (observability.middleware.server_send).
+    # with the server's own send it hands on, past every middleware below it (app.api.middleware.server_send).
     app.add_middleware(RequestContext)
     app.include_router(ops_routes.router)
     app.include_router(runs_router)
@@ -107,14 +99,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(graphql_router, prefix="/graphql", include_in_schema=False)
     app.include_router(dashboard_routes.router())
     return app
-
-
-async def _reconcile(rt: Runtime) -> None:
-    """Every instance reconciles at start-up, so that nextRun is true before the first request."""
-    try:
-        await scheduler.reconcile_all(rt)
-    except RedisError:
-        log.warning("Redis unavailable at start-up; the schedule is reconciled once it is back")
 
 
 app = create_app()

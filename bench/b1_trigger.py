@@ -18,7 +18,7 @@ import httpx
 from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
 
-from app.events import CHANNEL
+from app.engine.events import CHANNEL
 from bench import common
 from bench.common import CpuMeter, RedisCommandCounter, Stack, figure, percentile, pick
 from bench.job_types import PROBE_TYPE

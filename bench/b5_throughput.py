@@ -19,10 +19,9 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
-from app import events, queue
+from app.engine import triggers
 from app.platform.config import Settings
-from app.runs import lease
-from app.runs import service as runs_service
+from app.platform.runtime import Runtime
 from bench import common
 from bench.common import CpuBudget, CpuMeter, SqlDb, Stack, figure, parse_ts, pick
 from bench.job_types import PROBE_TYPE
@@ -40,20 +39,18 @@ WORKER_CORES = common.cores_setting("BENCH_B5_WORKER_CORES", 0.4)
 ARQ_BUDGET_RUNS = [(0.5, 1), (0.5, 2), (0.005, 1), (0.005, 2)]
 
 
-async def queue_runs(redis_url: str, ids: list[str], rep: int) -> float:
-    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+async def queue_runs(settings: Settings, ids: list[str], rep: int) -> float:
+    """Queue a trigger of each job as the API's trigger does (app.engine.triggers), many at once."""
+    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    rt = Runtime(settings=settings, redis=pool)
     gate = asyncio.Semaphore(PARALLEL_ENQUEUE)
 
     async def one(job_id: str) -> None:
-        run = queue.DirectRun(
-            job_id=job_id, token=f"r{rep}-{job_id}", type=PROBE_TYPE, payload={}, timeout=None,
-            triggered_by="bench",
-        )  # fmt: skip
-        event = runs_service.event_json("run.queued", job_id, running=True, triggeredBy="bench")
+        message = triggers.Message(
+            job_id=job_id, token=f"r{rep}-{job_id}", type=PROBE_TYPE, payload={}, timeout=None, triggered_by="bench"
+        )
         async with gate:
-            dispatched = await queue.lease_and_dispatch_run(
-                pool, lease_key=lease.key(job_id), lease_ttl=60, run=run, channel=events.CHANNEL, event=event
-            )
+            dispatched = await triggers.dispatch(rt, message, run_here=False)
             assert dispatched.accepted, f"{job_id} still leased"
 
     try:
@@ -100,7 +97,7 @@ def product_rates(st: Stack, url: str, workers: int, label: str, cores: float | 
         for m in meters:
             m.start()
         machine0 = psutil.cpu_times()
-        asyncio.run(queue_runs(r.url, ids, rep))
+        asyncio.run(queue_runs(settings, ids, rep))
         first, last, ok = asyncio.run(wait_runs(url, n, timeout=120))
         assert ok == n, f"{label}: {ok} of {n} runs succeeded"
         rates.append(n / (last - first))

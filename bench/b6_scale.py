@@ -33,7 +33,7 @@ SCHEDULES = ("@every 1h", "0 * * * *", "*/30 * * * *", "@daily", "15 3 * * 1")
 async def reconcile_once(database_url: str, redis_url: str) -> float:
     from tortoise import Tortoise
 
-    from app.jobs import scheduler
+    from app.engine import scheduler
     from app.platform import db
     from app.platform.redis_pool import connect_redis
     from app.platform.runtime import Runtime

@@ -287,7 +287,7 @@ class Stack(contextlib.ExitStack):
         return proc
 
     def worker(self, settings: Settings, name: str = "worker", **env: Any) -> WorkerProcess:
-        """`arq workers.WorkerSettings`, as the README runs a standalone worker."""
+        """`jobs-gateway worker`, as the README runs a standalone worker."""
         proc = WorkerProcess(settings, self.workdir, name=name, **env)
         self.callback(proc.stop)
         proc.start(timeout=120)

@@ -31,8 +31,7 @@ from typing import Any
 import uvloop
 from redis.asyncio import Redis
 
-from app import events
-from app.runs import lease
+from app.engine import events, leases
 
 BASELINE_CHANNEL = "bench:fanout"
 STATUS = "subscription S($id: ID) { jobStatus(id: $id) { id name enabled running lastRun lastResult nextRun } }"
@@ -180,10 +179,10 @@ async def change(redis: Redis, kind: str, running: bool, size: int) -> None:
     if kind == "gateway":
         # What a worker does when a run starts and ends: hold or drop the lease, then publish the event.
         if running:
-            await lease.acquire(redis, run_job, secrets.token_hex(8), 60)
+            await leases.acquire(redis, run_job, secrets.token_hex(8), 60)
             await events.publish(redis, "run.started", run_job, running=True)
         else:
-            await redis.delete(lease.key(run_job))
+            await redis.delete(leases.key(run_job))
             await events.publish(redis, "run.finished", run_job, running=False)
         return
     state = {"id": run_job, "name": "Fan-out", "enabled": True, "running": running}
@@ -211,7 +210,7 @@ async def main() -> None:
     clients: list[Client] = []
     try:
         if args.kind == "gateway":
-            await redis.delete(lease.key(run_job))
+            await redis.delete(leases.key(run_job))
         for i in range(0, args.n, 50):  # in batches: a burst of 1,000 handshakes overflows the listen backlog
             batch = [
                 open_client(run, host, int(port), "/" + path, args.kind, args.token) for _ in range(min(50, args.n - i))
@@ -250,7 +249,7 @@ async def main() -> None:
             if c.transport is not None:
                 c.transport.close()
         if args.kind == "gateway":
-            await redis.delete(lease.key(run_job))
+            await redis.delete(leases.key(run_job))
         await redis.aclose()
 
 

@@ -1,11 +1,15 @@
-"""arq workers. `arq workers.WorkerSettings` builds its settings from the environment when arq asks."""
+"""The worker definition (settings) and the built-in job types (handlers).
+
+`arq workers.WorkerSettings` reads `WorkerSettings` from here: it is refused with a one-line message naming
+`jobs-gateway worker`, the standalone worker (see workers/settings.py for why).
+"""
 
 from typing import Any
 
 
 def __getattr__(name: str) -> Any:
     if name == "WorkerSettings":
-        from workers.settings import settings_class
+        from workers.settings import ARQ_CLI_REFUSED
 
-        return settings_class()
+        raise SystemExit(ARQ_CLI_REFUSED)
     raise AttributeError(name)

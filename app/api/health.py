@@ -8,10 +8,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from arq.constants import default_queue_name
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tortoise.transactions import in_transaction
+
+from app import engine
 
 OK, FAILING, TIMEOUT = "ok", "failing", "timeout"
 
@@ -82,13 +83,9 @@ async def readiness(checks: dict[str, Check], timeout: float) -> Readiness:
     return Readiness(results)
 
 
-async def _zcard(redis: Redis) -> int:
-    return int(await redis.zcard(default_queue_name))
-
-
 async def queue_depth(redis: Redis, timeout: float) -> float:
-    """Entries in arq's queue; NaN when Redis does not answer within `timeout`."""
-    read: asyncio.Task[int] = asyncio.create_task(_zcard(redis))
+    """What waits for a worker (app.engine.queue_depth); NaN when Redis does not answer within `timeout`."""
+    read: asyncio.Task[int] = asyncio.create_task(engine.queue_depth(redis))
     done, _ = await asyncio.wait({read}, timeout=timeout)
     if not done:
         abandon(read)

@@ -1,7 +1,7 @@
 """Live job status for subscribers in this process, fed by one Redis pub/sub subscription.
 
-Workers and API instances publish on `app.events.CHANNEL`; each API process runs one `Hub`, which
-resolves every event to the job's current state once and hands it to each interested subscriber.
+Workers and API instances publish on the engine's event channel (`app.engine.EVENTS_CHANNEL`); each API process
+runs one `Hub`, which resolves every event to the job's current state once and hands it to each interested subscriber.
 A subscriber's mailbox holds the last few unsent states per job (app.api.backlog): a subscriber that falls
 behind for a moment still sees every change, a stalled one costs a few entries per job, and neither
 delays the others.
@@ -20,7 +20,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.api.backlog import Backlog
-from app.events import CHANNEL, JOB_DELETED
+from app.engine import EVENTS_CHANNEL as CHANNEL
+from app.engine import JOB_DELETED
 from app.platform import metrics
 from app.platform.aio import cancel_and_wait
 

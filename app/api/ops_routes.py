@@ -6,12 +6,11 @@ operators to keep it off the public network (or turn it off with METRICS_ENABLED
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from app import engine
 from app.api import health
 from app.platform import metrics
 from app.platform.errors import NotFound
@@ -39,18 +38,18 @@ async def readyz(request: Request) -> JSONResponse:
         "database": health.database_answers,
         "redis": health.redis_answers(rt.redis),
     }
-    worker = getattr(request.app.state, "worker", None)
-    if worker is not None:
-        checks["worker"] = _alive(worker)
+    jobs_engine: engine.Engine | None = getattr(request.app.state, "engine", None)
+    if jobs_engine is not None and jobs_engine.has_worker:
+        checks["worker"] = _alive(jobs_engine)
     result = await health.readiness(checks, rt.settings.readiness_timeout_seconds)
     if result.ready:
         return JSONResponse({"status": "ready", "checks": result.checks})
     return _not_ready(result)
 
 
-def _alive(worker: Any) -> health.Check:
+def _alive(jobs_engine: engine.Engine) -> health.Check:
     async def check() -> bool:
-        return bool(worker.alive())
+        return jobs_engine.alive()
 
     return check
 

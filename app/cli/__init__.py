@@ -16,9 +16,9 @@ from typing import NoReturn
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from app import engine
 from app.api.auth import ADMIN_PERMISSION, issue_token
 from app.cli import client as cli_client
-from app.observability.worker_metrics import MetricsPortUnavailable
 from app.platform import db
 from app.platform.config import Settings, get_settings
 from app.platform.logs import configure_logging
@@ -89,15 +89,15 @@ def cmd_worker(_: argparse.Namespace) -> None:
 
     It rides out Redis restarts up to WORKER_REDIS_RETRY_SECONDS; past that it exits non-zero, so that
     its supervisor (systemd, Kubernetes) restarts it rather than leaving a worker that runs nothing."""
-    from workers.settings import run_standalone
+    from workers import settings as worker_definition
 
     try:
-        run_standalone(_settings())
+        engine.run_worker(_settings(), prepare=worker_definition.prepare)
     except db.SchemaBehind as exc:
         sys.exit(f"jobs-gateway worker: {exc}")
     except RedisError as exc:  # redis' ConnectionError and TimeoutError included
         _die(f"jobs-gateway worker: Redis unreachable for longer than WORKER_REDIS_RETRY_SECONDS ({exc}); exiting")
-    except MetricsPortUnavailable as exc:
+    except engine.MetricsPortUnavailable as exc:
         _die(f"jobs-gateway worker: {exc}; exiting")
     except Exception as exc:
         traceback.print_exc()

@@ -1,7 +1,8 @@
 """Job types: an async handler plus the pydantic model of its payload.
 
 Types register themselves when their module is imported: the built-in ones from `workers.handlers`,
-others from the modules named in JOB_TYPE_MODULES.
+others from the modules named in JOB_TYPE_MODULES. The engine runs them through `run`, which the entry point
+hands it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from app.engine import HandlerCall
 from app.platform.config import Settings
 from app.platform.errors import Invalid
 from app.platform.validation import validated
@@ -94,6 +96,20 @@ def load(modules: Iterable[str]) -> None:
         loaded = entry_point.load()
         if callable(loaded) and not isinstance(loaded, type):
             loaded()
+
+
+async def run(call: HandlerCall) -> str:
+    """Run a job's handler for the engine (app.engine hands every run here): its payload validated by the type's
+    model, in the RunContext the handler expects."""
+    job_type = get(call.type)
+    ctx = RunContext(
+        job_id=call.job_id,
+        run_id=call.run_id,
+        payload=job_type.payload_model.model_validate(call.payload),
+        settings=call.settings,
+        log=logging.getLogger(f"jobs.{call.job_id}"),
+    )
+    return await job_type.handler(ctx)
 
 
 def validate_payload(job_type: JobType, raw: object, settings: Settings) -> dict[str, Any]:

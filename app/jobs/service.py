@@ -3,33 +3,26 @@
 from __future__ import annotations
 
 import copy
-import logging
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
-from app import events, queue
+from app import engine
 from app.activity import service as activity_service
 from app.data import jobs as jobs_table
 from app.data.jobs import Job, validate_job_id
-from app.data.runs import Run
 from app.job_types import registry
-from app.jobs import scheduler
 from app.jobs.builtin import BUILTIN_JOBS
 from app.jobs.inputs import JobCreate, parse_job_create
 from app.platform import metrics
 from app.platform.errors import Conflict, Invalid
 from app.platform.runtime import Runtime
 from app.platform.schedule import FORMS, ScheduleError, interval_to_schedule, validate_schedule
-from app.runs import lease
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,21 +55,10 @@ def as_of_event(state: JobState, event: dict[str, Any]) -> JobState:
     return JobState(job=job, running=running)
 
 
-async def _running(rt: Runtime, job_ids: list[str]) -> set[str]:
-    try:
-        held = await lease.holders(rt.redis, job_ids)
-    except RedisError:
-        # Reads keep working without Redis: an open run record is the best evidence left.
-        log.warning("Redis unavailable; reporting running from open run records")
-        open_ids = await Run.filter(job_id__in=job_ids, completed_at__isnull=True).values_list("job_id", flat=True)
-        return {str(j) for j in open_ids}
-    return {job_id for job_id, token in held.items() if token is not None}
-
-
 async def list_jobs(rt: Runtime) -> list[JobState]:
     rows, _ = await jobs_table.all_rows()
     jobs = jobs_table.from_rows(rows)  # copies each row's values: the shared rows stay untouched
-    running = await _running(rt, [j.id for j in jobs])
+    running = await engine.running(rt, [j.id for j in jobs])
     return [JobState(job=j, running=j.id in running) for j in jobs]
 
 
@@ -109,7 +91,7 @@ async def list_rendered(rt: Runtime, render: Callable[[JobState], Rendered]) -> 
     shared: never mutate one.
     """
     rows, reusable = await jobs_table.all_rows()
-    running = await _running(rt, [row["id"] for row in rows])
+    running = await engine.running(rt, [row["id"] for row in rows])
     before = _listings.get(render)
     if before is not None and before.rows is rows and before.running == running:
         return before.answer
@@ -153,7 +135,7 @@ async def find_many(rt: Runtime, job_ids: list[str]) -> dict[str, JobState]:
         state = await find(rt, job_id=job_ids[0])
         return {} if state is None else {state.job.id: state}
     jobs = await Job.filter(id__in=job_ids)
-    running = await _running(rt, [j.id for j in jobs])
+    running = await engine.running(rt, [j.id for j in jobs])
     return {j.id: JobState(job=j, running=j.id in running) for j in jobs}
 
 
@@ -162,7 +144,7 @@ async def find(rt: Runtime, *, job_id: str) -> JobState | None:
     job = await jobs_table.get_or_none(validate_job_id(job_id))
     if job is None:
         return None
-    return JobState(job=job, running=bool(await _running(rt, [job.id])))
+    return JobState(job=job, running=bool(await engine.running(rt, [job.id])))
 
 
 async def set_enabled(rt: Runtime, *, job_id: str, enabled: bool, actor: str, event: str = "jobs.update") -> JobState:
@@ -179,9 +161,9 @@ async def set_enabled(rt: Runtime, *, job_id: str, enabled: bool, actor: str, ev
             using_db=conn,
         )
     job.enabled = enabled
-    await _reconcile_quietly(rt, job)
+    await engine.schedule(rt, job)
     if was_enabled != enabled:
-        await events.publish(rt.redis, "job.enabled" if enabled else "job.disabled", job.id, enabled=enabled)
+        await engine.publish(rt, "job.enabled" if enabled else "job.disabled", job.id, enabled=enabled)
     return await get(rt, job_id=job.id)
 
 
@@ -239,8 +221,8 @@ async def create(rt: Runtime, *, data: object, actor: str) -> JobState:
             )
     except IntegrityError as exc:
         raise Conflict(f"Job '{spec.id}' already exists", code="job_exists") from exc
-    await _reconcile_quietly(rt, job)
-    await events.publish(rt.redis, "job.created", job.id, enabled=job.enabled)
+    await engine.schedule(rt, job)
+    await engine.publish(rt, "job.created", job.id, enabled=job.enabled)
     return await get(rt, job_id=job.id)
 
 
@@ -253,27 +235,15 @@ async def delete(rt: Runtime, *, job_id: str, actor: str) -> None:
     job = await jobs_table.get_or_raise(job_id=job_id)
     if job.builtin:
         raise Conflict(f"Job '{job.id}' is built in and cannot be deleted; stop it instead", code="builtin_job")
-    if await _running(rt, [job.id]):
+    if await engine.running(rt, [job.id]):
         raise Conflict("Job is running; delete it once the run has finished", code="already_running")
     async with in_transaction() as conn:
         await Job.filter(id=job.id).using_db(conn).delete()
         details = {"type": job.type, "schedule": job.schedule}
         await activity_service.record(event="jobs.delete", actor=actor, job_id=job.id, details=details, using_db=conn)
-    if job.next_run_at is not None:
-        try:
-            await queue.cancel_fire(rt.redis, job_id=job.id, fire_at=job.next_run_at)
-        except RedisError:
-            log.warning("could not remove the pending fire of deleted job %s; it is dropped when it comes due", job.id)
+    await engine.unschedule(rt, job)
     metrics.job_deleted(job.id)
-    await events.publish(rt.redis, "job.deleted", job.id)
-
-
-async def _reconcile_quietly(rt: Runtime, job: Job) -> None:
-    try:
-        await scheduler.reconcile_job(rt, job)
-    except RedisError:
-        # The row is the truth; the periodic reconcile enqueues or removes the fire once Redis is back.
-        log.warning("Redis unavailable while rescheduling %s", job.id, exc_info=True)
+    await engine.publish(rt, engine.JOB_DELETED, job.id)
 
 
 async def register_builtin_jobs() -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[object] | asyncio.Future[object], patience: float = 10.0) -> None:
@@ -22,3 +25,20 @@ async def cancel_and_wait(*tasks: asyncio.Task[object] | asyncio.Future[object],
         _, pending = await asyncio.wait(pending, timeout=0.25)
     if pending:
         log.error("%d task(s) ignored cancellation for %s s: %s", len(pending), patience, pending)
+
+
+async def run_to_the_end(work: Coroutine[object, object, T]) -> T:
+    """Await `work` to its end whatever cancellations arrive meanwhile (they are not lost: the caller is on its
+    way out already, or the cancellation is raised once `work` is done)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()

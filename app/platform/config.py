@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     # one closes the socket with 1009.
     ws_max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     # `metadata-sync` reads this JSON catalogue: an http(s) URL or a file path.
-    metadata_source_url: str = str(Path(__file__).parent / "data" / "sample_catalogue.json")
+    metadata_source_url: str = str(Path(__file__).parents[1] / "data" / "sample_catalogue.json")
     # `cleanup-orphaned-files` deletes files here that no stored_file row references.
     files_dir: Path = Path("data/files")
     # Files younger than this are never orphans: they may be mid-upload.

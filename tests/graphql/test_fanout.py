@@ -15,9 +15,9 @@ from websockets.exceptions import ConnectionClosed
 
 from app.api.backlog import PER_JOB
 from app.api.fanout import Fanout, Member, PreparedFrame, next_frame, share_key
+from app.engine import leases
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
-from app.runs import lease
 from app.runs import service as runs_service
 from tests.factories import make_job
 from tests.support.subscriptions import JOB, STATUS, next_raw, served, set_running, standalone, state_of, subscriber
@@ -57,7 +57,7 @@ async def test_identical_subscriptions_share_one_execution_and_one_payload(setti
         late = await stack.enter_async_context(await subscriber(url, settings, STATUS, {"id": JOB}))
         assert state_of(await next_raw(late))["running"] is True
         assert shared.executions == 4
-        await rt.redis.delete(lease.key(JOB))
+        await rt.redis.delete(leases.key(JOB))
 
     assert fanout.streams == {}  # every socket gone: no stream, no hub mailbox left behind
     assert not app.state.hub._mailboxes

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from app.api.backlog import PER_JOB
 from app.api.live import DELETED, Hub
 from app.data.jobs import Job
-from app.events import CHANNEL, publish
+from app.engine.events import CHANNEL, publish
 from app.jobs import service as jobs_service
 from app.jobs.service import JobState
 from app.platform.config import Settings

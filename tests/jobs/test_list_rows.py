@@ -13,12 +13,12 @@ from tortoise.transactions import in_transaction
 
 from app.data import jobs as jobs_table
 from app.data.jobs import Job
+from app.engine import leases
 from app.jobs import service as jobs_service
 from app.jobs.schemas import JobOut, job_wire
 from app.jobs.service import JobState
 from app.platform.db import commit_version
 from app.platform.runtime import Runtime
-from app.runs import lease
 from tests.factories import make_job
 from tests.support.processes import commit_from_another_process
 
@@ -70,11 +70,11 @@ async def test_rows_become_the_jobs_tortoise_would_build(orm: Runtime) -> None:
 
 async def test_wire_object_is_what_the_response_model_dumps(orm: Runtime) -> None:
     await _varied_jobs()
-    await lease.acquire(orm.redis, "b-full", "token-1", 30)
+    await leases.acquire(orm.redis, "b-full", "token-1", 30)
     try:
         states = await jobs_service.list_jobs(orm)
     finally:
-        await lease.release(orm.redis, "b-full", "token-1")
+        await leases.release(orm.redis, "b-full", "token-1")
     assert [(s.job.id, s.running) for s in states] == [("a-plain", False), ("b-full", True)]
     for state in states:
         wire = job_wire(state)
@@ -145,7 +145,7 @@ async def test_list_renders_again_only_the_jobs_that_changed(orm: Runtime) -> No
     assert all(x is y for x, y in zip(first, second, strict=True))
 
     await Job.filter(id="a").update(last_result="error", last_duration_ms=7)
-    await lease.acquire(orm.redis, "b", "token-b", 30)
+    await leases.acquire(orm.redis, "b", "token-b", 30)
     await Job.filter(id="c").delete()
     third = await listing()
     assert rendered == ["a", "b"]
@@ -153,7 +153,7 @@ async def test_list_renders_again_only_the_jobs_that_changed(orm: Runtime) -> No
     assert third[1] is not second[1]
     rendered.clear()
 
-    await lease.release(orm.redis, "b", "token-b")
+    await leases.release(orm.redis, "b", "token-b")
     await make_job(id="c", name="New C")
     fourth = await listing()
     assert rendered == ["b", "c"]
@@ -173,10 +173,10 @@ async def test_on_sqlite_the_rows_are_read_again_only_after_a_commit(orm: Runtim
     assert again is first and reusable
     answer = await jobs_service.list_rendered(orm, job_wire)
     assert await jobs_service.list_rendered(orm, job_wire) is answer  # same rows, same running flags
-    await lease.acquire(orm.redis, "a", "token-a", 30)  # Redis changed, the database did not
+    await leases.acquire(orm.redis, "a", "token-a", 30)  # Redis changed, the database did not
     running = await jobs_service.list_rendered(orm, job_wire)
     assert running is not answer and running[0]["running"] is True
-    await lease.release(orm.redis, "a", "token-a")
+    await leases.release(orm.redis, "a", "token-a")
 
     client = Job._meta.db
     path = client.filename  # type: ignore[attr-defined]

@@ -7,51 +7,39 @@ from datetime import timedelta
 
 from prometheus_client import REGISTRY
 
-from app import events
 from app.api.live import Hub
-from app.data.jobs import Job
-from app.jobs import scheduler
+from app.engine import events, leases, runs, scheduler
 from app.platform import metrics
 from app.platform.runtime import Runtime
-from app.runs import lease
-from app.runs import service as runs_service
 from tests.factories import make_job
-from workers.runner import execute
+from tests.support.engine import begin_run, execute
 
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def begin(rt: Runtime, job: Job) -> runs_service.Run:
-    token = runs_service.new_token()
-    assert await lease.acquire(rt.redis, job.id, token, rt.settings.lease_ttl_seconds)
-    run = await runs_service.begin(rt, job=job, token=token, triggered_by="user:1", fire_at=None, attempt=1)
-    assert run is not None
-    return run
-
-
 async def test_a_run_whose_worker_vanished_counts_as_a_lease_loss_where_it_is_reaped(orm: Runtime) -> None:
     job = await make_job(id="vanished")
-    run = await begin(orm, job)
-    await orm.redis.delete(lease.key("vanished"))  # the worker died: nobody renews the lease
+    run = await begin_run(orm, job)
+    await orm.redis.delete(leases.key("vanished"))  # the worker died: nobody renews the lease
     before = sample("jobs_gateway_lease_losses_total", job_id="vanished", reason="worker_lost")
     finished = sample("jobs_gateway_runs_finished_total", job_id="vanished", result="error")
     later = Runtime(settings=orm.settings, redis=orm.redis, clock=lambda: run.started_at + timedelta(minutes=5))
-    assert await runs_service.reap_lost(later) == 1
+    assert (await runs.reap_lost(later)).closed == 1
     assert sample("jobs_gateway_lease_losses_total", job_id="vanished", reason="worker_lost") == before + 1
     assert sample("jobs_gateway_runs_finished_total", job_id="vanished", result="error") == finished + 1
-    assert await runs_service.reap_lost(later) == 0  # counted once, however many reapers pass
+    assert (await runs.reap_lost(later)).closed == 0  # counted once, however many reapers pass
     assert sample("jobs_gateway_lease_losses_total", job_id="vanished", reason="worker_lost") == before + 1
 
 
 async def test_a_handler_cancelled_for_its_lost_lease_is_counted(orm: Runtime) -> None:
     job = await make_job(id="usurped", type="test_block")
-    run = await begin(orm, job)
+    run = await begin_run(orm, job)
     before = sample("jobs_gateway_lease_losses_total", job_id="usurped", reason="lease_lost")
     task = asyncio.create_task(execute(orm, job, run))
     await asyncio.sleep(0.1)
-    await orm.redis.set(lease.key("usurped"), "someone-else")
+    await orm.redis.set(leases.key("usurped"), "someone-else")
     await asyncio.wait_for(task, 5)
     assert sample("jobs_gateway_lease_losses_total", job_id="usurped", reason="lease_lost") == before + 1
     assert sample("jobs_gateway_runs_started_total", job_id="usurped", trigger="manual") >= 1

@@ -60,7 +60,7 @@ async def test_readyz_flips_to_503_while_redis_is_down_and_back_when_it_returns(
 
 async def test_readyz_names_an_embedded_worker_that_stopped(app_client: tuple[FastAPI, httpx.AsyncClient]) -> None:
     app, client = app_client
-    await app.state.worker.stop(0)
+    await app.state.engine.stop(0)
     response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"] == {"database": "ok", "redis": "ok", "worker": "failing"}

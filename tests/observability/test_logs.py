@@ -42,7 +42,7 @@ def test_auto_writes_json_lines_when_not_on_a_terminal() -> None:
     try:
         raise RuntimeError("kaput")
     except RuntimeError:
-        logging.getLogger("workers.runner").exception("run %s of %s failed", 3, "sync")
+        logging.getLogger("app.engine.runner").exception("run %s of %s failed", 3, "sync")
     access, failure = (json.loads(line) for line in out.getvalue().splitlines())
     assert access["message"] == '127.0.0.1:1 - "GET /api/jobs HTTP/1.1" 200'
     assert (access["request_id"], access["user"], access["level"], access["logger"]) == (

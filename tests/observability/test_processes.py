@@ -183,7 +183,7 @@ async def test_logs_are_json_lines_with_request_user_job_and_run(
             assert refused["X-Request-ID"] != "bad id with spaces"
 
         async def run_failed() -> bool:
-            return any(line["logger"] == "workers.runner" for line in json_lines(api))
+            return any(line["logger"] == "app.engine.runner" for line in json_lines(api))
 
         await wait_until(run_failed, timeout=20)
     lines = json_lines(api)
@@ -192,7 +192,7 @@ async def test_logs_are_json_lines_with_request_user_job_and_run(
         line for line in lines if line["logger"] == "uvicorn.access" and line.get("request_id") == "req-abc.123"
     ]
     assert access["user"] == "42" and "/api/jobs/failing/trigger" in access["message"]
-    [failure] = [line for line in lines if line["logger"] == "workers.runner" and line["level"] == "error"]
+    [failure] = [line for line in lines if line["logger"] == "app.engine.runner" and line["level"] == "error"]
     run = await Run.get(job_id="failing")
     assert (failure["job_id"], failure["run_id"]) == ("failing", run.id)
     assert "kaput" in failure["exception"]

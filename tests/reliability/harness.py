@@ -1,5 +1,5 @@
 """A small jobs-gateway deployment on loopback: its own redis-server, API processes (embedded worker
-off), standalone `arq workers.WorkerSettings` processes and one database, plus the helpers the
+off), standalone `jobs-gateway worker` processes and one database, plus the helpers the
 scenarios share (waiting, GraphQL over websockets, figures)."""
 
 from __future__ import annotations

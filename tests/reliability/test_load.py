@@ -24,10 +24,10 @@ from tortoise.transactions import in_transaction
 
 from app.data.jobs import Job
 from app.data.runs import Run
+from app.engine.starts import SKIPPED_FIRES_KEY
 from app.platform.runtime import Runtime
 from tests.reliability.harness import Cluster, create_job, figure, rss_mb, running_cluster
 from tests.support.processes import ROOT
-from workers.tasks import SKIPPED_FIRES_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.load]
 

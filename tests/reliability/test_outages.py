@@ -14,9 +14,9 @@ import httpx
 import pytest
 from tortoise import Tortoise
 
-from app import queue
 from app.data.jobs import Job
 from app.data.runs import Run
+from app.engine import scheduler
 from app.platform import db
 from app.platform.runtime import Runtime
 from tests.reliability.harness import Cluster, Subscriber, create_job, figure, running_cluster, wait_for
@@ -83,7 +83,7 @@ async def test_s03_redis_restart_reads_from_the_database_refuses_triggers_then_r
             jobs = await Job.filter(enabled=True, id__startswith="s03-tick")
             for job in jobs:
                 fire = job.next_run_at
-                if fire is None or not await queue.fire_pending(cluster_orm.redis, job_id=job.id, fire_at=fire):
+                if fire is None or not (await scheduler.fires_pending(cluster_orm, [(job.id, fire)]))[0]:
                     return False
             return await Job.filter(id="s03-tick-2", next_run_at__isnull=True).exists()
 

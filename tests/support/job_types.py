@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from pydantic import Field
 
@@ -46,3 +47,14 @@ async def own_timeout_handler(ctx: RunContext) -> str:
     payload: OwnTimeoutPayload = ctx.payload
     await asyncio.wait_for(asyncio.Event().wait(), payload.seconds)
     return "unreachable"
+
+
+class ThreadPayload(Payload):
+    seconds: float = Field(default=1.0, ge=0)
+
+
+@job_type("test_thread", "Sleeps `seconds` in a thread (asyncio.to_thread), which no cancellation stops", ThreadPayload)
+async def thread_handler(ctx: RunContext) -> str:
+    payload: ThreadPayload = ctx.payload
+    await asyncio.to_thread(time.sleep, payload.seconds)
+    return "slept in a thread"

@@ -13,12 +13,11 @@ import uvicorn
 from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 
-from app import events
 from app.api.fanout import Member, Sender
+from app.engine import events, leases
 from app.main import create_app
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
-from app.runs import lease
 from tests.conftest import make_token
 from tests.support.servers import free_port
 
@@ -89,8 +88,8 @@ def state_of(raw: str) -> dict[str, Any]:
 async def set_running(rt: Runtime, running: bool, job: str = JOB) -> None:
     """What a worker does when a run starts or ends: hold or drop the lease, then publish."""
     if running:
-        assert await lease.acquire(rt.redis, job, secrets.token_hex(8), 30)
+        assert await leases.acquire(rt.redis, job, secrets.token_hex(8), 30)
         await events.publish(rt.redis, "run.started", job, running=True)
     else:
-        await rt.redis.delete(lease.key(job))
+        await rt.redis.delete(leases.key(job))
         await events.publish(rt.redis, "run.finished", job, running=False)

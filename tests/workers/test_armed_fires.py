@@ -1,4 +1,4 @@
-"""Fires armed ahead (workers.fires): enqueued FIRE_LEAD_SECONDS early, claimed during the lead, started on
+"""Fires armed ahead (app.engine.fires): enqueued FIRE_LEAD_SECONDS early, claimed during the lead, started on
 their instant in one batch per instant. Real Redis, real database, real arq worker processes."""
 
 from __future__ import annotations
@@ -12,21 +12,20 @@ from pathlib import Path
 import pytest
 from arq.constants import default_queue_name, retry_key_prefix
 
-from app import queue
 from app.data.jobs import Job
 from app.data.runs import Run
-from app.jobs import scheduler
+from app.engine import fires, leases, scheduler
+from app.engine import runs as runs_engine
+from app.engine.fires import fire_job
+from app.engine.starts import SKIPPED_FIRES_KEY
 from app.jobs import service as jobs_service
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
-from app.runs import lease
-from app.runs import service as runs_service
 from tests.factories import make_job, wait_until
+from tests.support.engine import insert_fire_runs, worker_ctx
 from tests.support.processes import WorkerProcess
 from tests.workers import test_engine_processes as engine_processes
-from tests.workers.test_late_claims import T0, at, ctx
-from workers import fires
-from workers.tasks import SKIPPED_FIRES_KEY, fire_job
+from tests.workers.test_late_claims import T0, at
 
 pytestmark = pytest.mark.postgres
 
@@ -39,7 +38,7 @@ def soon(seconds: float) -> datetime:
 
 async def armed_at(rt: Runtime, job_id: str, fire: datetime) -> float:
     """The queue score (epoch seconds) arq holds the fire under."""
-    score = await rt.redis.zscore(default_queue_name, queue.fire_id(job_id, fire))
+    score = await rt.redis.zscore(default_queue_name, scheduler.fire_id(job_id, fire))
     assert score is not None
     return float(score) / 1000
 
@@ -69,7 +68,7 @@ async def test_a_fire_is_enqueued_its_lead_ahead_capped_at_half_its_interval(
 async def test_a_fire_taken_early_is_claimed_at_once_and_starts_on_its_instant(orm: Runtime) -> None:
     fire = soon(0.6)
     await make_job(id="punctual", schedule="@every 1s", payload={"seconds": 0}, next_run_at=fire)
-    task = asyncio.create_task(fire_job(ctx(orm), "punctual", fire.isoformat()))
+    task = asyncio.create_task(fire_job(worker_ctx(orm), "punctual", fire.isoformat()))
 
     async def claimed() -> bool:
         return (await Job.get(id="punctual")).next_run_at != fire
@@ -77,7 +76,7 @@ async def test_a_fire_taken_early_is_claimed_at_once_and_starts_on_its_instant(o
     await wait_until(claimed, timeout=0.5, interval=0.005)
     assert datetime.now(UTC) < fire  # claimed during the lead...
     assert not await Run.filter(job_id="punctual").exists()  # ...but not started
-    assert await lease.holder(orm.redis, "punctual") is None  # nor `running`
+    assert await leases.holder(orm.redis, "punctual") is None  # nor `running`
     await task
     [run] = await Run.filter(job_id="punctual")
     lag = (run.started_at - fire).total_seconds()
@@ -90,14 +89,14 @@ async def test_a_fire_taken_early_is_claimed_at_once_and_starts_on_its_instant(o
 async def test_a_job_running_during_the_lead_but_not_at_the_instant_still_fires(orm: Runtime) -> None:
     fire = soon(0.5)
     await make_job(id="tight", schedule="@every 1s", payload={"seconds": 0}, next_run_at=fire)
-    assert await lease.acquire(orm.redis, "tight", "previous-run", 30)
-    task = asyncio.create_task(fire_job(ctx(orm), "tight", fire.isoformat()))
+    assert await leases.acquire(orm.redis, "tight", "previous-run", 30)
+    task = asyncio.create_task(fire_job(worker_ctx(orm), "tight", fire.isoformat()))
 
     async def claimed() -> bool:
         return (await Job.get(id="tight")).next_run_at != fire
 
     await wait_until(claimed, timeout=0.4, interval=0.005)
-    assert await lease.release(orm.redis, "tight", "previous-run")  # finishes before the instant
+    assert await leases.release(orm.redis, "tight", "previous-run")  # finishes before the instant
     await task
     assert [r.fire_at for r in await Run.filter(job_id="tight")] == [fire]
     assert await orm.redis.hget(SKIPPED_FIRES_KEY, "tight") is None
@@ -106,12 +105,12 @@ async def test_a_job_running_during_the_lead_but_not_at_the_instant_still_fires(
 async def test_a_job_still_running_at_the_instant_skips_the_fire_and_counts_it(orm: Runtime) -> None:
     fire = soon(0.3)
     await make_job(id="overlap", schedule="@every 1s", payload={"seconds": 0}, next_run_at=fire)
-    assert await lease.acquire(orm.redis, "overlap", "previous-run", 30)
-    await fire_job(ctx(orm), "overlap", fire.isoformat())
+    assert await leases.acquire(orm.redis, "overlap", "previous-run", 30)
+    await fire_job(worker_ctx(orm), "overlap", fire.isoformat())
     assert datetime.now(UTC) >= fire
     assert await Run.filter(job_id="overlap").count() == 0
     assert await orm.redis.hget(SKIPPED_FIRES_KEY, "overlap") == b"1"
-    assert await lease.holder(orm.redis, "overlap") == "previous-run"  # untouched
+    assert await leases.holder(orm.redis, "overlap") == "previous-run"  # untouched
     assert (await Job.get(id="overlap")).next_run_at == fire.replace(microsecond=0) + timedelta(seconds=1)
 
 
@@ -119,7 +118,7 @@ async def test_a_job_still_running_at_the_instant_skips_the_fire_and_counts_it(o
 async def test_a_job_stopped_or_deleted_during_the_lead_does_not_fire(orm: Runtime, change: str) -> None:
     fire = soon(0.6)
     await make_job(id="changed", schedule="@every 1m", payload={"seconds": 0}, next_run_at=fire)
-    task = asyncio.create_task(fire_job(ctx(orm), "changed", fire.isoformat()))
+    task = asyncio.create_task(fire_job(worker_ctx(orm), "changed", fire.isoformat()))
 
     async def claimed() -> bool:
         return (await Job.get(id="changed")).next_run_at != fire
@@ -133,7 +132,7 @@ async def test_a_job_stopped_or_deleted_during_the_lead_does_not_fire(orm: Runti
     await task
     assert datetime.now(UTC) >= fire
     assert await Run.filter(job_id="changed").count() == 0
-    assert await lease.holder(orm.redis, "changed") is None
+    assert await leases.holder(orm.redis, "changed") is None
 
 
 async def test_fires_due_on_the_same_instant_start_in_one_batch(orm: Runtime) -> None:
@@ -141,14 +140,14 @@ async def test_fires_due_on_the_same_instant_start_in_one_batch(orm: Runtime) ->
     ids = [f"burst-{i:02d}" for i in range(20)]
     for job_id in ids:
         await make_job(id=job_id, schedule="@every 1s", payload={"seconds": 0}, next_run_at=fire)
-    await asyncio.gather(*(fire_job(ctx(orm), job_id, fire.isoformat()) for job_id in ids))
+    await asyncio.gather(*(fire_job(worker_ctx(orm), job_id, fire.isoformat()) for job_id in ids))
     runs = await Run.filter(fire_at=fire)
     assert sorted(r.job_id for r in runs) == ids
     # One batch: one start time for all of them, taken on the instant.
     assert len({r.started_at for r in runs}) == 1
     assert runs[0].started_at >= fire
     assert {r.result for r in runs} == {"success"}
-    assert await lease.holders(orm.redis, ids) == dict.fromkeys(ids)  # every lease released
+    assert await leases.holders(orm.redis, ids) == dict.fromkeys(ids)  # every lease released
 
 
 async def test_a_batch_with_a_duplicate_fire_starts_it_exactly_once(orm: Runtime) -> None:
@@ -157,7 +156,7 @@ async def test_a_batch_with_a_duplicate_fire_starts_it_exactly_once(orm: Runtime
     other = await make_job(id="other", schedule="@every 1m")
     rt = at(orm, T0)
     # "ran" already has its run record for this fire (a redelivery after it started elsewhere).
-    [earlier] = await runs_service.begin_fires(rt, [(ran, "first-token", T0, 1)])
+    [earlier] = await insert_fire_runs(rt, [(ran, "first-token", T0)])
     assert earlier is not None
     batch = [
         fires._Armed(job=job, fire_at=T0, attempt=1),
@@ -172,7 +171,7 @@ async def test_a_batch_with_a_duplicate_fire_starts_it_exactly_once(orm: Runtime
     started = [r for r in runs if r is not None]
     assert {r.job_id: r.token for r in started} == {"twice": batch[0].token, "other": batch[3].token}
     # The leases are the started runs' tokens; the duplicate's was given back, not left `running`.
-    assert await lease.holders(orm.redis, ["twice", "ran", "other"]) == {
+    assert await leases.holders(orm.redis, ["twice", "ran", "other"]) == {
         "twice": batch[0].token,
         "ran": None,
         "other": batch[3].token,
@@ -180,7 +179,7 @@ async def test_a_batch_with_a_duplicate_fire_starts_it_exactly_once(orm: Runtime
     assert await orm.redis.hget(SKIPPED_FIRES_KEY, "twice") is None  # a duplicate is not a skip
     # The records are real rows the completion path closes as usual.
     for run in started:
-        assert await runs_service.complete(rt, run=run, result="success", details="ok")
+        assert await runs_engine.complete(rt, run=run, result="success", details="ok")
     assert {r.job_id: r.result for r in await Run.filter(fire_at=T0)} == {
         "twice": "success",
         "ran": None,
@@ -193,24 +192,24 @@ async def test_a_fire_cancelled_while_armed_is_handed_back_and_runs_once_later(o
     job = await make_job(id="handed", schedule="@every 1m", payload={"seconds": 0}, next_run_at=fire)
     following = scheduler.schedule_of(job, orm).next_after(fire)
     # As arq has it while the worker runs the fire: tried once.
-    await orm.redis.set(retry_key_prefix + queue.fire_id("handed", fire), 1)
-    task = asyncio.create_task(fire_job(ctx(orm), "handed", fire.isoformat()))
+    await orm.redis.set(retry_key_prefix + scheduler.fire_id("handed", fire), 1)
+    task = asyncio.create_task(fire_job(worker_ctx(orm), "handed", fire.isoformat()))
 
     async def claimed() -> bool:
         return (await Job.get(id="handed")).next_run_at == following
 
     await wait_until(claimed, timeout=2)
-    assert await queue.fire_pending(orm.redis, job_id="handed", fire_at=following)
+    assert (await scheduler.fires_pending(orm, [("handed", following)]))[0]
     task.cancel()  # the worker shuts down while the fire waits for its instant
     with pytest.raises(asyncio.CancelledError):
         await task
     assert datetime.now(UTC) < fire
     assert await Run.filter(job_id="handed").count() == 0
     assert (await Job.get(id="handed")).next_run_at == fire  # handed back...
-    assert not await queue.fire_pending(orm.redis, job_id="handed", fire_at=following)  # ...the next dropped...
-    assert not await orm.redis.exists(retry_key_prefix + queue.fire_id("handed", fire))  # ...and deliverable
+    assert not (await scheduler.fires_pending(orm, [("handed", following)]))[0]  # ...the next dropped...
+    assert not await orm.redis.exists(retry_key_prefix + scheduler.fire_id("handed", fire))  # ...and deliverable
     assert fires.starter().armed == 0
-    await fire_job(ctx(orm), "handed", fire.isoformat())  # the next worker takes it
+    await fire_job(worker_ctx(orm), "handed", fire.isoformat())  # the next worker takes it
     [run] = await Run.filter(job_id="handed")
     assert run.fire_at == fire and run.started_at >= fire
     assert (await Job.get(id="handed")).next_run_at == following
@@ -219,7 +218,7 @@ async def test_a_fire_cancelled_while_armed_is_handed_back_and_runs_once_later(o
 async def test_a_fire_disabled_while_armed_stays_given_up_when_handed_back(orm: Runtime) -> None:
     fire = soon(3.0)
     await make_job(id="stopped", schedule="@every 1m", next_run_at=fire)
-    task = asyncio.create_task(fire_job(ctx(orm), "stopped", fire.isoformat()))
+    task = asyncio.create_task(fire_job(worker_ctx(orm), "stopped", fire.isoformat()))
 
     async def claimed() -> bool:
         return (await Job.get(id="stopped")).next_run_at != fire
@@ -246,24 +245,25 @@ async def test_claims_made_together_keep_one_winner_per_fire(orm: Runtime) -> No
     assert sorted(job.id for job in won if job is not None) == ids
     following = T0 + timedelta(seconds=1)
     assert {j.next_run_at for j in await Job.filter(id__in=ids)} == {following}
-    assert all(await queue.fires_pending(orm.redis, [(job_id, following) for job_id in ids]))
+    assert all(await scheduler.fires_pending(orm, [(job_id, following) for job_id in ids]))
 
 
 async def test_runs_finishing_together_close_once_each_and_the_newest_outcome_wins(orm: Runtime) -> None:
     rt = at(orm, T0)
     jobs = [await make_job(id=f"finish-{i}", schedule="@every 1m") for i in range(5)]
-    runs = await runs_service.begin_fires(rt, [(job, f"token-{i}", T0, 1) for i, job in enumerate(jobs)])
-    older = await runs_service.begin_fires(
-        at(orm, T0 - timedelta(minutes=1)), [(jobs[0], "old-token", T0 - timedelta(minutes=1), 1)]
+    runs = await insert_fire_runs(rt, [(job, f"token-{i}", T0) for i, job in enumerate(jobs)])
+    older = await insert_fire_runs(
+        at(orm, T0 - timedelta(minutes=1)), [(jobs[0], "old-token", T0 - timedelta(minutes=1))]
     )
     assert all(r is not None for r in [*runs, *older])
-    assert all(await lease.acquire_many(orm.redis, [(job.id, f"token-{i}") for i, job in enumerate(jobs)], 30))
+    wanted = [(job.id, f"token-{i}", leases.ACQUIRE) for i, job in enumerate(jobs)]
+    assert all(await leases.take(orm.redis, wanted, 30))
     later = at(orm, T0 + timedelta(seconds=2))
     outcomes = await asyncio.gather(
-        *(runs_service.complete(later, run=r, result="success", details="ok") for r in runs if r is not None),
+        *(runs_engine.complete(later, run=r, result="success", details="ok") for r in runs if r is not None),
         # The same run closed twice at once (a late writer), and an older run of job 0 finishing last.
-        runs_service.complete(later, run=runs[1], result="error", details="late"),  # type: ignore[arg-type]
-        runs_service.complete(later, run=older[0], result="error", details="older"),  # type: ignore[arg-type]
+        runs_engine.complete(later, run=runs[1], result="error", details="late"),  # type: ignore[arg-type]
+        runs_engine.complete(later, run=older[0], result="error", details="older"),  # type: ignore[arg-type]
     )
     assert outcomes == [True] * 5 + [False, True]
     assert {r.job_id: (r.result, r.details) for r in await Run.filter(fire_at=T0)} == {
@@ -271,7 +271,7 @@ async def test_runs_finishing_together_close_once_each_and_the_newest_outcome_wi
     }
     job0 = await Job.get(id="finish-0")
     assert (job0.last_run_at, job0.last_result) == (T0, "success")  # not the older run's error
-    assert await lease.holders(orm.redis, [j.id for j in jobs]) == {j.id: None for j in jobs}
+    assert await leases.holders(orm.redis, [j.id for j in jobs]) == {j.id: None for j in jobs}
 
 
 # --- Real worker processes ----------------------------------------------------------------------------------

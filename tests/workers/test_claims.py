@@ -1,4 +1,4 @@
-"""The waking worker's claim of due arq jobs (app.queue.claim_due): every claim of a poll in one round trip,
+"""The waking worker's claim of due arq jobs (app.adapters.arq.claim_due): every claim of a poll in one round trip,
 with arq's own rules (queued, due, in progress nowhere else). Real redis-server, real workers in-process."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from arq.connections import ArqRedis
 from arq.constants import default_queue_name, in_progress_key_prefix
 from arq.worker import func
 
-from app import queue
+from app.adapters import arq as queue
+from app.engine.waking import WakingWorker
 from app.platform.config import Settings
 from app.platform.redis_pool import connect_redis
 from tests.support.servers import RedisServer
-from workers.waking import WakingWorker
 
 IN_PROGRESS_MS = 60_000
 

@@ -1,4 +1,5 @@
-"""Direct dispatch of manual triggers (workers.dispatch): real workers, a real redis-server, no arq claim.
+"""Direct dispatch of manual triggers (app.engine.triggers, app.engine.consumer): real workers, a real
+redis-server, no arq claim.
 
 Each guarantee of the trigger path, on the consumer that every worker runs: one run per accepted trigger,
 409 while queued or running, nothing lost while no worker runs or when a worker dies holding a message,
@@ -19,43 +20,45 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app import queue
 from app.data.runs import Run
-from app.events import CHANNEL
+from app.engine import consumer as consumers
+from app.engine import context, leases, runs, triggers
+from app.engine.events import CHANNEL
+from app.engine.waking import WakingWorker
+from app.engine.worker import build_embedded, shut_down
+from app.job_types import registry
 from app.platform.aio import cancel_and_wait
 from app.platform.errors import Conflict, Unavailable
 from app.platform.redis_pool import connect_redis
 from app.platform.runtime import Runtime
-from app.runs import lease
 from app.runs import service as runs_service
 from tests.factories import make_job, wait_until
 from tests.support.processes import BIN, WorkerProcess, _Process, env_for
 from tests.support.servers import RedisServer
-from workers import dispatch
-from workers.settings import build_embedded_worker, stop_embedded_worker
-from workers.waking import WakingWorker
+from workers.settings import ARQ_CLI_REFUSED
 
 
 @contextlib.asynccontextmanager
 async def worker_running(rt: Runtime, **overrides: Any) -> AsyncIterator[WakingWorker]:
     """An in-process worker (the embedded one) with its consumer, stopped as the API's shutdown stops it."""
     wrt = Runtime(settings=rt.settings.model_copy(update=overrides), redis=rt.redis, clock=rt.clock)
-    worker = await build_embedded_worker(wrt)
+    worker = await build_embedded(wrt, registry.run)
     task = asyncio.create_task(worker.async_run())
 
     async def consuming() -> bool:
-        return "dispatch" in worker.ctx
+        return context.of(worker.ctx).consumer is not None
 
     try:
         await wait_until(consuming, timeout=10, interval=0.01)
         yield worker
     finally:
-        await stop_embedded_worker(worker, wrt.settings.shutdown_grace_seconds)
+        await shut_down(worker, wrt.settings.shutdown_grace_seconds)
         await cancel_and_wait(task)
 
 
-def consumer(worker: WakingWorker) -> dispatch.Consumer:
-    found: dispatch.Consumer = worker.ctx["dispatch"]
+def consumer(worker: WakingWorker) -> consumers.Consumer:
+    found = context.of(worker.ctx).consumer
+    assert found is not None
     return found
 
 
@@ -68,11 +71,11 @@ async def finished_runs(job_id: str, count: int = 1, timeout: float = 10) -> lis
 
 
 async def queued(rt: Runtime) -> int:
-    return int(await rt.redis.llen(queue.DISPATCH_LIST))  # type: ignore[misc]
+    return int(await rt.redis.llen(triggers.LIST_KEY))  # type: ignore[misc]
 
 
 async def pending(rt: Runtime) -> int:
-    return int(await rt.redis.zcard(queue.DISPATCH_PENDING))
+    return int(await rt.redis.zcard(triggers.PENDING_KEY))
 
 
 async def test_a_trigger_runs_on_the_consumer_without_an_arq_job(orm: Runtime) -> None:
@@ -94,7 +97,7 @@ async def test_a_trigger_runs_on_the_consumer_without_an_arq_job(orm: Runtime) -
     assert [e["event"] for e in events] == ["run.queued", "run.started", "run.finished"]
     assert events[1]["runId"] == run.id and events[1]["triggeredBy"] == "user:1"
     assert (await queued(orm), await pending(orm)) == (0, 0)
-    assert await lease.holder(orm.redis, "direct") is None
+    assert await leases.holder(orm.redis, "direct") is None
 
 
 async def test_a_trigger_waits_in_the_list_while_no_worker_runs_then_runs_once(orm: Runtime) -> None:
@@ -122,10 +125,10 @@ async def queued_until_its_lease_lapsed(orm: Runtime, job_id: str, actor: str) -
     await runs_service.trigger(api, job_id=job_id, actor=actor)
 
     async def lapsed() -> bool:
-        return await lease.holder(orm.redis, job_id) is None
+        return await leases.holder(orm.redis, job_id) is None
 
     await wait_until(lapsed, timeout=5)
-    await orm.redis.set(lease.key(job_id), "successor")
+    await orm.redis.set(leases.key(job_id), "successor")
     return api
 
 
@@ -135,7 +138,7 @@ async def test_a_popped_trigger_whose_queued_lease_lapsed_is_recorded_not_run(or
         [run] = await finished_runs("stranded")
     assert (run.result, run.triggered_by) == ("error", "user:4")
     assert run.details == "not started: no worker took it within 0.4 s"  # not the handler's "boom"
-    assert await lease.holder(orm.redis, "stranded") == "successor"  # neither extended nor released
+    assert await leases.holder(orm.redis, "stranded") == "successor"  # neither extended nor released
     assert await pending(orm) == 0
 
 
@@ -147,7 +150,7 @@ async def test_a_worker_trusts_the_lease_life_the_api_gave_not_its_own_setting(o
         [run] = await finished_runs("short-lived")
     assert (run.result, run.triggered_by) == ("error", "user:5")
     assert run.details.startswith("not started: no worker took it within")  # not the handler's "boom"
-    assert await lease.holder(orm.redis, "short-lived") == "successor"
+    assert await leases.holder(orm.redis, "short-lived") == "successor"
 
 
 async def test_a_fresh_trigger_starts_before_its_lease_check_and_stops_if_the_lease_is_not_its_own(
@@ -158,11 +161,11 @@ async def test_a_fresh_trigger_starts_before_its_lease_check_and_stops_if_the_le
     # by hand), the handler is cancelled and the run says so; the other holder's lease is left alone.
     await make_job(id="usurped", type="test_sleep", payload={"seconds": 5, "summary": "slept"})
     await runs_service.trigger(orm, job_id="usurped", actor="user:6")
-    await orm.redis.set(lease.key("usurped"), "successor")
+    await orm.redis.set(leases.key("usurped"), "successor")
     async with worker_running(orm):
         [run] = await finished_runs("usurped", timeout=4)  # cancelled well before its 5 s sleep ends
     assert (run.result, run.details, run.triggered_by) == ("error", "lease lost", "user:6")
-    assert await lease.holder(orm.redis, "usurped") == "successor"
+    assert await leases.holder(orm.redis, "usurped") == "successor"
     assert await pending(orm) == 0
 
 
@@ -170,35 +173,35 @@ async def test_a_worker_killed_between_pop_and_record_leaves_a_trace_that_the_sw
     await make_job(id="orphan")
     token = await runs_service.trigger(orm, job_id="orphan", actor="user:5")
     # What a worker killed right after its BLPOP leaves: the message gone from the list, nothing recorded.
-    assert await orm.redis.lpop(queue.DISPATCH_LIST) is not None  # type: ignore[misc]
-    [_, accepted] = (await orm.redis.zrange(queue.DISPATCH_PENDING, 0, -1, withscores=True))[0]
+    assert await orm.redis.lpop(triggers.LIST_KEY) is not None  # type: ignore[misc]
+    [_, accepted] = (await orm.redis.zrange(triggers.PENDING_KEY, 0, -1, withscores=True))[0]
     later = Runtime(
         settings=orm.settings,
         redis=orm.redis,
         clock=lambda: orm.now() + timedelta(seconds=orm.settings.queued_lease_ttl_seconds + 10),
     )
-    assert await dispatch.sweep(orm) == 0  # too recent
-    assert await dispatch.sweep(later) == 0  # its lease is still held: it may be running
+    assert await consumers.sweep(orm) == 0  # too recent
+    assert await consumers.sweep(later) == 0  # its lease is still held: it may be running
     assert await Run.filter(job_id="orphan").count() == 0
-    await orm.redis.delete(lease.key("orphan"))  # the lease lapses
-    assert await dispatch.sweep(later) == 1
+    await orm.redis.delete(leases.key("orphan"))  # the lease lapses
+    assert await consumers.sweep(later) == 1
     [run] = await Run.filter(job_id="orphan")
     assert (run.token, run.result, run.triggered_by) == (token, "error", "user:5")
     assert run.details == "not started: no worker took it within 60 s"
     assert accepted > 0 and await pending(orm) == 0
-    assert await dispatch.sweep(later) == 0
+    assert await consumers.sweep(later) == 0
     assert await Run.filter(job_id="orphan").count() == 1
 
 
 async def test_the_sweep_only_forgets_a_run_that_has_its_record(orm: Runtime) -> None:
     await make_job(id="recorded", payload={"summary": "fine"})
     await runs_service.trigger(orm, job_id="recorded", actor="user:1")
-    raw = await orm.redis.lpop(queue.DISPATCH_LIST)  # type: ignore[misc]
+    raw = await orm.redis.lpop(triggers.LIST_KEY)  # type: ignore[misc]
     assert raw is not None
     # The worker wrote the record and finished, but the pending entry's clean-up was lost (Redis blip).
-    await dispatch.run_direct(orm, raw, queue.DirectRun.decode(raw))
-    await orm.redis.zadd(queue.DISPATCH_PENDING, {raw: 1})
-    assert await dispatch.sweep(orm) == 0  # recorded already: nothing new, only forgotten
+    await consumers.run_trigger(orm, registry.run, raw, triggers.Message.decode(raw))
+    await orm.redis.zadd(triggers.PENDING_KEY, {raw: 1})
+    assert await consumers.sweep(orm) == 0  # recorded already: nothing new, only forgotten
     [run] = await Run.filter(job_id="recorded")
     assert (run.result, run.details) == ("success", "fine")
     assert await pending(orm) == 0
@@ -256,7 +259,7 @@ async def test_shutdown_lets_a_short_direct_run_finish_and_records_a_long_one(or
     [long] = await Run.filter(job_id="long")
     assert (short.result, short.details) == ("success", "made it")
     assert (long.result, long.details) == ("error", "worker shut down")
-    assert await lease.holder(orm.redis, "long") is None
+    assert await leases.holder(orm.redis, "long") is None
 
 
 @pytest.mark.slow
@@ -279,25 +282,24 @@ async def test_sigkill_mid_direct_run_is_recorded_as_worker_lost(orm: Runtime, t
         worker.wait(10)
     await asyncio.sleep(settings.lease_ttl_seconds + 0.2)  # the lease lapses without its heartbeat
     later = Runtime(settings=settings, redis=orm.redis, clock=lambda: orm.now() + timedelta(seconds=10))
-    assert await runs_service.reap_lost(later) == 1
+    assert (await runs.reap_lost(later)).closed == 1
     [run] = await Run.filter(job_id="victim")
     assert (run.result, run.details) == ("error", "worker lost")
     assert (await queued(orm), await pending(orm)) == (0, 0)
 
 
 @pytest.mark.slow
-async def test_arqs_own_cli_worker_consumes_triggers_too(orm: Runtime, tmp_path: Path) -> None:
+async def test_arqs_own_cli_refuses_with_one_line_naming_the_standalone_worker(orm: Runtime, tmp_path: Path) -> None:
+    """arq's stock Worker cannot share its slots with triggers: `arq workers.WorkerSettings` says what to run."""
     settings = orm.settings.model_copy(update={"embedded_worker": False})
-    await make_job(id="via-arq-cli", payload={"summary": "arq cli"})
     cli = _Process([str(BIN / "arq"), "workers.WorkerSettings"], env_for(settings), tmp_path, "arq-cli")
-    cli.ready_text = "Starting worker for"
-    with cli:
-        await runs_service.trigger(orm, job_id="via-arq-cli", actor="user:1")
-        [run] = await finished_runs("via-arq-cli", timeout=15)
-        assert (run.result, run.details) == ("success", "arq cli")
-        cli.signal(signal.SIGTERM)
-        assert cli.wait(15) == 0
-    assert "direct dispatch" not in cli.tail(200)  # no consumer errors
+    cli.ready_text = "never printed"
+    with pytest.raises(RuntimeError, match="did not start"):
+        cli.start(timeout=30)
+    assert cli.wait(5) == 1
+    output = cli.log_path.read_text().strip().splitlines()
+    assert output == [ARQ_CLI_REFUSED], output
+    assert "jobs-gateway worker" in ARQ_CLI_REFUSED
 
 
 @pytest.mark.slow
@@ -325,38 +327,37 @@ async def test_the_consumer_reconnects_after_a_redis_restart(orm: Runtime) -> No
 
 async def test_a_retried_trigger_call_queues_its_run_once(orm: Runtime) -> None:
     await make_job(id="retried", payload={"summary": "once"})
-    message = queue.DirectRun("retried", "tok-1", "test_sleep", {"summary": "once"}, None, "user:1")
-    call = {"lease_key": lease.key("retried"), "lease_ttl": 60, "run": message, "channel": CHANNEL, "event": "{}"}
-    first = await queue.lease_and_dispatch_run(orm.redis, **call)
+    message = triggers.Message("retried", "tok-1", "test_sleep", {"summary": "once"}, None, "user:1")
+    first = await triggers.dispatch(orm, message, run_here=False)
     assert first.accepted and first.message is not None
-    queued_message = queue.DirectRun.decode(first.message)
+    queued_message = triggers.Message.decode(first.message)
     seconds, micros = await orm.redis.time()
     redis_now_ms = seconds * 1000 + micros // 1000
     # When its lease expires, by Redis's clock, set by the script: 60 s from its acceptance.
     assert queued_message.token == "tok-1"
     assert redis_now_ms + 59_000 < queued_message.expires_ms <= redis_now_ms + 60_000
-    retry = await queue.lease_and_dispatch_run(orm.redis, **call)  # the client's retry after a lost reply
+    retry = await triggers.dispatch(orm, message, run_here=False)  # the client's retry after a lost reply
     assert (retry.accepted, retry.message) == (True, None)
     assert (await queued(orm), await pending(orm)) == (1, 1)
-    other = {**call, "run": queue.DirectRun("retried", "tok-2", "test_sleep", {}, None, "user:2")}
-    assert not (await queue.lease_and_dispatch_run(orm.redis, **other)).accepted  # someone else's: 409
+    other = triggers.Message("retried", "tok-2", "test_sleep", {}, None, "user:2")
+    assert not (await triggers.dispatch(orm, other, run_here=False)).accepted  # someone else's: 409
     assert await queued(orm) == 1
 
 
 async def test_a_run_meant_for_the_caller_is_not_queued_unless_its_reply_was_lost(orm: Runtime) -> None:
     await make_job(id="mine", payload={"summary": "once"})
-    message = queue.DirectRun("mine", "tok-1", "test_sleep", {"summary": "once"}, None, "user:1")
-    call = {"lease_key": lease.key("mine"), "lease_ttl": 60, "run": message, "channel": CHANNEL, "event": "{}"}
-    first = await queue.lease_and_dispatch_run(orm.redis, **call, run_here=True)
+    message = triggers.Message("mine", "tok-1", "test_sleep", {"summary": "once"}, None, "user:1")
+    first = await triggers.dispatch(orm, message, run_here=True)
     assert first.accepted and first.message is not None
     assert (await queued(orm), await pending(orm)) == (0, 1)  # not queued, but covered by the pending set
     # The same call again: its first reply was lost, so the caller never ran it. The workers get it.
-    retry = await queue.lease_and_dispatch_run(orm.redis, **call, run_here=True)
+    retry = await triggers.dispatch(orm, message, run_here=True)
     assert (retry.accepted, retry.message) == (True, None)
     assert await queued(orm) == 1
-    # Its message says when the first call's lease expires: the retry took no new lease.
-    [pushed] = await orm.redis.lrange(queue.DISPATCH_LIST, 0, -1)  # type: ignore[misc]
-    assert 0 <= queue.DirectRun.decode(first.message).expires_ms - queue.DirectRun.decode(pushed).expires_ms <= 1
+    # Its message says when the first call's lease expires: the retry took no new lease. (The script reads TIME and
+    # the lease's PTTL, each to the millisecond, at different moments: the two readings may differ by 1 ms.)
+    [pushed] = await orm.redis.lrange(triggers.LIST_KEY, 0, -1)  # type: ignore[misc]
+    assert abs(triggers.Message.decode(first.message).expires_ms - triggers.Message.decode(pushed).expires_ms) <= 1
     async with worker_running(orm):
         [run] = await finished_runs("mine")
     assert (run.token, run.result) == ("tok-1", "success")
@@ -365,7 +366,7 @@ async def test_a_run_meant_for_the_caller_is_not_queued_unless_its_reply_was_los
 async def test_the_apis_embedded_worker_takes_its_own_trigger_without_the_list(orm: Runtime) -> None:
     await make_job(id="local", payload={"seconds": 0.2, "summary": "ran here"})
     rt = Runtime(settings=orm.settings, redis=orm.redis, clock=orm.clock)  # the API's runtime
-    worker = await build_embedded_worker(rt)
+    worker = await build_embedded(rt, registry.run)
     task = asyncio.create_task(worker.async_run())
     try:
         await wait_until(lambda: _registered(rt), timeout=10, interval=0.01)
@@ -392,17 +393,17 @@ async def test_the_apis_embedded_worker_takes_its_own_trigger_without_the_list(o
         assert worker.job_counter == 1
         await finished_runs("slow")
         # A stopped worker takes nothing more: the next trigger waits in the list for another.
-        await stop_embedded_worker(worker, rt.settings.shutdown_grace_seconds)
-        assert rt.local_runner is None
+        await shut_down(worker, rt.settings.shutdown_grace_seconds)
+        assert triggers.local_runner(rt) is None
         await runs_service.trigger(rt, job_id="local", actor="user:3")
         assert await queued(orm) == 1
     finally:
-        await stop_embedded_worker(worker, rt.settings.shutdown_grace_seconds)
+        await shut_down(worker, rt.settings.shutdown_grace_seconds)
         await cancel_and_wait(task)
 
 
 async def _registered(rt: Runtime) -> bool:
-    return rt.local_runner is not None
+    return triggers.local_runner(rt) is not None
 
 
 async def _slots_free(worker: WakingWorker) -> bool:
@@ -419,13 +420,13 @@ async def _list_pushes(rt: Runtime) -> int:
 async def embedded_worker(orm: Runtime) -> AsyncIterator[tuple[Runtime, WakingWorker]]:
     """An API's runtime with its embedded worker taking the API's own triggers."""
     rt = Runtime(settings=orm.settings, redis=orm.redis, clock=orm.clock)
-    worker = await build_embedded_worker(rt)
+    worker = await build_embedded(rt, registry.run)
     task = asyncio.create_task(worker.async_run())
     try:
         await wait_until(lambda: _registered(rt), timeout=10, interval=0.01)
         yield rt, worker
     finally:
-        await stop_embedded_worker(worker, rt.settings.shutdown_grace_seconds)
+        await shut_down(worker, rt.settings.shutdown_grace_seconds)
         await cancel_and_wait(task)
 
 
@@ -435,17 +436,17 @@ async def test_a_trigger_whose_dispatch_reply_is_lost_is_run_by_a_worker_not_str
     """The API's Redis client does not retry: the trigger itself calls the script again when the reply of a
     call meant to run here is lost, and that second call queues the run for any worker."""
     await make_job(id="lost-reply", payload={"summary": "ran anyway"})
-    real = queue.lease_and_dispatch_run
+    real = triggers.dispatch
     calls: list[bool] = []
 
-    async def reply_lost_once(*args: Any, **kwargs: Any) -> queue.Dispatched:
+    async def reply_lost_once(*args: Any, **kwargs: Any) -> triggers.Dispatched:
         calls.append(kwargs["run_here"])
         answer = await real(*args, **kwargs)  # the script runs on the real server...
         if len(calls) == 1:
             raise RedisConnectionError("Connection reset by peer")  # ...and its reply never arrives
         return answer
 
-    monkeypatch.setattr(queue, "lease_and_dispatch_run", reply_lost_once)
+    monkeypatch.setattr(triggers, "dispatch", reply_lost_once)
     async with embedded_worker(orm) as (rt, worker):
         token = await runs_service.trigger(rt, job_id="lost-reply", actor="user:1")
         [run] = await finished_runs("lost-reply")
@@ -464,13 +465,13 @@ async def test_a_trigger_cancelled_while_dispatching_gives_its_reserved_slot_bac
     await make_job(id="cancelled")
     in_call = asyncio.Event()
 
-    async def never_answers(*_: Any, **__: Any) -> queue.Dispatched:
+    async def never_answers(*_: Any, **__: Any) -> triggers.Dispatched:
         in_call.set()
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
     async with embedded_worker(orm) as (rt, worker):
-        monkeypatch.setattr(queue, "lease_and_dispatch_run", never_answers)
+        monkeypatch.setattr(triggers, "dispatch", never_answers)
         call = asyncio.create_task(runs_service.trigger(rt, job_id="cancelled", actor="user:1"))
         await asyncio.wait_for(in_call.wait(), 5)
         assert worker.job_counter == 1  # reserved for this trigger
@@ -485,14 +486,12 @@ async def test_a_trigger_cancelled_while_dispatching_gives_its_reserved_slot_bac
 async def test_a_run_handed_to_a_worker_that_began_stopping_goes_to_the_list(orm: Runtime) -> None:
     await make_job(id="late")
     async with embedded_worker(orm) as (rt, worker):
-        local = rt.local_runner
+        local = triggers.local_runner(rt)
         assert local is not None and await local.reserve()
-        run = queue.DirectRun("late", "tok-late", "test_sleep", {}, None, "user:1")
-        dispatched = await queue.lease_and_dispatch_run(
-            orm.redis, lease_key=lease.key("late"), lease_ttl=60, run=run, channel=CHANNEL, event="{}", run_here=True
-        )
+        run = triggers.Message("late", "tok-late", "test_sleep", {}, None, "user:1")
+        dispatched = await triggers.dispatch(orm, run, run_here=True)
         assert dispatched.message is not None
-        worker.allow_pick_jobs = False  # the shutdown began between the reservation and the start
+        worker.stop_accepting()  # the shutdown began between the reservation and the start
         await local.start(dispatched.message)
         assert (worker.job_counter, consumer(worker).taken) == (0, 0)
 

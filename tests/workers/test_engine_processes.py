@@ -1,4 +1,4 @@
-"""The engine with real `arq workers.WorkerSettings` processes sharing Redis and one SQLite file."""
+"""The engine with real `jobs-gateway worker` processes sharing Redis and one database."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import pytest
 
 from app.data.jobs import Job
 from app.data.runs import Run
-from app.jobs import scheduler
+from app.engine import scheduler
+from app.engine.starts import SKIPPED_FIRES_KEY
 from app.platform.aio import cancel_and_wait
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
 from app.runs import service as runs_service
 from tests.factories import make_job, wait_until
 from tests.support.processes import WorkerProcess
-from workers.tasks import SKIPPED_FIRES_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
@@ -160,7 +160,8 @@ async def test_sigkill_mid_run_is_recorded_as_worker_lost_and_the_next_fire_happ
         await wait_until(next_fire_ran, timeout=20)
     # The lost run was never executed again: no other run of that fire, and arq holds nothing of it.
     assert await Run.filter(job_id="victim", fire_at=lost_run.fire_at).count() == 1
-    assert await orm.redis.zscore("arq:queue", runs_service.arq_id_of(lost_run)) is None
+    assert lost_run.fire_at is not None
+    assert await orm.redis.zscore("arq:queue", scheduler.fire_id(lost_run.job_id, lost_run.fire_at)) is None
 
 
 async def _state(rt: Runtime, job_id: str) -> bool:

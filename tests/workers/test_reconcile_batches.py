@@ -7,9 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from arq.constants import default_queue_name
 
-from app import queue
 from app.data.jobs import Job
-from app.jobs import scheduler
+from app.engine import scheduler
 from app.platform.runtime import Runtime
 from tests.factories import make_job
 
@@ -35,7 +34,7 @@ async def test_new_jobs_are_scheduled_and_enqueued_and_disabled_ones_are_not(orm
     for i in range(3):
         assert (await Job.get(id=f"hourly-{i}")).next_run_at == T0
     assert (await Job.get(id="off")).next_run_at is None
-    assert {queue.fire_id(f"hourly-{i}", T0) for i in range(3)} <= await queued(orm)
+    assert {scheduler.fire_id(f"hourly-{i}", T0) for i in range(3)} <= await queued(orm)
     # Again: nothing changes, nothing is enqueued twice.
     before = await queued(orm)
     await scheduler.reconcile_all(rt)
@@ -49,7 +48,7 @@ async def test_a_fire_redis_lost_is_replaced_by_the_latest_missed_one(orm: Runti
     await orm.redis.flushdb()  # the queue is gone while no worker ran
     await scheduler.reconcile_all(at(orm, T0 + timedelta(minutes=4, seconds=30)))
     assert (await Job.get(id="lost")).next_run_at == T0 + timedelta(minutes=4)
-    assert queue.fire_id("lost", T0 + timedelta(minutes=4)) in await queued(orm)
+    assert scheduler.fire_id("lost", T0 + timedelta(minutes=4)) in await queued(orm)
 
 
 async def test_a_row_moved_by_someone_else_meanwhile_is_left_to_them(orm: Runtime) -> None:

@@ -1,4 +1,4 @@
-"""Redis's clock as seen from a process (workers.redis_clock), against a real redis-server."""
+"""Redis's clock as seen from a process (app.engine.redis_clock), against a real redis-server."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from app.engine import redis_clock
+from app.engine.redis_clock import RedisClock
 from app.platform.runtime import Runtime
-from workers import redis_clock
-from workers.redis_clock import RedisClock
 
 
 async def redis_ms(rt: Runtime) -> int:

@@ -5,22 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from arq.constants import default_queue_name
 
-from app import queue
 from app.data.jobs import Job
 from app.data.runs import Run
-from app.events import CHANNEL
-from app.jobs import scheduler
+from app.engine import leases, runs, scheduler
+from app.engine.events import CHANNEL
+from app.engine.fires import fire_job
+from app.engine.starts import SKIPPED_FIRES_KEY
 from app.jobs import service as jobs_service
 from app.platform.runtime import Runtime
-from app.runs import lease
 from app.runs import service as runs_service
 from tests.factories import make_job
-from workers.tasks import SKIPPED_FIRES_KEY, fire_job, run_job
+from tests.support.engine import begin_run, run_next_trigger, worker_ctx
 
 # An hour boundary near real time: arq stamps queue entries with the wall clock.
 pytestmark = pytest.mark.postgres
@@ -37,17 +36,13 @@ async def queued_fires(rt: Runtime) -> list[str]:
     return sorted(i.decode() for i in ids if i.decode().startswith("fire:"))
 
 
-def ctx(rt: Runtime) -> dict[str, Any]:
-    return {"runtime": rt, "job_try": 1}
-
-
 async def test_reconcile_enqueues_the_next_fire_and_reports_it(orm: Runtime) -> None:
     rt = at(orm, T0)
     job = await make_job(id="hourly", schedule="0 * * * *")
     fire = await scheduler.reconcile_job(rt, job)
     assert fire == T0 + timedelta(hours=1)
     assert (await Job.get(id="hourly")).next_run_at == fire
-    assert await queued_fires(rt) == [queue.fire_id("hourly", fire)]
+    assert await queued_fires(rt) == [scheduler.fire_id("hourly", fire)]
     # Idempotent: a second reconciler (another instance) changes nothing.
     assert await scheduler.reconcile_job(at(orm, T0 + timedelta(minutes=5)), await Job.get(id="hourly")) == fire
     assert len(await queued_fires(rt)) == 1
@@ -61,7 +56,7 @@ async def test_disabling_removes_the_pending_fire_and_a_stray_fire_never_runs(or
     await jobs_service.stop(rt, job_id="nightly", actor="user:1")
     assert await queued_fires(rt) == []
     assert (await Job.get(id="nightly")).next_run_at is None
-    await fire_job(ctx(at(orm, fire)), "nightly", fire.isoformat())  # arrives anyway
+    await fire_job(worker_ctx(at(orm, fire)), "nightly", fire.isoformat())  # arrives anyway
     assert await Run.filter(job_id="nightly").count() == 0
 
 
@@ -70,21 +65,21 @@ async def test_a_fire_runs_once_however_often_it_is_delivered(orm: Runtime) -> N
     fire = await scheduler.reconcile_job(at(orm, T0), job)
     assert fire is not None
     rt = at(orm, fire)
-    await asyncio.gather(*(fire_job(ctx(rt), "dup", fire.isoformat()) for _ in range(5)))
-    await fire_job(ctx(rt), "dup", fire.isoformat())  # redelivered after its arq keys are gone
+    await asyncio.gather(*(fire_job(worker_ctx(rt), "dup", fire.isoformat()) for _ in range(5)))
+    await fire_job(worker_ctx(rt), "dup", fire.isoformat())  # redelivered after its arq keys are gone
     runs = await Run.filter(job_id="dup")
     assert [(r.fire_at, r.triggered_by, r.result) for r in runs] == [(fire, "scheduler", "success")]
     assert (await Job.get(id="dup")).next_run_at == fire + timedelta(minutes=1)
     # The next fire is queued once (the delivered one stays in arq's queue: no worker consumed it here).
-    assert queue.fire_id("dup", fire + timedelta(minutes=1)) in await queued_fires(rt)
+    assert scheduler.fire_id("dup", fire + timedelta(minutes=1)) in await queued_fires(rt)
 
 
 async def test_a_fire_while_running_is_skipped_counted_and_the_next_is_scheduled(orm: Runtime) -> None:
     job = await make_job(id="busy", schedule="@every 1m")
     fire = await scheduler.reconcile_job(at(orm, T0), job)
     assert fire is not None
-    assert await lease.acquire(orm.redis, "busy", "someone-else", 30)
-    await fire_job(ctx(at(orm, fire)), "busy", fire.isoformat())
+    assert await leases.acquire(orm.redis, "busy", "someone-else", 30)
+    await fire_job(worker_ctx(at(orm, fire)), "busy", fire.isoformat())
     assert await Run.filter(job_id="busy").count() == 0
     assert await orm.redis.hget(SKIPPED_FIRES_KEY, "busy") == b"1"
     assert (await Job.get(id="busy")).next_run_at == fire + timedelta(minutes=1)
@@ -98,7 +93,7 @@ async def test_after_downtime_one_missed_fire_inside_the_grace_window_runs(orm: 
     rt = at(orm, now)
     fire = await scheduler.reconcile_job(rt, await Job.get(id="missed"))
     assert fire == T0 + timedelta(minutes=4)  # only the latest missed one, once
-    await fire_job(ctx(rt), "missed", fire.isoformat())
+    await fire_job(worker_ctx(rt), "missed", fire.isoformat())
     assert await Run.filter(job_id="missed").count() == 1
     assert (await Job.get(id="missed")).next_run_at == T0 + timedelta(minutes=5)
 
@@ -119,29 +114,26 @@ async def test_a_fire_that_comes_due_past_the_grace_window_is_skipped(orm: Runti
     now = T0 + timedelta(minutes=30, seconds=10)  # no worker ran for half an hour
     rt = at(orm, now)
     assert await scheduler.reconcile_job(rt, await Job.get(id="overdue")) == fire  # arq still holds it
-    await fire_job(ctx(rt), "overdue", fire.isoformat())  # a worker finally takes it: far too late
+    await fire_job(worker_ctx(rt), "overdue", fire.isoformat())  # a worker finally takes it: far too late
     assert await Run.filter(job_id="overdue").count() == 0
     replacement = T0 + timedelta(minutes=30)  # the latest missed fire, inside the grace window
     assert (await Job.get(id="overdue")).next_run_at == replacement
-    await fire_job(ctx(rt), "overdue", replacement.isoformat())
+    await fire_job(worker_ctx(rt), "overdue", replacement.isoformat())
     assert [r.fire_at for r in await Run.filter(job_id="overdue")] == [replacement]
 
 
 async def test_reaper_closes_a_run_whose_lease_lapsed(orm: Runtime) -> None:
     job = await make_job(id="orphan")
-    token = runs_service.new_token()
-    assert await lease.acquire(orm.redis, "orphan", token, 30)
-    run = await runs_service.begin(orm, job=job, token=token, triggered_by="scheduler", fire_at=None, attempt=1)
-    assert run is not None
+    run = await begin_run(orm, job, triggered_by="scheduler")
     later = at(orm, run.started_at + timedelta(seconds=60))
-    assert await runs_service.reap_lost(later) == 0  # lease still held: a healthy long run
-    await orm.redis.delete(lease.key("orphan"))
-    assert await runs_service.reap_lost(later) == 1
+    assert (await runs.reap_lost(later)).closed == 0  # lease still held: a healthy long run
+    await orm.redis.delete(leases.key("orphan"))
+    assert (await runs.reap_lost(later)).closed == 1
     await run.refresh_from_db()
     assert (run.result, run.details) == ("error", "worker lost")
     assert (await Job.get(id="orphan")).last_result == "error"
     # A late finish from the lost worker changes nothing (fenced).
-    assert await runs_service.complete(orm, run=run, result="success", details="late") is False
+    assert await runs.complete(orm, run=run, result="success", details="late") is False
     await run.refresh_from_db()
     assert run.details == "worker lost"
 
@@ -152,7 +144,7 @@ async def test_every_state_change_is_published(orm: Runtime) -> None:
     await pubsub.subscribe(CHANNEL)
     await pubsub.get_message(timeout=1)  # subscribe confirmation
     token = await runs_service.trigger(orm, job_id="loud", actor="user:3")
-    await run_job(ctx(orm), "loud", token, "user:3")
+    assert (await run_next_trigger(orm)).token == token
     await jobs_service.stop(orm, job_id="loud", actor="user:3")
     await jobs_service.start(orm, job_id="loud", actor="user:3")
     seen = []

@@ -1,4 +1,4 @@
-"""Workers sleep until there is work (workers.waking): real worker processes, a real redis-server.
+"""Workers sleep until there is work (app.engine.waking): real worker processes, a real redis-server.
 
 Each test makes the fixed poll slow (WORKER_POLL_DELAY 1 s) and the idle cap long, so that only the
 wake-up can explain a fast start.

@@ -54,6 +54,7 @@ import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
@@ -100,6 +101,12 @@ def _statement_key(query: str, values: list[Any] | None) -> tuple[str, tuple[Any
     except TypeError:
         return None
     return key
+
+
+@dataclass(frozen=True, slots=True)
+class _Inserted:
+    row_id: int  # the last row inserted
+    rows: list[dict[str, Any]]  # what its RETURNING clause gave, if it has one
 
 
 class _OverBudget(Exception):
@@ -288,37 +295,50 @@ class InlineReadSqliteClient(SqliteClient):
         names = [column[0] for column in cursor.description or ()]
         return [dict(zip(names, row, strict=True)) for row in rows]
 
-    def _insert_inline(self, query: str, values: list[Any]) -> int:
-        """The new row's id; _OverBudget when the write lock is taken or the budget ran out (nothing written:
-        the interrupted statement is rolled back with its autocommit transaction)."""
+    def _insert_inline(self, query: str, values: list[Any]) -> _Inserted:
+        """Run an insert on the autocommit connection, its RETURNING rows (if any) fetched, so that it has
+        committed; _OverBudget when the write lock is taken or the budget ran out (nothing written: the
+        interrupted statement is rolled back with its autocommit transaction)."""
         self._interrupted = False
         if self._writer is None:
             raise _OverBudget
         collecting = gc.isenabled()
         gc.disable()
         self._deadline = time.thread_time() + INLINE_BUDGET_SECONDS
-        self._interrupted = False
+        cursor = self._writer.cursor()
         try:
-            cursor = self._writer.execute(query, values)
+            cursor.execute(query, values)
+            rows = cursor.fetchall()  # the statement runs to its end, and commits, only once its rows are read
         except sqlite3.OperationalError as exc:  # busy (the write lock is taken) or interrupted
             # Not remembered as slow: an insert's values (a token, a time) never come again.
             raise _OverBudget from exc
         finally:
+            cursor.close()
             if collecting:
                 gc.enable()
         self.log.debug("%s: %s", query, values)
-        return cursor.lastrowid or 0
+        names = [column[0] for column in cursor.description or ()]
+        return _Inserted(cursor.lastrowid or 0, [dict(zip(names, row, strict=True)) for row in rows])
+
+    async def _insert(self, query: str, values: list[Any]) -> _Inserted | None:
+        """`_insert_inline`, tried again on the next turns of the event loop while the write lock is taken; None
+        when it is not for the inline path (taken too long, over budget, or not in WAL mode)."""
+        if self._writer is None:
+            return None
+        for attempt in range(1, INLINE_WRITE_ATTEMPTS + 1):
+            try:
+                return self._insert_inline(query, values)
+            except _OverBudget:
+                if self._interrupted or attempt == INLINE_WRITE_ATTEMPTS:
+                    return None
+                await asyncio.sleep(0)  # the write lock is taken: it is brief
+        return None
 
     @translate_exceptions
     async def execute_insert(self, query: str, values: list[Any]) -> int:
-        if self._writer is not None:
-            for attempt in range(1, INLINE_WRITE_ATTEMPTS + 1):
-                try:
-                    return self._insert_inline(query, values)
-                except _OverBudget:
-                    if self._interrupted or attempt == INLINE_WRITE_ATTEMPTS:
-                        break
-                    await asyncio.sleep(0)  # the write lock is taken: it is brief
+        inserted = await self._insert(query, values)
+        if inserted is not None:
+            return inserted.row_id
         row_id: int = await super().execute_insert(query, values)
         return row_id
 
@@ -333,12 +353,17 @@ class InlineReadSqliteClient(SqliteClient):
 
     @translate_exceptions
     async def execute_query_dict(self, query: str, values: list[Any] | None = None) -> list[dict[str, Any]]:
-        try:
-            rows = self._read_inline(query.replace("\x00", "'||CHAR(0)||'"), values)
-        except _OverBudget:
-            result: list[dict[str, Any]] = await super().execute_query_dict(query, values)
-            return result
-        return rows
+        if query.lstrip()[:6].upper() == "INSERT":  # INSERT ... RETURNING: a write, on the autocommit connection
+            inserted = await self._insert(query, values or [])
+            if inserted is not None:
+                return inserted.rows
+        else:
+            try:
+                return self._read_inline(query.replace("\x00", "'||CHAR(0)||'"), values)
+            except _OverBudget:
+                pass
+        result: list[dict[str, Any]] = await super().execute_query_dict(query, values)
+        return result
 
 
 client_class = InlineReadSqliteClient

@@ -1,11 +1,12 @@
-"""Scheduled fires start on their instant, together.
+"""Scheduled fires: `fire_job`, the arq function each fire is, and the start of the fires due on one instant.
 
-A fire is enqueued FIRE_LEAD_SECONDS ahead of its instant (app.jobs.scheduler.arm_lead); the worker that
-takes it claims it during the lead, then hands it here, armed. On the instant, the fires of this process
-due on it start as one batch: their leases in one Redis call, their run records in one statement and their
-`run.started` events in one round trip, then each handler starts in its own arq job. The lease is taken on
-the instant, not during the lead: a fire whose job is still running then is skipped (overlap policy
-`forbid`), and `running` and the trigger's 409 begin with the run.
+A fire is enqueued FIRE_LEAD_SECONDS ahead of its instant (app.engine.scheduler.arm_lead); the worker that
+takes it claims it during the lead (which schedules the next fire), then hands it here, armed. On the instant,
+the fires of this process due on it start as one batch through the one start path (app.engine.starts): their
+leases in one Redis call, their run records in one statement, their `run.started` events in one round trip; then
+each handler runs in its own arq job. The lease is taken on the instant, not during the lead: a fire whose job
+is still running then is skipped (overlap policy `forbid`), and `running` and the trigger's 409 begin with the
+run.
 
 An armed fire whose worker shuts down before its instant is handed back (scheduler.unclaim_fire): the next
 worker to poll runs it, once. A killed worker's armed fires are lost: their claim moved the job to its next
@@ -19,22 +20,34 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-
-from redis.exceptions import RedisError
+from typing import Any
 
 from app.data.jobs import Job
 from app.data.runs import Run
-from app.groupcommit import per_loop
-from app.jobs import scheduler
-from app.platform import metrics
+from app.engine import context, runner, runs, scheduler, starts
+from app.engine.groupcommit import per_loop
 from app.platform.runtime import Runtime
-from app.runs import lease
-from app.runs import service as runs_service
 
 log = logging.getLogger(__name__)
 
-SKIPPED_FIRES_KEY = "jg:stats:skipped-fires"
 HAND_BACK_PATIENCE_SECONDS = 5.0
+
+
+async def fire_job(ctx: dict[str, Any], job_id: str, fire_at_iso: str) -> None:
+    """A scheduled fire, taken FIRE_LEAD_SECONDS ahead: claim it (at most once), which schedules the next
+    one, then start it on its instant with the others due then, unless its job is still running."""
+    worker = context.of(ctx)
+    fire_at = datetime.fromisoformat(fire_at_iso)
+    job = await scheduler.claim_fire(worker.rt, job_id=job_id, fire_at=fire_at)
+    if job is None:
+        return
+    run = await starter().start(worker.rt, job, fire_at, ctx.get("job_try", 1))
+    if run is not None:
+        await runner.execute(worker.rt, worker.run_handler, spec_of(job), run)
+
+
+def spec_of(job: Job) -> runner.JobSpec:
+    return runner.JobSpec(id=job.id, type=job.type, payload=job.payload, timeout=job.timeout_seconds)
 
 
 @dataclass(eq=False)
@@ -42,7 +55,7 @@ class _Armed:
     job: Job
     fire_at: datetime
     attempt: int
-    token: str = field(default_factory=runs_service.new_token)
+    token: str = field(default_factory=runs.new_token)
     taken: bool = False  # its group has started: the batch decides its outcome
     abandoned: bool = False  # cancelled after its group started: the batch closes its run, if any
     outcome: asyncio.Future[Run | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -87,7 +100,7 @@ class FireStarter:
         for armed in members:
             armed.taken = True
         try:
-            runs = await start_fires(rt, members)
+            started = await start_fires(rt, members)
         except BaseException as exc:
             for armed in members:
                 if armed.outcome.done():
@@ -100,7 +113,7 @@ class FireStarter:
                 raise
             log.exception("could not start the %d fires due at %s", len(members), fire_at.isoformat())
             return
-        for armed, run in zip(members, runs, strict=True):
+        for armed, run in zip(members, started, strict=True):
             if armed.abandoned and run is not None:
                 await _close_abandoned(rt, run)
                 run = None
@@ -113,65 +126,18 @@ class FireStarter:
         return sum(len(g) for g in self._groups.values())
 
 
-async def _close_abandoned(rt: Runtime, run: Run) -> None:
-    """Its worker shut down while the batch ran: never leave the run open or the lease held."""
-    try:
-        await runs_service.complete(rt, run=run, result=runs_service.ERROR, details=runs_service.WORKER_SHUT_DOWN)
-    except Exception:
-        # The reaper closes it once its lease lapses; the batch's other members still get their outcome.
-        log.exception("could not record run %s of %s as shut down", run.id, run.job_id)
-
-
-async def _hand_back(rt: Runtime, armed: _Armed) -> None:
-    """scheduler.unclaim_fire, run to its end whatever further cancellations the shutdown sends."""
-    work = asyncio.ensure_future(scheduler.unclaim_fire(rt, job=armed.job, fire_at=armed.fire_at))
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(HAND_BACK_PATIENCE_SECONDS):
-            while not work.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(work)
-    if not work.done():
-        log.error("fire %s of %s could not be handed back in time", armed.fire_at.isoformat(), armed.job.id)
-    elif work.exception() is not None:
-        log.error(
-            "fire %s of %s could not be handed back", armed.fire_at.isoformat(), armed.job.id, exc_info=work.exception()
-        )
-    elif work.result():
-        log.info(
-            "fire %s of %s handed back unstarted: the next worker runs it", armed.fire_at.isoformat(), armed.job.id
-        )
-
-
 async def start_fires(rt: Runtime, fires: list[_Armed]) -> list[Run | None]:
-    """Start fires due on the same instant: leases, run records and events for all of them in one call each.
-
-    A fire whose job's lease is held (still running) is skipped and counted; a job listed twice, or a fire
-    that already has its run record, starts at most once."""
+    """Start fires due on the same instant (app.engine.starts); a job listed twice starts at most once."""
     first: dict[str, _Armed] = {}
     for armed in fires:
         first.setdefault(armed.job.id, armed)
     unique = await _still_claimed(list(first.values()))
-    won = await lease.acquire_many(rt.redis, [(a.job.id, a.token) for a in unique], rt.settings.lease_ttl_seconds)
-    starting = [a for a, ok in zip(unique, won, strict=True) if ok]
-    skipped = [a for a, ok in zip(unique, won, strict=True) if not ok]
-    try:
-        runs = await runs_service.begin_fires(rt, [(a.job, a.token, a.fire_at, a.attempt) for a in starting])
-    except BaseException:
-        with contextlib.suppress(RedisError, OSError):
-            await lease.release_many(rt.redis, [(a.job.id, a.token) for a in starting])
-        raise
-    started = {id(a): run for a, run in zip(starting, runs, strict=True)}
-    duplicates = [a for a, run in zip(starting, runs, strict=True) if run is None]
-    # Best effort from here: the run records are written and their leases held, so these runs start
-    # whatever Redis says now (a duplicate's lease expires by itself; a skip goes uncounted).
-    try:
-        if duplicates:
-            # A redelivered fire that ran already: its lease goes back at once.
-            await lease.release_many(rt.redis, [(a.job.id, a.token) for a in duplicates])
-        if skipped:
-            await _count_skips(rt, skipped)
-    except (RedisError, OSError):
-        log.warning("could not release %d leases or count %d skipped fires", len(duplicates), len(skipped))
+    began = await starts.begin(
+        rt,
+        [starts.Start(spec_of(a.job), a.token, runs.SCHEDULER, fire_at=a.fire_at, attempt=a.attempt) for a in unique],
+    )
+    await began.announced  # the events before the handlers: the fires of an instant are announced together
+    started = {id(a): run for a, run in zip(unique, began.runs, strict=True)}
     return [started.get(id(a)) if first.get(a.job.id) is a else None for a in fires]
 
 
@@ -191,18 +157,33 @@ async def _still_claimed(fires: list[_Armed]) -> list[_Armed]:
     return kept
 
 
-async def _count_skips(rt: Runtime, skipped: list[_Armed]) -> None:
-    """Overlap policy `forbid`: the next fire is already scheduled by the claim."""
-    for armed in skipped:
-        metrics.fire_skipped(armed.job.id)
-        log.info("fire %s of %s skipped: the previous run is still going", armed.fire_at.isoformat(), armed.job.id)
-    async with rt.redis.pipeline(transaction=False) as pipe:
-        for armed in skipped:
-            pipe.hincrby(SKIPPED_FIRES_KEY, armed.job.id, 1)
-        await pipe.execute()
-    await runs_service.publish_all(
-        rt, [(runs_service.FIRE_SKIPPED, a.job.id, {"fireAt": a.fire_at.isoformat()}) for a in skipped]
-    )
+async def _close_abandoned(rt: Runtime, run: Run) -> None:
+    """Its worker shut down while the batch ran: never leave the run open or the lease held."""
+    try:
+        await runs.complete(rt, run=run, result=runs.ERROR, details=runs.WORKER_SHUT_DOWN)
+    except Exception:
+        # The reaper closes it once its lease lapses; the batch's other members still get their outcome.
+        log.exception("could not record run %s of %s as shut down", run.id, run.job_id)
+
+
+async def _hand_back(rt: Runtime, armed: _Armed) -> None:
+    """scheduler.unclaim_fire, run to its end whatever further cancellations the shutdown sends (bounded)."""
+    work = asyncio.ensure_future(scheduler.unclaim_fire(rt, job=armed.job, fire_at=armed.fire_at))
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(HAND_BACK_PATIENCE_SECONDS):
+            while not work.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(work)
+    if not work.done():
+        log.error("fire %s of %s could not be handed back in time", armed.fire_at.isoformat(), armed.job.id)
+    elif work.exception() is not None:
+        log.error(
+            "fire %s of %s could not be handed back", armed.fire_at.isoformat(), armed.job.id, exc_info=work.exception()
+        )
+    elif work.result():
+        log.info(
+            "fire %s of %s handed back unstarted: the next worker runs it", armed.fire_at.isoformat(), armed.job.id
+        )
 
 
 # This process's (this event loop's) fire starter: every worker of the loop shares its groups.

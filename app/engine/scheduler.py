@@ -3,12 +3,17 @@
 The database holds `next_run_at`, the fire that is enqueued. Fire ids are deterministic (job + fire
 time) and every change of `next_run_at` is a compare-and-set, so any number of reconcilers and
 workers agree on one fire and run it at most once.
+
+Each fire is one arq job (`fire_job`, app.engine.fires), enqueued `arm_lead` seconds before its instant under
+the id `fire:<job>:<epoch ms>`, in one Lua call that also wakes the workers (app.adapters.arq).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,14 +21,58 @@ from redis.exceptions import RedisError
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
-from app import queue
+from app.adapters import arq as arq_protocol
 from app.data.jobs import Job
-from app.groupcommit import GroupCommit, per_loop
+from app.engine.groupcommit import GroupCommit, per_loop
+from app.engine.waking import wake_channel, wake_workers
 from app.platform import metrics
 from app.platform.runtime import Runtime
 from app.platform.schedule import MIN_INTERVAL, Schedule, catch_up, validate_schedule
 
 log = logging.getLogger(__name__)
+
+FIRE_FUNCTION = "fire_job"
+FIRE_EXPIRY = timedelta(days=1)
+
+
+def fire_id(job_id: str, fire_at: datetime) -> str:
+    """Deterministic per (job, fire time): every reconciler enqueues the same id, arq keeps one."""
+    return f"fire:{job_id}:{int(fire_at.timestamp() * 1000)}"
+
+
+async def enqueue_fires(rt: Runtime, fires: Sequence[tuple[str, datetime, float]]) -> list[bool]:
+    """Enqueue each (job id, fire time, lead) deferred to `lead` seconds before its time, in one round trip, and
+    wake the workers once with the earliest due time (a lone fire: in the same call); False for a fire arq
+    already holds."""
+    if not fires:
+        return []
+    now_ms = int(time.time() * 1000)
+    deferred = []
+    for job_id, fire_at, lead in fires:
+        # Armed `lead` seconds ahead: the worker that takes it claims it meanwhile and starts it on the instant.
+        score = int(fire_at.timestamp() * 1000) - int(lead * 1000)
+        # arq's default expiry is "defer time + 1 day" measured from now, which goes negative (and Redis rejects
+        # it) for a catch-up fire more than a day old; count the day from whichever is later.
+        expires_ms = max(score - now_ms, 0) + int(FIRE_EXPIRY.total_seconds() * 1000)
+        args = (job_id, fire_at.isoformat())
+        deferred.append(arq_protocol.Deferred(fire_id(job_id, fire_at), FIRE_FUNCTION, args, score, expires_ms))
+    channel = wake_channel(rt.redis.default_queue_name)
+    lone = len(fires) == 1
+    added = await arq_protocol.enqueue_unless_present(rt.redis, deferred, announce_on=channel if lone else None)
+    due = [d.score_ms for d, ok in zip(deferred, added, strict=True) if ok]
+    if due and not lone:
+        await wake_workers(rt.redis, min(due))
+    return added
+
+
+async def fires_pending(rt: Runtime, fires: Sequence[tuple[str, datetime]]) -> list[bool]:
+    """Whether arq still holds each (job id, fire time) (queued or running), in one round trip."""
+    return await arq_protocol.exist(rt.redis, [fire_id(job_id, fire_at) for job_id, fire_at in fires])
+
+
+async def cancel_fire(rt: Runtime, *, job_id: str, fire_at: datetime) -> None:
+    """Drop a fire that has not started. A fire that slips through still checks the job before it runs."""
+    await arq_protocol.forget(rt.redis, rt.redis.default_queue_name, fire_id(job_id, fire_at))
 
 
 def schedule_of(job: Job, rt: Runtime) -> Schedule:
@@ -67,7 +116,7 @@ async def _desired_fire(job: Job, rt: Runtime, now: datetime) -> datetime:
     if current is None:
         # Newly enabled: start from now, no catch-up for a time the job was not scheduled.
         return schedule.next_after(now)
-    if current > now or await queue.fire_pending(rt.redis, job_id=job.id, fire_at=current):
+    if current > now or (await fires_pending(rt, [(job.id, current)]))[0]:
         return current
     # Due, yet arq no longer holds it: Redis lost it while no worker ran.
     return _replacement(schedule, current, now, timedelta(seconds=rt.settings.misfire_grace_seconds))
@@ -77,13 +126,13 @@ async def reconcile_job(rt: Runtime, job: Job) -> datetime | None:
     """Bring arq in line with the job's row; returns the fire that is enqueued (None when disabled)."""
     if not job.enabled:
         if job.next_run_at is not None:
-            await queue.cancel_fire(rt.redis, job_id=job.id, fire_at=job.next_run_at)
+            await cancel_fire(rt, job_id=job.id, fire_at=job.next_run_at)
             await Job.filter(id=job.id, enabled=False, next_run_at=job.next_run_at).update(next_run_at=None)
         return None
     desired = await _desired_fire(job, rt, rt.now())
     if desired != job.next_run_at and not await _move(job, desired):
         return None  # someone else changed the row meanwhile; they reconcile it
-    await queue.enqueue_fire(rt.redis, job_id=job.id, fire_at=desired, lead=arm_lead(rt, schedule_of(job, rt)))
+    await enqueue_fires(rt, [(job.id, desired, arm_lead(rt, schedule_of(job, rt)))])
     return desired
 
 
@@ -127,7 +176,7 @@ async def _reconcile_enabled(rt: Runtime, jobs: list[Job]) -> int:
     now = rt.now()
     grace = timedelta(seconds=rt.settings.misfire_grace_seconds)
     due = [j for j in jobs if j.next_run_at is not None and j.next_run_at <= now]
-    pending = await queue.fires_pending(rt.redis, [(j.id, j.next_run_at) for j in due if j.next_run_at])
+    pending = await fires_pending(rt, [(j.id, j.next_run_at) for j in due if j.next_run_at])
     held = {j.id for j, p in zip(due, pending, strict=True) if p}
     wanted: list[tuple[Job, datetime]] = []
     upcoming: dict[Schedule, datetime] = {}  # jobs sharing a schedule share its next fire after `now`
@@ -148,7 +197,7 @@ async def _reconcile_enabled(rt: Runtime, jobs: list[Job]) -> int:
     moves = [(job, fire) for job, fire in wanted if fire != job.next_run_at]
     lost = await _move_many(moves) if moves else set()
     fires = [(job.id, fire, arm_lead(rt, schedule_of(job, rt))) for job, fire in wanted if job.id not in lost]
-    await queue.enqueue_fires(rt.redis, fires)
+    await enqueue_fires(rt, fires)
     return len(wanted)
 
 
@@ -160,7 +209,7 @@ async def claim_fire(rt: Runtime, *, job_id: str, fire_at: datetime) -> Job | No
     within the window is enqueued in its place, to run once.
 
     Claims made at the same moment (the fires of a burst, taken ahead together) share one read, one
-    transaction and one enqueue pipeline (app.groupcommit); each stays its own compare-and-set.
+    transaction and one enqueue pipeline (app.engine.groupcommit); each stays its own compare-and-set.
     """
     return await _claims().submit(_Claim(rt, job_id, fire_at, rt.now()))
 
@@ -218,8 +267,8 @@ async def _claim_many(claims: list[_Claim]) -> list[Job | None]:
 
 async def _enqueue_following(rt: Runtime, won: list[tuple[_Claim, Job, datetime]]) -> None:
     try:
-        await queue.enqueue_fires(
-            rt.redis, [(job.id, following, arm_lead(c.rt, schedule_of(job, c.rt))) for c, job, following in won]
+        await enqueue_fires(
+            rt, [(job.id, following, arm_lead(c.rt, schedule_of(job, c.rt))) for c, job, following in won]
         )
     except RedisError:
         # The claims are committed: raising would make group commit retry each on its own, and every retry's
@@ -249,8 +298,8 @@ async def unclaim_fire(rt: Runtime, *, job: Job, fire_at: datetime) -> bool:
     if not moved:
         return False
     job.next_run_at = fire_at
-    await queue.cancel_fire(rt.redis, job_id=job.id, fire_at=following)
-    await queue.rearm_fire(rt.redis, job_id=job.id, fire_at=fire_at)
+    await cancel_fire(rt, job_id=job.id, fire_at=following)
+    await arq_protocol.allow_another_try(rt.redis, fire_id(job.id, fire_at))
     return True
 
 

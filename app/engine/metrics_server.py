@@ -17,7 +17,8 @@ import redis
 from arq.constants import default_queue_name
 from prometheus_client import start_http_server
 
-from app.events import CHANNEL, JOB_DELETED
+from app.engine.events import CHANNEL, JOB_DELETED
+from app.engine.triggers import LIST_KEY
 from app.platform import metrics
 from app.platform.config import Settings
 
@@ -94,9 +95,13 @@ class WorkerMetricsServer:
         )
 
         def depth() -> float:
+            # As app.engine.queue_depth counts it: arq's queue (fires, due or deferred) and the waiting triggers.
             try:
-                count: int = client.zcard(default_queue_name)  # type: ignore[assignment]
-                return float(count)
+                with client.pipeline(transaction=False) as pipe:
+                    pipe.zcard(default_queue_name)
+                    pipe.llen(LIST_KEY)
+                    fires, triggers = pipe.execute()
+                return float(fires + triggers)
             except (redis.RedisError, OSError):
                 return math.nan
 

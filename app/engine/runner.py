@@ -1,0 +1,210 @@
+"""The runner: one handler call under its lease, its timeout and its run record.
+
+The lease is renewed on its own clock, independent of the handler. A handler whose lease is lost, or cannot be
+renewed for a whole lease period, is cancelled, so two executions of one job never overlap as far as asyncio can
+stop them; a handler's calls still running in threads (app.engine.threads) keep the run open, and the lease
+renewed, until they end. The run record is closed exactly once, fenced (app.engine.runs.complete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError
+
+from app.data.runs import Run
+from app.engine import leases, runs, threads
+from app.platform import metrics
+from app.platform.aio import run_to_the_end
+from app.platform.config import Settings
+from app.platform.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+LEASE_LOST = "lease lost"
+COMPLETE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerCall:
+    """What a job type's handler is called with, as the engine knows it (app.job_types turns it into the
+    handler's RunContext)."""
+
+    job_id: str
+    run_id: int
+    type: str
+    payload: dict[str, Any]
+    settings: Settings
+
+
+RunHandler = Callable[[HandlerCall], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What a run needs of its job: a trigger's message carries it, a fire reads it with its claim."""
+
+    id: str
+    type: str
+    payload: dict[str, Any]
+    timeout: float | None
+
+
+async def execute(
+    rt: Runtime,
+    run_handler: RunHandler,
+    job: JobSpec,
+    run: Run,
+    *,
+    started: asyncio.Task[None] | None = None,
+    confirming: asyncio.Task[leases.Took] | None = None,
+    launched: asyncio.Future[None] | None = None,
+) -> None:
+    """Run the handler under its timeout and close the run record exactly once.
+
+    The caller holds the lease, already extended to LEASE_TTL_SECONDS, or `confirming` is extending it while
+    the handler starts (a refusal cancels the handler: `lease lost`). `started`: the caller's announcement of
+    the start, sent while the handler starts; awaited before the outcome is recorded (events stay in order).
+    `launched`: resolved once the handler's task exists (it runs before whoever waits on `launched`).
+    """
+    timeout = job.timeout or rt.settings.job_timeout_seconds
+    lost = asyncio.Event()
+    lag = (rt.now() - run.fire_at).total_seconds() if run.fire_at is not None else None
+    metrics.run_started(job.id, run.triggered_by, lag)
+    # Each run has its own task: what is bound here names the job and run on every line logged by this run, its
+    # handler and its heartbeat (tasks created below copy the context).
+    structlog.contextvars.bind_contextvars(job_id=job.id, run_id=run.id)
+    call = HandlerCall(job_id=job.id, run_id=run.id, type=job.type, payload=job.payload, settings=rt.settings)
+    context, calls_in_threads = threads.handler_context()
+    handler: asyncio.Task[str] = asyncio.create_task(_call(run_handler, call), context=context)
+    keeper = asyncio.create_task(_keep_lease(rt, run, handler, lost, confirming))
+    if launched is not None and not launched.done():
+        launched.set_result(None)
+    try:
+        result, details = await _outcome(handler, timeout, run, lost)
+        await _threads_ended(calls_in_threads, run)
+    except asyncio.CancelledError:
+        # Shutting down: stop the handler, then record it before letting the cancellation through; never while a
+        # call it made still runs in a thread, whatever further cancellations arrive meanwhile.
+        await _stop(handler, rt.settings.heartbeat_seconds)
+        with contextlib.suppress(asyncio.CancelledError):  # raised below anyway
+            await run_to_the_end(_threads_ended(calls_in_threads, run))
+        keeper.cancel()
+        await _settle(started)
+        await _complete(rt, run, runs.ERROR, runs.WORKER_SHUT_DOWN)
+        raise
+    keeper.cancel()
+    await _settle(started)
+    await _complete(rt, run, result, details)
+
+
+async def _call(run_handler: RunHandler, call: HandlerCall) -> str:
+    return await run_handler(call)
+
+
+async def _keep_lease(
+    rt: Runtime,
+    run: Run,
+    handler: asyncio.Task[str],
+    lost: asyncio.Event,
+    first: asyncio.Task[leases.Took] | None,
+) -> None:
+    """Renew the lease every HEARTBEAT_SECONDS until cancelled (once the run is over). When it cannot be renewed
+    for a whole lease period (moved on, or Redis unreachable), cancel the handler: by then another process may
+    have declared the run lost and started the next one. `first`: a renewal already under way when the handler
+    started, whose answer counts as the first."""
+    settings = rt.settings
+    last_ok = time.monotonic()
+    if first is not None:
+        try:
+            async with asyncio.timeout(settings.heartbeat_seconds):
+                renewed: bool | None = await first != leases.Took.REFUSED
+        except (RedisError, OSError, TimeoutError):
+            log.warning("lease renewal failed for run %s", run.id, exc_info=True)
+            renewed = None
+        if renewed is False:
+            log.error("run %s of %s does not hold its lease; cancelling the handler", run.id, run.job_id)
+            lost.set()
+            handler.cancel()
+            return
+        if renewed:
+            last_ok = time.monotonic()
+    while True:
+        await asyncio.sleep(settings.heartbeat_seconds)
+        try:
+            async with asyncio.timeout(settings.heartbeat_seconds):
+                renewed = await leases.renew(rt.redis, run.job_id, run.token, settings.lease_ttl_seconds)
+        except (RedisError, OSError, TimeoutError):
+            log.warning("lease renewal failed for run %s", run.id, exc_info=True)
+            renewed = None
+        if renewed:
+            last_ok = time.monotonic()
+            continue
+        if renewed is False or time.monotonic() - last_ok >= settings.lease_ttl_seconds - settings.heartbeat_seconds:
+            log.error("run %s of %s lost its lease; cancelling the handler", run.id, run.job_id)
+            lost.set()
+            handler.cancel()
+            return
+
+
+async def _threads_ended(calls: set[Any], run: Run) -> None:
+    if calls:
+        log.warning(
+            "run %s of %s: its handler has ended but %d call(s) it made still run in threads; the run stays open, "
+            "and its lease held, until they end",
+            run.id,
+            run.job_id,
+            len(calls),
+        )
+        await threads.ended(calls)
+
+
+async def _settle(started: asyncio.Task[None] | None) -> None:
+    if started is not None:
+        await asyncio.gather(started, return_exceptions=True)
+
+
+async def _outcome(handler: asyncio.Task[str], timeout: float, run: Run, lost: asyncio.Event) -> tuple[str, str]:
+    done, _ = await asyncio.wait({handler}, timeout=timeout)
+    if not done:
+        # Wait for the handler to unwind (the keeper still renews meanwhile), so the lease is never
+        # released while its clean-up could still overlap the next run.
+        await _stop(handler, timeout)
+        return runs.ERROR, f"Timed out after {timeout:g} s"
+    if handler.cancelled():
+        if lost.is_set():
+            metrics.lease_lost(run.job_id, "lease_lost")
+            return runs.ERROR, LEASE_LOST
+        return runs.ERROR, "cancelled"
+    error = handler.exception()
+    if error is not None:
+        log.error("run %s of %s failed", run.id, run.job_id, exc_info=error)
+        return runs.ERROR, str(error) or type(error).__name__
+    return runs.SUCCESS, str(handler.result())
+
+
+async def _stop(handler: asyncio.Task[str], patience: float) -> None:
+    handler.cancel()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(patience):
+            await asyncio.gather(handler, return_exceptions=True)
+
+
+async def _complete(rt: Runtime, run: Run, result: str, details: str) -> None:
+    """A failed write must not turn a real outcome into `worker lost`: retry with backoff."""
+    for attempt in range(1, COMPLETE_ATTEMPTS + 1):
+        try:
+            await runs.complete(rt, run=run, result=result, details=details)
+            return
+        except Exception:
+            if attempt == COMPLETE_ATTEMPTS:
+                raise
+            log.warning("recording run %s failed (attempt %s); retrying", run.id, attempt, exc_info=True)
+            await asyncio.sleep(0.2 * 2**attempt)

@@ -1,1 +1,0 @@
-"""Operability: Prometheus metrics, health checks, structured logs and the request middleware."""
