@@ -38,10 +38,12 @@ system-deps:
 		else echo "missing:$$missing -- install with: sudo apt-get install$$missing"; exit 1; fi; \
 	fi
 
+# ruff, ruff's formatter, mypy, and the import contracts of pyproject.toml (the layout's arrows).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .

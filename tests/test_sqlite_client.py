@@ -19,6 +19,7 @@ from app.adapters.tortoise import sqlite as sqlite_client
 from app.data.activity import Activity
 from app.data.jobs import Job
 from app.data.runs import Run
+from app.engine import runs
 from app.platform.runtime import Runtime
 from app.platform.timefmt import utcnow
 from tests.factories import make_job
@@ -267,6 +268,44 @@ async def test_an_inline_insert_that_breaks_a_constraint_raises_tortoises_integr
         client._writer.set_trace_callback(None)
     assert any(statement.startswith('INSERT INTO "job_run"') for statement in seen), seen  # refused inline
     assert await Run.filter(token="t-1").count() == 1
+
+
+async def test_an_insert_returning_rows_runs_inline_answers_them_and_is_committed(orm: Runtime) -> None:
+    """The run records of a start (app.engine.runs.insert): INSERT ... ON CONFLICT DO NOTHING RETURNING."""
+    client = connections.get("default")
+    await make_job(id="a")  # the client is connected on first use
+    seen: list[str] = []
+    client._writer.set_trace_callback(seen.append)
+    rows = [runs.NewRun("a", "t-1", "user:1", None), runs.NewRun("b", "t-2", runs.SCHEDULER, utcnow())]
+    try:
+        first = await runs.insert(rows, utcnow())
+        again = await runs.insert(rows[:1], utcnow())  # the same token: no row, no error
+    finally:
+        client._writer.set_trace_callback(None)
+    # Both statements ran on the inline writer (SQLite traces a statement again as each of its triggers runs).
+    assert len({statement for statement in seen if statement.startswith("INSERT INTO job_run (")}) == 2, seen
+    assert [r.token if r else None for r in first] == ["t-1", "t-2"] and again == [None]
+    assert first[0] is not None and first[0].id > 0
+    other = sqlite3.connect(client.filename)  # committed: another connection sees both
+    try:
+        assert other.execute("SELECT COUNT(*) FROM job_run").fetchone() == (2,)
+    finally:
+        other.close()
+
+
+async def test_an_insert_returning_rows_waits_out_another_writer_and_still_answers(orm: Runtime) -> None:
+    client = connections.get("default")
+    other = sqlite3.connect(client.filename, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # holds SQLite's write lock: the inline path gives way to the thread's
+        insert = asyncio.create_task(runs.insert([runs.NewRun("held", "t-3", "user:1", None)], utcnow()))
+        await asyncio.sleep(0.1)
+        assert not insert.done()
+        other.execute("COMMIT")
+        [run] = await asyncio.wait_for(insert, timeout=5)
+    finally:
+        other.close()
+    assert run is not None and await Run.filter(id=run.id, token="t-3").exists()
 
 
 @pytest.mark.parametrize(

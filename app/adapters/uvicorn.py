@@ -1,4 +1,6 @@
-"""Writing one prepared websocket frame to many uvicorn sockets: a `transport.write` per socket.
+"""uvicorn 0.54.0 and websockets 17.4: one prepared websocket frame written to many uvicorn sockets, a
+`transport.write` per socket (`wire_writer`), and a send stepped without a task while it does not wait
+(`send_now`). Pinned by tests/adapters/test_uvicorn_contract.py.
 
 A shared `jobStatus` event goes to up to thousands of sockets with the same bytes (app.api.fanout).
 Through the ASGI `send`, each socket costs a message dict (app.api.graphql) and, in uvicorn, an Event wait,
@@ -25,7 +27,8 @@ tests, which an upgrade must pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from starlette.types import Send
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -89,3 +92,21 @@ def _uvicorn_protocol(send: Send | None) -> WebSocketsSansIOProtocol | None:
     if not protocol.handshake_complete or protocol.initial_response is not None:
         return None
     return protocol
+
+
+def send_now(coro: Coroutine[Any, Any, None]) -> object | None:
+    """Run a send until it would wait. Returns what it waits on, or None when the frame is written.
+
+    uvicorn's websocket send is synchronous while the transport accepts data (it only waits when its write buffer
+    is over the high-water mark), so stepping the coroutine here writes to a healthy socket with no task, no queue
+    and no event-loop round trip. Exceptions (a closed socket) propagate. Another server's send that does wait
+    is still correct, only slower: the caller finishes it in a task.
+    """
+    try:
+        waiting_on = coro.send(None)
+    except StopIteration:
+        return None
+    return waiting_on if waiting_on is not None else YIELDED
+
+
+YIELDED = object()  # the coroutine yielded to the loop without a future (asyncio.sleep(0))

@@ -31,9 +31,9 @@ from typing import Any
 
 from graphql import FieldNode, GraphQLError, NullValueNode, OperationDefinitionNode, OperationType, VariableNode, parse
 from graphql.error import GraphQLSyntaxError
-from strawberry.types.execution import ExecutionResult, PreExecutionError
 
-from app.adapters.uvicorn import WireWriter, text_frame
+from app.adapters.strawberry import ExecutionResult, PreExecutionError
+from app.adapters.uvicorn import WireWriter, send_now, text_frame
 from app.api.backlog import Backlog
 from app.platform.aio import cancel_and_wait
 
@@ -133,23 +133,6 @@ class PreparedFrame:
         return cls(text, text_frame(text))
 
 
-def _send_now(coro: Coroutine[Any, Any, None]) -> object | None:
-    """Run a send until it would wait. Returns what it waits on, or None when the frame is written.
-
-    A websocket send is synchronous while the transport accepts data (uvicorn only waits when its write
-    buffer is over the high-water mark), so stepping the coroutine here writes to a healthy socket with
-    no task, no queue and no event-loop round trip. Exceptions (a closed socket) propagate.
-    """
-    try:
-        waiting_on = coro.send(None)
-    except StopIteration:
-        return None
-    return waiting_on if waiting_on is not None else _YIELDED
-
-
-_YIELDED = object()  # the coroutine yielded to the loop without a future (asyncio.sleep(0))
-
-
 @dataclass(eq=False)
 class Member:
     """One subscribing operation on one socket."""
@@ -182,7 +165,7 @@ class Member:
             return
         coro = self.send(frame.text)
         try:
-            waiting_on = _send_now(coro)
+            waiting_on = send_now(coro)
         except Exception:  # the socket is gone; its handler cleans the operation up
             self.broken = True
             return
@@ -196,7 +179,7 @@ class Member:
                     await asyncio.wait([waiting_on])
                 else:
                     await asyncio.sleep(0)
-                waiting_on = _send_now(coro)
+                waiting_on = send_now(coro)
             while self.backlog:
                 frame = self.backlog.pop()
                 await self.send(frame)

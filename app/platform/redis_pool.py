@@ -54,7 +54,7 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
     rs.retry = DeadlineRetry(ExponentialBackoff(cap=1.0, base=0.05), settings.worker_redis_retry_seconds, retried)
     # `retry` alone only covers connecting: redis-py retries a command that was sent, or a pipeline, only
     # for the errors listed here. Without them a command in flight when Redis went away (arq's poll, in
-    # tests/workers/test_redis_loss.py) failed at once and ended the worker, budget or not (CI, scenario 3).
+    # tests/engine/test_redis_loss.py) failed at once and ended the worker, budget or not (CI, scenario 3).
     rs.retry_on_error = list(retried)
     return rs
 

@@ -24,8 +24,8 @@ from app.platform.runtime import Runtime
 from tests.factories import make_job, wait_until
 from tests.support.engine import insert_fire_runs, worker_ctx
 from tests.support.processes import WorkerProcess
-from tests.workers import test_engine_processes as engine_processes
-from tests.workers.test_late_claims import T0, at
+from tests.engine import test_engine_processes as engine_processes
+from tests.engine.test_late_claims import T0, at
 
 pytestmark = pytest.mark.postgres
 

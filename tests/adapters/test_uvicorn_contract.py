@@ -1,10 +1,12 @@
-"""Shared `jobStatus` frames written straight to uvicorn's transport (app.adapters.uvicorn), on the real server."""
+"""What app/adapters/uvicorn.py relies on in uvicorn 0.54.0 and websockets 17.4, on uvicorn's real protocol:
+shared `jobStatus` frames written straight to its transport, and its send stepped without a task."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
+from importlib import metadata
 from typing import Any
 
 import pytest
@@ -20,7 +22,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from app.adapters.uvicorn import text_frame, wire_writer
+from app.adapters.uvicorn import send_now, text_frame, wire_writer
 from app.api.fanout import Fanout, Member, PreparedFrame, SharedStream
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
@@ -35,6 +37,32 @@ from tests.support.subscriptions import (
     state_of,
     subscriber,
 )
+
+
+def test_the_versions_are_the_ones_the_adapter_was_written_for() -> None:
+    versions = (metadata.version("uvicorn"), metadata.version("websockets"))
+    assert versions == ("0.54.0", "17.4"), (
+        f"uvicorn {versions[0]} / websockets {versions[1]}: the adapter reads uvicorn's protocol state and frames as "
+        "websockets does; run this file's tests, re-check app/adapters/uvicorn.py, then update the pins"
+    )
+
+
+async def test_uvicorns_send_takes_one_step_while_the_socket_is_writable_and_waits_when_it_is_not() -> None:
+    """send_now writes a frame without a task or a turn of the loop only because uvicorn's send does not wait
+    while its transport accepts data; once the transport is paused it waits, and the caller finishes it later."""
+    async with _accepted() as (protocol, transport, peer):
+        coro = protocol.send({"type": "websocket.send", "text": "now"})
+        assert send_now(coro) is None  # written in one step
+        assert [bytes(f.data) for f in _received(peer, transport.written)] == [b"now"]
+        transport.written.clear()
+        protocol.pause_writing()
+        later = protocol.send({"type": "websocket.send", "text": "later"})
+        waiting_on = send_now(later)
+        assert waiting_on is not None and not transport.written  # waits for the transport
+        protocol.resume_writing()
+        await asyncio.sleep(0)
+        assert send_now(later) is None
+        assert [bytes(f.data) for f in _received(peer, transport.written)] == [b"later"]
 
 
 @pytest.mark.parametrize("text", ["", "x" * 125, "x" * 126, "x" * 65_535, "x" * 65_536, "état " * 20_000])

@@ -1,0 +1,71 @@
+"""What app/adapters/redis.py relies on in redis-py 5.3.1, pinned: `DeadlineRetry` keeps redis-py's `Retry`
+state (`_backoff`, `_supported_errors`), and redis-py runs every command and every reconnect through
+`call_with_retry(do, fail)`, which it overrides. tests/engine/test_redis_loss.py runs it against a Redis that goes
+away; here, a budget that ends the retries on time."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import time
+from importlib import metadata
+
+import pytest
+from redis.asyncio.client import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from app.adapters.redis import DeadlineRetry
+
+pytestmark = pytest.mark.sqlite_only  # no database involved
+
+VERSION = "5.3.1"
+RETRY_INIT = "cc62fcd81dd1c544"
+RETRY_CALL = "0afbb6dfc34fdd0f"
+
+
+def _digest(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def test_the_version_is_the_one_the_adapter_was_written_for() -> None:
+    assert metadata.version("redis") == VERSION, (
+        f"redis-py is {metadata.version('redis')}: re-check app/adapters/redis.py (the pins below), then update VERSION"
+    )
+
+
+def test_retry_keeps_what_deadline_retry_reads_and_overrides() -> None:
+    assert _digest(inspect.getsource(Retry.__init__)) == RETRY_INIT, (
+        "redis-py's Retry.__init__ changed: DeadlineRetry reads its _backoff and _supported_errors"
+    )
+    assert _digest(inspect.getsource(Retry.call_with_retry)) == RETRY_CALL, (
+        "redis-py's Retry.call_with_retry changed: DeadlineRetry.call_with_retry replaces it, re-check it follows"
+    )
+    retry = DeadlineRetry(ConstantBackoff(0.01), 1.0, (RedisConnectionError,))
+    assert isinstance(retry._backoff, ConstantBackoff) and retry._supported_errors == (RedisConnectionError,)
+
+
+def test_commands_and_reconnects_go_through_call_with_retry() -> None:
+    assert "self.retry.call_with_retry" in inspect.getsource(AbstractConnection.connect)
+    assert ".retry.call_with_retry" in inspect.getsource(Redis.execute_command)
+
+
+async def test_the_budget_bounds_the_retries_from_the_first_failure() -> None:
+    attempts: list[float] = []
+
+    async def refused() -> None:
+        attempts.append(time.monotonic())
+        raise RedisConnectionError("refused")
+
+    async def fail(_: Exception) -> None:
+        await asyncio.sleep(0)
+
+    retry = DeadlineRetry(ConstantBackoff(0.05), 0.4, (RedisConnectionError,))
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError):
+        await retry.call_with_retry(refused, fail)
+    took = time.monotonic() - started
+    assert 0.4 <= took < 0.4 + 0.3 and len(attempts) >= 5  # retried, and gave up once the budget was spent
