@@ -21,11 +21,11 @@ from app.engine.starts import SKIPPED_FIRES_KEY
 from app.jobs import service as jobs_service
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
+from tests.engine import test_engine_processes as engine_processes
+from tests.engine.test_late_claims import T0, at
 from tests.factories import make_job, wait_until
 from tests.support.engine import insert_fire_runs, worker_ctx
 from tests.support.processes import WorkerProcess
-from tests.engine import test_engine_processes as engine_processes
-from tests.engine.test_late_claims import T0, at
 
 pytestmark = pytest.mark.postgres
 
