@@ -350,7 +350,9 @@ async def test_a_run_meant_for_the_caller_is_not_queued_unless_its_reply_was_los
     first = await triggers.dispatch(orm, message, run_here=True)
     assert first.accepted and first.message is not None
     assert (await queued(orm), await pending(orm)) == (0, 1)  # not queued, but covered by the pending set
-    # The same call again: its first reply was lost, so the caller never ran it. The workers get it.
+    # The same call again: its first reply was lost, so the caller never ran it. The workers get it. (A while
+    # later: a new lease taken by mistake would expire that much later than the first.)
+    await asyncio.sleep(0.05)
     retry = await triggers.dispatch(orm, message, run_here=True)
     assert (retry.accepted, retry.message) == (True, None)
     assert await queued(orm) == 1

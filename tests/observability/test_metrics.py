@@ -7,10 +7,12 @@ from collections.abc import Callable
 
 import httpx
 
+from app.engine.metrics_server import WorkerMetricsServer
 from app.platform.config import Settings
-from tests.conftest import running_app
+from tests.conftest import make_token, running_app
 from tests.factories import make_job, wait_for_logs, wait_until
 from tests.observability.scrape import has, samples, value
+from tests.support.servers import free_port
 
 
 async def scrape(client: httpx.AsyncClient) -> str:
@@ -136,3 +138,38 @@ async def test_metrics_can_be_turned_off(settings_factory: Callable[..., Setting
     async with running_app(settings_factory(metrics_enabled=False)) as (_, client):
         response = await client.get("/metrics")
     assert (response.status_code, response.json()["error"]) == (404, "not_found")
+
+
+async def test_the_queue_depth_counts_triggers_waiting_for_a_worker_as_well_as_fires(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """With no worker running, a trigger waits in the trigger list: it is work waiting, as much as a queued fire."""
+    settings = settings_factory(embedded_worker=False)
+    auth = {"Authorization": f"Bearer {make_token(settings)}"}
+    async with running_app(settings) as (_, client):
+        await make_job(id="waiting", enabled=False)
+        before = value(await scrape(client), "jobs_gateway_queue_depth")
+        assert (await client.post("/api/jobs/waiting/trigger", headers=auth)).status_code == 200
+        assert value(await scrape(client), "jobs_gateway_queue_depth") == before + 1
+        await make_job(id="scheduled", schedule="@daily")
+        assert (await client.post("/api/jobs/scheduled/start", headers=auth)).status_code == 200  # one fire queued
+        assert value(await scrape(client), "jobs_gateway_queue_depth") == before + 2
+
+
+async def test_a_standalone_workers_queue_depth_counts_waiting_triggers_too(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    port = free_port()
+    settings = settings_factory(embedded_worker=False, worker_metrics_port=port)
+    auth = {"Authorization": f"Bearer {make_token(settings)}"}
+    server = WorkerMetricsServer.start(settings)
+    assert server is not None
+    try:
+        async with running_app(settings) as (_, client), httpx.AsyncClient(timeout=5) as scraper:
+            await make_job(id="waiting", enabled=False)
+            before = value((await scraper.get(f"http://127.0.0.1:{port}/metrics")).text, "jobs_gateway_queue_depth")
+            assert (await client.post("/api/jobs/waiting/trigger", headers=auth)).status_code == 200
+            after = value((await scraper.get(f"http://127.0.0.1:{port}/metrics")).text, "jobs_gateway_queue_depth")
+            assert after == before + 1
+    finally:
+        server.close()
