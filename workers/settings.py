@@ -1,9 +1,9 @@
 """The worker definition: which job types a worker runs, and what it does once its database is up.
 
-The engine (app.engine) builds and runs the arq workers themselves, the standalone one (`jobs-gateway worker`)
-and the API's embedded one; both call `prepare` first. `arq workers.WorkerSettings` (arq's own CLI) is refused:
-arq's stock Worker cannot share its slots with triggers nor sleep until there is work, and jobs-gateway reaches
-neither through arq's public API (workers/__init__.py).
+The engine (app.engine) builds and runs the arq workers themselves: a standalone one (`jobs-gateway worker`)
+calls `prepare` as it starts, and an API process (app.main) calls it before it starts its embedded worker.
+`arq workers.WorkerSettings` (arq's own CLI) is refused: arq's stock Worker cannot share its slots with triggers
+nor sleep until there is work, and neither is reachable through arq's public API (workers/__init__.py).
 """
 
 from __future__ import annotations
