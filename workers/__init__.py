@@ -8,6 +8,8 @@ from typing import Any
 
 
 def __getattr__(name: str) -> Any:
+    # Exits the interpreter, even from a hasattr(): the one caller that asks for it is arq's CLI, which must stop
+    # here with this message rather than run a worker that cannot take triggers.
     if name == "WorkerSettings":
         from workers.settings import ARQ_CLI_REFUSED
 

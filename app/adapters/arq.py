@@ -26,8 +26,10 @@ from arq import Worker
 from arq.connections import ArqRedis, create_pool, log_redis_info
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import serialize_job
+from arq.logs import default_log_config
 from arq.utils import timestamp_ms
 from arq.worker import logger as arq_logger
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 # The `ctx` key under which an ArqWorker puts itself, so that its start-up hook finds it. A stock arq Worker
@@ -195,6 +197,13 @@ class ArqWorker(Worker):
         return self.poll_delay_s
 
 
+def arq_log_config() -> dict[str, Any]:
+    """The logging set-up arq's own CLI installs (a standalone worker logs as `arq worker` would, until the
+    application's own configuration replaces it)."""
+    config: dict[str, Any] = default_log_config(verbose=False)
+    return config
+
+
 # --- arq's Redis protocol -------------------------------------------------------------------------------------
 
 
@@ -306,6 +315,22 @@ async def unclaim(redis: Redis, *, job_ids: Sequence[bytes], token: str) -> int:
         return 0
     args: list[bytes | str] = [in_progress_key_prefix, *job_ids]
     return int(await redis.register_script(_UNCLAIM)(keys=[token], args=args))
+
+
+async def queued(redis: Redis, queue_name: str) -> int:
+    """How many jobs arq's queue holds (due, deferred, or running: arq removes a job when it ends)."""
+    return int(await redis.zcard(queue_name))
+
+
+def queued_now(client: SyncRedis, queue_name: str) -> int:
+    """`queued` for a synchronous client (a metrics server's thread)."""
+    return int(client.zcard(queue_name))  # type: ignore[arg-type]
+
+
+async def first_due_after(redis: Redis, queue_name: str, after_ms: int) -> float | None:
+    """When the earliest job due after `after_ms` (epoch ms) comes due (epoch seconds), or None."""
+    found = await redis.zrangebyscore(queue_name, min=f"({after_ms}", max="+inf", start=0, num=1, withscores=True)
+    return float(found[0][1]) / 1000 if found else None
 
 
 async def exist(redis: Redis, job_ids: Sequence[str]) -> list[bool]:

@@ -1,8 +1,10 @@
-"""redis-py 5.3: a retry policy bounded by time, built on `Retry`'s internals.
+"""redis-py 5.3.1: a retry policy bounded by time, and pools rebuilt from the one a client was made with.
 
-Relied on (pinned by tests/adapters/test_redis_contract.py): `Retry.__init__(backoff, retries, supported_errors)`
-keeps them as `_backoff` and `_supported_errors`, and redis-py runs every command and every reconnect through
-`call_with_retry(do, fail)`.
+Relied on (pinned by tests/adapters/test_redis_contract.py):
+- `Retry.__init__(backoff, retries, supported_errors)` keeps them as `_backoff` and `_supported_errors`, and
+  redis-py runs every command and every reconnect through `call_with_retry(do, fail)`;
+- a `ConnectionPool` keeps what it was built with as `connection_class` and `connection_kwargs`, and a client
+  sends every later command through whatever its `connection_pool` attribute holds.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff
 from redis.exceptions import RedisError
@@ -49,3 +52,24 @@ class DeadlineRetry(Retry):
                 if now >= deadline:
                     raise
                 await asyncio.sleep(min(self._backoff.compute(failures), deadline - now))
+
+
+def pool_like(
+    pool: ConnectionPool, *, max_connections: int, timeout: float, read_timeout: float
+) -> BlockingConnectionPool:
+    """A pool of at most `max_connections` connections, configured as `pool` is (address, credentials, retries),
+    whose commands wait up to `timeout` for a free connection and `read_timeout` for an answer."""
+    kwargs: dict[str, Any] = {**pool.connection_kwargs, "socket_timeout": read_timeout}
+    return BlockingConnectionPool(
+        connection_class=pool.connection_class,
+        max_connections=max_connections,
+        timeout=timeout,  # type: ignore[arg-type]  # typed int, takes seconds
+        **kwargs,
+    )
+
+
+async def use_pool(client: Redis, pool: ConnectionPool) -> None:
+    """From now on `client` (one arq built, say) sends its commands through `pool`; the connections it had
+    are closed."""
+    await client.connection_pool.disconnect()
+    client.connection_pool = pool

@@ -19,7 +19,7 @@ byte what uvicorn would have written, as far as the protocol's class and state t
   the ASGI `send`, which waits for a paused transport or raises on a closed socket exactly as before.
 
 What keeps those checks meaning what they say is the pins on uvicorn and websockets (pyproject.toml,
-requirements.lock) and tests/graphql/test_websocket_wire.py, which checks all this on uvicorn's real
+requirements.lock) and tests/adapters/test_uvicorn_contract.py, which checks all this on uvicorn's real
 protocol: an upgrade that renames or removes what this reads gets no writer, and the fan-out falls back to
 the ASGI send (slower, not wrong); one that keeps the names but changes what they mean is caught by those
 tests, which an upgrade must pass.

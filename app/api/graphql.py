@@ -84,7 +84,8 @@ async def get_context(connection: HTTPConnection) -> Context:
 
 def _frame_sender(websocket: WebSocket, send: Send | None) -> Sender:
     """How a shared stream writes a text frame to this socket: with the server's own `send` when it can."""
-    if send is None or not inspect.iscoroutinefunction(send):  # the stream steps coroutines (_send_now)
+    # The stream steps the send's coroutine itself (app.adapters.uvicorn.send_now): it must be a coroutine function.
+    if send is None or not inspect.iscoroutinefunction(send):
         return websocket.send_text
 
     def send_text(frame: str) -> Coroutine[Any, Any, None]:

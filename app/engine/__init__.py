@@ -24,13 +24,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from arq.constants import default_queue_name
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.data.jobs import Job
 from app.data.runs import Run
-from app.engine import events, leases, loops, scheduler, threads, triggers
+from app.engine import depth, events, leases, loops, scheduler, threads, triggers
 from app.engine.events import CHANNEL as EVENTS_CHANNEL
 from app.engine.events import JOB_DELETED
 from app.engine.fires import spec_of
@@ -118,11 +117,7 @@ async def reconcile(rt: Runtime) -> int:
 
 async def queue_depth(redis: Redis) -> int:
     """What waits for a worker: arq's queue (fires, due or deferred) and the triggers not yet taken."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(default_queue_name)
-        pipe.llen(triggers.LIST_KEY)
-        fires, waiting = await pipe.execute()
-    return int(fires) + int(waiting)
+    return await depth.queue_depth(redis)
 
 
 class Engine:

@@ -31,13 +31,13 @@ import contextlib
 import contextvars
 import logging
 import time
-from typing import Any
 
 import structlog
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.adapters.arq import ArqWorker
+from app.adapters.redis import pool_like
 from app.engine import leases, runner, runs, starts, triggers
 from app.engine.redis_clock import RedisClock
 from app.platform.aio import cancel_and_wait
@@ -237,6 +237,10 @@ async def sweep(rt: Runtime) -> int:
 def _blocking_client(redis: Redis) -> Redis:
     """A client of its own for BLPOP: the shared pool's read timeout is shorter than the block, and a
     blocked connection must not be taken from the pool the runs use."""
-    shared = redis.connection_pool
-    kwargs: dict[str, Any] = {**shared.connection_kwargs, "socket_timeout": BLOCK_SECONDS + SOCKET_TIMEOUT_SECONDS}
-    return Redis(connection_pool=ConnectionPool(connection_class=shared.connection_class, max_connections=4, **kwargs))
+    pool = pool_like(
+        redis.connection_pool,
+        max_connections=4,
+        timeout=SOCKET_TIMEOUT_SECONDS,
+        read_timeout=BLOCK_SECONDS + SOCKET_TIMEOUT_SECONDS,
+    )
+    return Redis(connection_pool=pool)

@@ -14,11 +14,10 @@ import threading
 from wsgiref.simple_server import WSGIServer
 
 import redis
-from arq.constants import default_queue_name
 from prometheus_client import start_http_server
 
+from app.engine.depth import queue_depth_now
 from app.engine.events import CHANNEL, JOB_DELETED
-from app.engine.triggers import LIST_KEY
 from app.platform import metrics
 from app.platform.config import Settings
 
@@ -95,13 +94,8 @@ class WorkerMetricsServer:
         )
 
         def depth() -> float:
-            # As app.engine.queue_depth counts it: arq's queue (fires, due or deferred) and the waiting triggers.
             try:
-                with client.pipeline(transaction=False) as pipe:
-                    pipe.zcard(default_queue_name)
-                    pipe.llen(LIST_KEY)
-                    fires, triggers = pipe.execute()
-                return float(fires + triggers)
+                return float(queue_depth_now(client))
             except (redis.RedisError, OSError):
                 return math.nan
 

@@ -1,15 +1,16 @@
 """The runner: one handler call under its lease, its timeout and its run record.
 
 The lease is renewed on its own clock, independent of the handler. A handler whose lease is lost, or cannot be
-renewed for a whole lease period, is cancelled, so two executions of one job never overlap as far as asyncio can
-stop them; a handler's calls still running in threads (app.engine.threads) keep the run open, and the lease
-renewed, until they end. The run record is closed exactly once, fenced (app.engine.runs.complete).
+renewed for a whole lease period, is cancelled: by then another process may have declared the run lost. A handler
+that times out or whose worker shuts down is cancelled too; in every case the run stays open, and its lease
+renewed, until the handler has really ended, its calls still running in threads (app.engine.threads) included, so
+that the lease is never released while the job's next run could start beside it. The run record is closed exactly
+once, fenced (app.engine.runs.complete).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -88,21 +89,27 @@ async def execute(
     if launched is not None and not launched.done():
         launched.set_result(None)
     try:
-        result, details = await _outcome(handler, timeout, run, lost)
-        await _threads_ended(calls_in_threads, run)
-    except asyncio.CancelledError:
-        # Shutting down: stop the handler, then record it before letting the cancellation through; never while a
-        # call it made still runs in a thread, whatever further cancellations arrive meanwhile.
-        await _stop(handler, rt.settings.heartbeat_seconds)
-        with contextlib.suppress(asyncio.CancelledError):  # raised below anyway
-            await run_to_the_end(_threads_ended(calls_in_threads, run))
+        try:
+            result, details = await _outcome(handler, timeout, run, lost)
+            await _threads_ended(calls_in_threads, run)
+        except asyncio.CancelledError:
+            # Shutting down: stop the handler and record the run before the cancellation goes on, whatever further
+            # cancellations arrive meanwhile (a shutdown repeats them); the lease is renewed until then.
+            await run_to_the_end(_shut_down(rt, handler, calls_in_threads, run, started))
+            raise
+    finally:
         keeper.cancel()
-        await _settle(started)
-        await _complete(rt, run, runs.ERROR, runs.WORKER_SHUT_DOWN)
-        raise
-    keeper.cancel()
     await _settle(started)
     await _complete(rt, run, result, details)
+
+
+async def _shut_down(
+    rt: Runtime, handler: asyncio.Task[str], calls: set[Any], run: Run, started: asyncio.Task[None] | None
+) -> None:
+    await _stop(handler, run, rt.settings.heartbeat_seconds)
+    await _threads_ended(calls, run)
+    await _settle(started)
+    await _complete(rt, run, runs.ERROR, runs.WORKER_SHUT_DOWN)
 
 
 async def _call(run_handler: RunHandler, call: HandlerCall) -> str:
@@ -174,9 +181,7 @@ async def _settle(started: asyncio.Task[None] | None) -> None:
 async def _outcome(handler: asyncio.Task[str], timeout: float, run: Run, lost: asyncio.Event) -> tuple[str, str]:
     done, _ = await asyncio.wait({handler}, timeout=timeout)
     if not done:
-        # Wait for the handler to unwind (the keeper still renews meanwhile), so the lease is never
-        # released while its clean-up could still overlap the next run.
-        await _stop(handler, timeout)
+        await _stop(handler, run, timeout)
         return runs.ERROR, f"Timed out after {timeout:g} s"
     if handler.cancelled():
         if lost.is_set():
@@ -190,11 +195,21 @@ async def _outcome(handler: asyncio.Task[str], timeout: float, run: Run, lost: a
     return runs.SUCCESS, str(handler.result())
 
 
-async def _stop(handler: asyncio.Task[str], patience: float) -> None:
+async def _stop(handler: asyncio.Task[str], run: Run, patience: float) -> None:
+    """Cancel the handler and wait until it has really ended, its clean-up included (the keeper renews the lease
+    meanwhile): the lease is never released while the handler could still overlap the job's next run. One that
+    ignores the cancellation holds its job until it ends."""
     handler.cancel()
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(patience):
-            await asyncio.gather(handler, return_exceptions=True)
+    done, _ = await asyncio.wait({handler}, timeout=patience)
+    if not done:
+        log.warning(
+            "run %s of %s: its handler has not stopped %g s after it was cancelled; the run stays open, and its lease "
+            "held, until it does",
+            run.id,
+            run.job_id,
+            patience,
+        )
+        await asyncio.wait({handler})
 
 
 async def _complete(rt: Runtime, run: Run, result: str, details: str) -> None:

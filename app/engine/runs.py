@@ -97,35 +97,25 @@ async def _insert_batch(rows: Sequence[NewRun], started_at: datetime) -> dict[st
     return {str(r["token"]): int(r["id"]) for r in written}
 
 
-async def record_dropped(rt: Runtime, *, job_id: str, token: str, triggered_by: str, run: Run | None = None) -> bool:
+async def record_dropped(rt: Runtime, *, job_id: str, token: str, triggered_by: str) -> bool:
     """A trigger whose lease lapsed before any worker took it: say so in the logs rather than vanish.
-
-    `run`: the record a worker wrote while it extended the lease (in parallel), closed the same way.
-    False when the run was recorded already (nothing written)."""
+    False when the trigger has a run record already (nothing written)."""
     wait = rt.settings.queued_lease_ttl_seconds
     log.warning("run %s of %s dropped: no worker took it within %s s", token, job_id, wait)
     now = rt.now()
-    details = f"not started: no worker took it within {wait:g} s"
-    if run is not None:
-        closed = await Run.filter(id=run.id, completed_at__isnull=True).update(
-            started_at=now, completed_at=now, duration_ms=0, result=ERROR, details=details
+    try:
+        await Run.create(
+            job_id=job_id,
+            token=token,
+            triggered_by=triggered_by,
+            started_at=now,
+            completed_at=now,
+            duration_ms=0,
+            result=ERROR,
+            details=f"not started: no worker took it within {wait:g} s",
         )
-        if not closed:
-            return False
-    else:
-        try:
-            await Run.create(
-                job_id=job_id,
-                token=token,
-                triggered_by=triggered_by,
-                started_at=now,
-                completed_at=now,
-                duration_ms=0,
-                result=ERROR,
-                details=details,
-            )
-        except IntegrityError:
-            return False  # recorded already (a redelivery)
+    except IntegrityError:
+        return False  # recorded already (a redelivery)
     metrics.run_finished(job_id, ERROR, 0)
     await events.publish(rt.redis, events.RUN_FINISHED, job_id, running=False, result=ERROR)
     return True
@@ -228,14 +218,16 @@ async def reap_lost(rt: Runtime) -> Reaped:
     held = await leases.holders_and_ttls(rt.redis, sorted({r.job_id for r in open_runs}))
     for run in open_runs:
         token, ttl_ms = held.get(run.job_id, (None, -2))
-        # A run younger than a heartbeat may be its lease's first moments (a trigger's lease being extended);
-        # its lease is fresh anyway. A held lease is watched: once it expires without a renewal, its run is lost.
-        settles_in = run.started_at.timestamp() + rt.settings.heartbeat_seconds - now
-        if token == run.token or settles_in > 0:
-            if token == run.token and ttl_ms >= 0:
+        if token == run.token:
+            # Held: watched, so that once it expires without a renewal the run is closed right away.
+            if ttl_ms >= 0:
                 next_pass = min(next_pass, ttl_ms / 1000 + EXPIRY_MARGIN_SECONDS)
-            if settles_in > 0:
-                next_pass = min(next_pass, settles_in + EXPIRY_MARGIN_SECONDS)
+            continue
+        # A run younger than a heartbeat may be in its lease's first moments (its runner finds it refused and
+        # records that itself): looked at again once it is older.
+        settles_in = run.started_at.timestamp() + rt.settings.heartbeat_seconds - now
+        if settles_in > 0:
+            next_pass = min(next_pass, settles_in + EXPIRY_MARGIN_SECONDS)
             continue
         if await complete(rt, run=run, result=ERROR, details=WORKER_LOST):
             log.warning("run %s of %s lost its worker", run.id, run.job_id)

@@ -139,7 +139,11 @@ async def _announce(
             await pipe.execute()
         if duplicates:
             await leases.release_many(rt.redis, [(s.job.id, s.token) for s in duplicates])
-    except RedisError:
+    except (RedisError, OSError):
         log.warning("could not announce %d run starts", len(outcome), exc_info=True)
+        return
+    except Exception:
+        # Never the runs' undoing: they are recorded, their leases held, and they start whatever happens here.
+        log.exception("could not announce %d run starts", len(outcome))
         return
     events.published(announce)

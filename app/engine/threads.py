@@ -44,8 +44,9 @@ _installed: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RunThreads] = w
 
 
 def install(loop: asyncio.AbstractEventLoop) -> None:
-    """Make a RunThreads the loop's default executor, once per loop (installed before anything used the default
-    executor, the loop never creates its own)."""
+    """Make a RunThreads the loop's default executor, once per loop, as the engine starts (before any run). An
+    executor the loop made earlier (for a DNS lookup while connecting, say) is no longer handed work; its idle
+    threads end with the process."""
     if loop not in _installed:
         executor = _installed[loop] = RunThreads(thread_name_prefix="run-thread")
         loop.set_default_executor(executor)

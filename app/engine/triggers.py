@@ -106,11 +106,12 @@ def local_runner(rt: Runtime) -> LocalRunner | None:
 
 # Take the free lease, then queue the message, remember it as pending and publish the `run.queued` event:
 # atomic and one round trip, so a lease is never left without its message nor the other way round. The
-# message ends with the lease's expiry by Redis's own clock, the clock that expires it. ARGV[6] = 1: the
-# caller runs it itself (an API's embedded worker with a free slot), so it is not pushed; the pending entry
-# still covers a caller that dies before the run record. A lease already ours is a client retry of a call that
-# went through: its message was queued then, unless that call meant to run it itself, whose reply was lost
-# and who therefore never did: the workers get it now.
+# message ends with the lease's expiry by Redis's own clock, the clock that expires it: the key's own expiry
+# (PEXPIRETIME, Redis 7), else TIME plus its time to live, which may be 1 ms off. ARGV[6] = 1: the caller runs it
+# itself (an API's embedded worker with a free slot), so it is not pushed; the pending entry still covers a caller
+# that dies before the run record. A lease already ours is a client retry of a call that went through: its message
+# was queued then, unless that call meant to run it itself, whose reply was lost and who therefore never did: the
+# workers get it now, with the earlier call's lease.
 _LEASE_AND_DISPATCH = """
 local current = redis.call('GET', KEYS[1])
 if current ~= false and current ~= ARGV[1] then
@@ -119,21 +120,26 @@ end
 if current == ARGV[1] and ARGV[6] ~= '1' then
   return ''
 end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if current ~= ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+local expires = redis.pcall('PEXPIRETIME', KEYS[1])
+if type(expires) ~= 'number' or expires < 0 then
+  local now = redis.call('TIME')
+  expires = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + math.max(redis.call('PTTL', KEYS[1]), 0)
+end
+local message = ARGV[3] .. string.format('%d', expires) .. ']'
+local accepted = redis.call('TIME')
+local accepted_ms = tonumber(accepted[1]) * 1000 + math.floor(tonumber(accepted[2]) / 1000)
 if current == ARGV[1] then
-  local left = math.max(redis.call('PTTL', KEYS[1]), 0)  -- the earlier call's lease, not a new one
-  local message = ARGV[3] .. string.format('%d', now_ms + left) .. ']'
   redis.call('RPUSH', KEYS[2], message)
-  redis.call('ZADD', KEYS[3], now_ms, message)
+  redis.call('ZADD', KEYS[3], accepted_ms, message)
   return ''
 end
-local message = ARGV[3] .. string.format('%d', now_ms + tonumber(ARGV[2])) .. ']'
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if ARGV[6] ~= '1' then
   redis.call('RPUSH', KEYS[2], message)
 end
-redis.call('ZADD', KEYS[3], now_ms, message)
+redis.call('ZADD', KEYS[3], accepted_ms, message)
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return message
 """

@@ -23,7 +23,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from app.adapters.arq import ArqWorker
+from app.adapters.arq import ArqWorker, first_due_after
 from app.platform.aio import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -121,10 +121,7 @@ class WakingWorker(ArqWorker):
     async def _next_due(self, after_ms: int) -> float | None:
         """When the earliest job the last poll could not have read comes due (epoch seconds); possibly
         already. Older scores belong to jobs that poll read (running, or running elsewhere)."""
-        found = await self.pool.zrangebyscore(
-            self.queue_name, min=f"({after_ms}", max="+inf", start=0, num=1, withscores=True
-        )
-        return float(found[0][1]) / 1000 if found else None
+        return await first_due_after(self.pool, self.queue_name, after_ms)
 
     def _on_wake(self, due_ms: int) -> None:
         if due_ms <= _now_ms():

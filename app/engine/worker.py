@@ -16,11 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvloop
-from arq.logs import default_log_config
 from arq.worker import func
-from tortoise import Tortoise
 
-from app.adapters.arq import WORKER_KEY, ArqWorker
+from app.adapters.arq import WORKER_KEY, ArqWorker, arq_log_config
 from app.engine import context, loops, scheduler, threads, triggers
 from app.engine.consumer import Consumer
 from app.engine.fires import fire_job
@@ -89,7 +87,7 @@ async def _stop_consumer(ctx: dict[str, Any]) -> None:
 def run_standalone(settings: Settings, *, prepare: Prepare) -> None:
     """`jobs-gateway worker`: a worker process, as arq's CLI would run one (same logging, same signal handling:
     SIGTERM/SIGINT let runs finish within SHUTDOWN_GRACE_SECONDS), woken on new work."""
-    logging.config.dictConfig(default_log_config(verbose=False))
+    logging.config.dictConfig(arq_log_config())
     # uvloop, as uvicorn gives the API (and its embedded worker): a run costs the worker less CPU.
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -97,7 +95,7 @@ def run_standalone(settings: Settings, *, prepare: Prepare) -> None:
     async def on_startup(ctx: dict[str, Any]) -> None:
         configure_logging(settings)
         await db.ensure_current(settings)
-        await Tortoise.init(config=db.tortoise_config(settings), _enable_global_fallback=True)
+        await db.connect(settings)
         await bound(ctx["redis"], settings)  # bounded like the API's (REDIS_POOL_SIZE), with a read timeout
         rt = Runtime(settings=settings, redis=ctx["redis"])
         worker = context.WorkerContext(rt=rt, run_handler=await prepare(rt), embedded=False)
@@ -120,7 +118,7 @@ def run_standalone(settings: Settings, *, prepare: Prepare) -> None:
             if worker.metrics_server is not None:
                 worker.metrics_server.close()
             await loops.stop(worker.loops)
-        await Tortoise.close_connections()
+        await db.disconnect()
 
     try:
         WakingWorker(**options(settings), on_startup=on_startup, on_shutdown=on_shutdown).run()
@@ -177,10 +175,6 @@ class EmbeddedWorker:
         # The first worker is built here, in the caller's task, so that an early shutdown never
         # cancels a pool half-way through its creation.
         return cls(rt, run_handler, await build_embedded(rt, run_handler))
-
-    @property
-    def worker(self) -> WakingWorker | None:
-        return self._worker
 
     async def _supervise(self) -> None:
         while True:

@@ -7,10 +7,9 @@ from typing import Any
 
 from tortoise import Tortoise
 from tortoise.backends.base.client import BaseDBAsyncClient
-from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.migrations.api import migrate as tortoise_migrate
-from tortoise.migrations.executor import MigrationExecutor
 
+from app.adapters.tortoise import setup
 from app.platform.config import Settings
 
 MODEL_MODULES = ["app.data.jobs", "app.data.runs", "app.data.activity", "app.data.app_tables"]
@@ -27,21 +26,9 @@ def _connection_url(settings: Settings) -> str:
     return url + ("&" if "?" in url else "?") + "synchronous=NORMAL"
 
 
-def _connection(settings: Settings) -> dict[str, Any]:
-    config: dict[str, Any] = expand_db_url(_connection_url(settings))
-    # Both: a transaction cancelled as it begins gives its connection back (see those modules).
-    if config["engine"] == "tortoise.backends.sqlite":
-        config["engine"] = "app.adapters.tortoise.sqlite"  # and short reads on the event loop's thread
-    elif config["engine"] == "tortoise.backends.asyncpg":
-        config["engine"] = (
-            "app.adapters.tortoise.asyncpg"  # named so that tortoise's migrations pick asyncpg's schema editor
-        )
-    return config
-
-
 def tortoise_config(settings: Settings) -> dict[str, Any]:
     return {
-        "connections": {"default": _connection(settings)},
+        "connections": {"default": setup.connection(_connection_url(settings))},
         "apps": {
             APP_LABEL: {
                 "models": MODEL_MODULES,
@@ -72,14 +59,16 @@ async def migrate(settings: Settings) -> None:
 async def pending_migrations(settings: Settings) -> list[str]:
     """Names of migrations not yet applied; empty when the schema is current."""
     ensure_sqlite_dir(settings)
-    config = tortoise_config(settings)
-    await Tortoise.init(config=config, init_connections=False)
-    try:
-        executor = MigrationExecutor(Tortoise.get_connection("default"), config["apps"])
-        steps = await executor.plan(None)
-        return [f"{s.migration.app_label}.{s.migration.name}" for s in steps if not s.backward]
-    finally:
-        await Tortoise.close_connections()
+    return await setup.pending(tortoise_config(settings), APP_LABEL)
+
+
+async def connect(settings: Settings) -> None:
+    """Start the ORM in a process that is not the API (whose lifespan registers it with FastAPI)."""
+    await setup.init(tortoise_config(settings))
+
+
+async def disconnect() -> None:
+    await Tortoise.close_connections()
 
 
 def commit_version(client: BaseDBAsyncClient) -> Hashable | None:

@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from redis.asyncio import BlockingConnectionPool, ConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.adapters.redis import DeadlineRetry
+from app.adapters.redis import DeadlineRetry, pool_like, use_pool
 from app.platform.config import Settings
 
 # arq's create_pool sets no read timeout: a Redis that accepts but never answers (paused, partitioned)
 # would hang every caller. Requests fail fast instead, and workers retry within their budget.
 SOCKET_TIMEOUT_SECONDS = 2.0
-
-
-def bounded_pool(template: ConnectionPool, settings: Settings) -> BlockingConnectionPool:
-    """A pool of at most REDIS_POOL_SIZE connections, configured like `template` (arq's pool).
-
-    redis-py's default pool opens a new connection whenever all are busy, without limit: a burst
-    of requests against a slow Redis would open thousands. This one makes a command wait up to
-    REDIS_POOL_TIMEOUT_SECONDS for a free connection, then fail with redis-py's ConnectionError
-    ("No connection available."), which the API answers as 503 `unavailable` like any other Redis
-    outage. It also checks a pooled connection outside its lock, so concurrent commands do not
-    queue behind one another's checks (B3 measured that with the default pool of redis-py 5).
-    """
-    return BlockingConnectionPool(
-        connection_class=template.connection_class,
-        max_connections=settings.redis_pool_size,
-        timeout=settings.redis_pool_timeout_seconds,  # type: ignore[arg-type]  # typed int, takes seconds
-        **template.connection_kwargs,
-    )
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -66,8 +47,19 @@ async def connect_redis(settings: Settings, *, for_worker: bool = False) -> ArqR
 
 
 async def bound(client: ArqRedis, settings: Settings) -> None:
-    """Give a client that arq made the read timeout and the bounded pool; the connections it made before (arq's
-    ping), which had no read timeout, are dropped."""
-    client.connection_pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_SECONDS
-    await client.connection_pool.disconnect()
-    client.connection_pool = bounded_pool(client.connection_pool, settings)
+    """Give a client that arq made a bounded pool and a read timeout; the connections it made before (arq's
+    ping), which had no read timeout, are dropped.
+
+    redis-py's default pool opens a new connection whenever all are busy, without limit: a burst of requests
+    against a slow Redis would open thousands. This one makes a command wait up to REDIS_POOL_TIMEOUT_SECONDS
+    for a free connection, then fail with redis-py's ConnectionError ("No connection available."), which the API
+    answers as 503 `unavailable` like any other Redis outage. It also checks a pooled connection outside its
+    lock, so concurrent commands do not queue behind one another's checks (B3 measured that with the default
+    pool of redis-py 5)."""
+    pool = pool_like(
+        client.connection_pool,
+        max_connections=settings.redis_pool_size,
+        timeout=settings.redis_pool_timeout_seconds,
+        read_timeout=SOCKET_TIMEOUT_SECONDS,
+    )
+    await use_pool(client, pool)

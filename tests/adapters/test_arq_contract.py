@@ -22,6 +22,7 @@ from arq.jobs import serialize_job
 from arq.worker import func
 
 from app.adapters import arq as adapter
+from app.engine.waking import WakingWorker
 from app.platform.config import Settings
 from app.platform.redis_pool import connect_redis
 from tests.support.servers import RedisServer
@@ -196,3 +197,38 @@ async def test_another_try_lets_a_job_run_again_after_its_one_try(redis: ArqRedi
     finally:
         await worker.close()
     assert worker.ctx["noted"] == ["y"]
+
+
+async def test_the_queue_reads_the_engine_relies_on(redis: ArqRedis) -> None:
+    queue = constants.default_queue_name
+    assert await adapter.queued(redis, queue) == 0 and await adapter.first_due_after(redis, queue, 0) is None
+    jobs = [adapter.Deferred(f"q-{i}", "noted", (), due, 60_000) for i, due in enumerate((1_000, 5_000, 9_000))]
+    await adapter.enqueue_unless_present(redis, jobs)
+    assert await adapter.queued(redis, queue) == 3
+    assert await adapter.first_due_after(redis, queue, 1_000) == 5.0  # strictly after; epoch seconds
+    assert await adapter.first_due_after(redis, queue, 9_000) is None
+
+
+def test_arqs_log_config_is_a_dict_config() -> None:
+    config = adapter.arq_log_config()
+    assert config["version"] == 1 and "arq" in config["loggers"]
+
+
+# The state ArqWorker and WakingWorker keep on arq's Worker.
+OUR_ATTRIBUTES = {
+    "polls", "read_everything", "_claims", "_claimer",  # ArqWorker
+    "idle_poll_s", "wake_channel", "_wake", "_subscribed", "_next_poll_at", "_polled_at_ms", "_saturated",  # Waking
+}  # fmt: skip
+
+
+async def test_our_worker_classes_add_no_attribute_arq_has(redis: ArqRedis) -> None:
+    """None of our names may be one arq uses: an upgrade that adds one would silently share it."""
+    stock = _stock(redis)
+    ours = WakingWorker(functions=[func(_noted, name="noted")], redis_pool=redis, ctx={})
+    try:
+        assert set(vars(ours)) - set(vars(stock)) == OUR_ATTRIBUTES  # a new attribute of ours: add it above
+        clashes = OUR_ATTRIBUTES & (set(vars(stock)) | set(dir(Worker)))
+        assert not clashes, f"arq now uses {clashes}: rename them in app/adapters/arq.py or app/engine/waking.py"
+    finally:
+        await ours.close()
+        await stock.close()

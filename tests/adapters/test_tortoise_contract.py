@@ -10,6 +10,8 @@ tests/jobs/test_list_rows.py (rows become exactly the jobs `_init_from_db` build
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import hashlib
 import inspect
 from collections.abc import Callable
@@ -17,7 +19,7 @@ from importlib import metadata
 from typing import Any
 
 import pytest
-from tortoise import connections
+from tortoise import Tortoise, connections
 from tortoise.backends.asyncpg.client import AsyncpgDBClient
 from tortoise.backends.base.client import ConnectionWrapper, TransactionContextPooled
 from tortoise.backends.sqlite.client import SqliteClient, SqliteTransactionContext
@@ -26,10 +28,11 @@ from tortoise.migrations.schema_editor.asyncpg import AsyncpgSchemaEditor
 from tortoise.migrations.schema_editor.sqlite import SqliteSchemaEditor
 from tortoise.models import Model
 
-from app.adapters.tortoise import rows
+from app.adapters.tortoise import rows, setup
 from app.data.jobs import Job
 from app.data.runs import Run
 from app.platform import db
+from app.platform.config import Settings
 from app.platform.runtime import Runtime
 from app.platform.timefmt import utcnow
 from tests.factories import make_job
@@ -108,3 +111,34 @@ async def test_a_compiled_query_runs_as_tortoise_would_run_it(orm: Runtime) -> N
     found = await rows.client_of(Job).execute_query_dict(sql, params)
     assert [r["id"] for r in found] == ["compiled"]
     assert [j.id for j in rows.instances(Job, found)] == ["compiled"]
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize(
+    ("url", "engine"),
+    [
+        ("sqlite:///tmp/x.sqlite3", "app.adapters.tortoise.sqlite"),
+        ("sqlite://:memory:", "app.adapters.tortoise.sqlite"),
+        ("postgres://u:p@127.0.0.1:5432/jobs", "app.adapters.tortoise.asyncpg"),
+        ("postgresql://u:p@127.0.0.1/jobs?minsize=2", "app.adapters.tortoise.asyncpg"),
+    ],
+)
+def test_a_database_url_gets_our_client_for_its_backend(url: str, engine: str) -> None:
+    config = setup.connection(url)
+    assert config["engine"] == engine
+    assert set(config) == {"engine", "credentials"}
+
+
+async def test_init_serves_tasks_that_do_not_descend_from_the_initialising_one(settings: Settings) -> None:
+    """A standalone worker initialises tortoise in arq's start-up task; its jobs run in other tasks."""
+    await asyncio.create_task(setup.init(db.tortoise_config(settings)), context=contextvars.Context())
+    try:
+        assert await Job.all().count() >= 0  # this task's context never saw the initialisation
+    finally:
+        await Tortoise.close_connections()
+
+
+async def test_pending_lists_what_is_not_applied(settings: Settings) -> None:
+    config = db.tortoise_config(settings)
+    assert await setup.pending(config, db.APP_LABEL) == []  # the test database is migrated
+    assert await setup.pending(config, "another-app") == []

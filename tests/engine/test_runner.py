@@ -11,6 +11,7 @@ from arq.constants import default_queue_name, in_progress_key_prefix, job_key_pr
 from app.data.runs import Run
 from app.engine import consumer, leases, runs, scheduler, threads, triggers
 from app.job_types import registry
+from app.platform.aio import cancel_and_wait
 from app.platform.redis_pool import connect_redis
 from app.platform.runtime import Runtime
 from app.runs import service as runs_service
@@ -149,3 +150,38 @@ async def test_only_calls_made_by_a_run_are_waited_for(orm: Runtime) -> None:
     finally:
         release.set()
         await outside
+
+
+async def test_a_handler_slow_to_stop_keeps_its_run_open_through_a_timeout(orm: Runtime) -> None:
+    lease_ttl = orm.settings.lease_ttl_seconds
+    job = await make_job(
+        id="slow-stop", type="test_stubborn", payload={"seconds": lease_ttl * 1.5}, timeout_seconds=0.2
+    )
+    run = await begin(orm, job)
+    task = asyncio.create_task(execute(orm, job, run))
+    await asyncio.sleep(lease_ttl)  # past the timeout, and past most of a lease: renewed meanwhile
+    assert not task.done() and await leases.holder(orm.redis, "slow-stop") == run.token
+    await asyncio.wait_for(task, lease_ttl * 3)
+    await run.refresh_from_db()
+    assert (run.result, run.details) == ("error", "Timed out after 0.2 s")
+    assert await leases.holder(orm.redis, "slow-stop") is None
+
+
+async def test_a_handler_slow_to_stop_under_repeated_shutdown_cancels_is_recorded_once_it_has_stopped(
+    orm: Runtime,
+) -> None:
+    """A worker's shutdown cancels its runs again and again (cancel_and_wait): the run is still recorded, once the
+    handler has stopped, and its lease is then released and no longer renewed."""
+    job = await make_job(id="slow-shutdown", type="test_stubborn", payload={"seconds": 1.0})
+    run = await begin(orm, job)
+    task = asyncio.create_task(execute(orm, job, run))
+    await asyncio.sleep(0.1)
+    await cancel_and_wait(task, patience=10)
+    assert task.cancelled()
+    await run.refresh_from_db()
+    assert (run.result, run.details) == ("error", "worker shut down")
+    assert run.duration_ms is not None and run.duration_ms >= 900
+    assert await leases.holder(orm.redis, "slow-shutdown") is None
+    await asyncio.sleep(orm.settings.heartbeat_seconds * 2)
+    assert await leases.holder(orm.redis, "slow-shutdown") is None  # no keeper left renewing it
+    assert not [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.startswith("_keep_lease")]  # type: ignore[union-attr]

@@ -138,6 +138,23 @@ async def test_reaper_closes_a_run_whose_lease_lapsed(orm: Runtime) -> None:
     assert run.details == "worker lost"
 
 
+async def test_the_reaper_looks_again_right_after_a_held_lease_would_expire_and_not_sooner(orm: Runtime) -> None:
+    heartbeat, ttl = orm.settings.heartbeat_seconds, orm.settings.lease_ttl_seconds
+    assert (await runs.reap_lost(orm)).next_pass == heartbeat  # nothing open: every heartbeat
+    job = await make_job(id="watched")
+    run = await begin_run(orm, job)  # a fresh run holding its lease (LEASE_TTL_SECONDS from now)
+    await orm.redis.pexpire(leases.key("watched"), int(heartbeat * 1000 / 4))  # its last renewal was long ago
+    reaped = await runs.reap_lost(orm)
+    assert reaped.closed == 0 and 0 < reaped.next_pass <= heartbeat / 4 + runs.EXPIRY_MARGIN_SECONDS
+    await orm.redis.pexpire(leases.key("watched"), int(ttl * 1000))  # renewed: nothing to look at before a heartbeat
+    assert (await runs.reap_lost(orm)).next_pass == heartbeat  # young as it is, its lease is its own
+    await orm.redis.delete(leases.key("watched"))  # its worker is gone, but the run is younger than a heartbeat
+    young = await runs.reap_lost(orm)
+    assert young.closed == 0 and young.next_pass <= heartbeat + runs.EXPIRY_MARGIN_SECONDS
+    later = at(orm, run.started_at + timedelta(seconds=heartbeat + 0.1))
+    assert (await runs.reap_lost(later)).closed == 1
+
+
 async def test_every_state_change_is_published(orm: Runtime) -> None:
     await make_job(id="loud", payload={"seconds": 0, "summary": "ok"})
     pubsub = orm.redis.pubsub()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from pydantic import Field
@@ -58,3 +59,22 @@ async def thread_handler(ctx: RunContext) -> str:
     payload: ThreadPayload = ctx.payload
     await asyncio.to_thread(time.sleep, payload.seconds)
     return "slept in a thread"
+
+
+class StubbornPayload(Payload):
+    seconds: float = Field(default=1.0, ge=0)
+
+
+@job_type("test_stubborn", "Blocks until cancelled, then ignores every cancellation for `seconds`", StubbornPayload)
+async def stubborn_handler(ctx: RunContext) -> str:
+    payload: StubbornPayload = ctx.payload
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + payload.seconds
+        while (left := until - loop.time()) > 0:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(left)
+        raise
+    return "unreachable"
