@@ -13,7 +13,8 @@ Inside, one module per concept:
 - runner: one handler under its lease, timeout and record; threads: the calls it left running in threads;
 - runs: the run records (insert, complete, record dropped triggers, reap the lost); leases: the running lease;
 - events, groupcommit, redis_clock, waking (the worker that sleeps until there is work), worker (standalone
-  and embedded workers), loops (reaper and reconcile), metrics_server (a standalone worker's /metrics).
+  and embedded workers), context (what a worker's arq functions share), loops (reaper and reconcile), depth (what
+  waits for a worker), metrics_server (a standalone worker's /metrics).
 """
 
 from __future__ import annotations

@@ -4,31 +4,16 @@ with arq's own rules (queued, due, in progress nowhere else). Real redis-server,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name, in_progress_key_prefix
 from arq.worker import func
 
 from app.adapters import arq as queue
 from app.engine.waking import WakingWorker
-from app.platform.config import Settings
-from app.platform.redis_pool import connect_redis
-from tests.support.servers import RedisServer
 
 IN_PROGRESS_MS = 60_000
-
-
-@pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
-    with RedisServer() as private:
-        pool = await connect_redis(settings.model_copy(update={"redis_url": private.url}), for_worker=True)
-        try:
-            yield pool
-        finally:
-            await pool.aclose()
 
 
 async def _claim(redis: ArqRedis, ids: list[str], *, limit: int = 100, token: str = "w1:1") -> list[tuple[str, int]]:

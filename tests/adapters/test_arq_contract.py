@@ -9,10 +9,6 @@ source, bring the adapter in line (re-copy `ArqWorker.main`, re-check the Lua), 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import inspect
-from collections.abc import AsyncIterator, Callable
-from importlib import metadata
 from typing import Any
 
 import pytest
@@ -23,14 +19,12 @@ from arq.worker import func
 
 from app.adapters import arq as adapter
 from app.engine.waking import WakingWorker
-from app.platform.config import Settings
-from app.platform.redis_pool import connect_redis
-from tests.support.servers import RedisServer
+from tests.adapters.pins import Sources, check_source, check_version
 
 pytestmark = pytest.mark.sqlite_only  # Redis only: nothing more to learn on PostgreSQL
 
 VERSION = "0.28.0"
-SOURCES: dict[str, tuple[Callable[..., Any], str]] = {
+SOURCES: Sources = {
     "Worker.main": (Worker.main, "45ca1591c9717466"),
     "Worker.start_jobs": (Worker.start_jobs, "b45797cfa40bed7f"),
     "Worker._poll_iteration": (Worker._poll_iteration, "f8d39d823a0a59f2"),
@@ -42,24 +36,16 @@ SOURCES: dict[str, tuple[Callable[..., Any], str]] = {
 }
 
 
-def _digest(function: Callable[..., Any]) -> str:
-    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+ADAPTER = "app/adapters/arq.py"
 
 
 def test_the_version_is_the_one_the_adapter_was_written_for() -> None:
-    assert metadata.version("arq") == VERSION, (
-        f"arq is {metadata.version('arq')}, the adapter was written for {VERSION}: re-check app/adapters/arq.py "
-        "against the new release (the source pins below say what moved), then update VERSION"
-    )
+    check_version("arq", VERSION, ADAPTER)
 
 
 @pytest.mark.parametrize("name", SOURCES)
 def test_the_code_the_adapter_copies_or_counts_on_is_unchanged(name: str) -> None:
-    function, pinned = SOURCES[name]
-    assert _digest(function) == pinned, (
-        f"arq's {name} changed: ArqWorker ({'re-copy main from it' if name == 'Worker.main' else 're-check'}) "
-        f"in app/adapters/arq.py must follow, then pin the new digest {_digest(function)}"
-    )
+    check_source(name, SOURCES, ADAPTER)  # Worker.main: re-copy ArqWorker.main from it
 
 
 def test_the_keys_and_attributes_the_adapter_uses_exist() -> None:
@@ -69,16 +55,6 @@ def test_the_keys_and_attributes_the_adapter_uses_exist() -> None:
         "arq:in-progress:",
     )
     assert (constants.retry_key_prefix, constants.result_key_prefix) == ("arq:retry:", "arq:result:")
-
-
-@pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
-    with RedisServer() as private:
-        pool = await connect_redis(settings.model_copy(update={"redis_url": private.url}), for_worker=True)
-        try:
-            yield pool
-        finally:
-            await pool.aclose()
 
 
 async def _noted(ctx: dict[str, Any], value: str) -> str:

@@ -6,10 +6,8 @@ away; here, a budget that ends the retries on time."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import time
-from importlib import metadata
 
 import pytest
 from redis.asyncio.client import Redis
@@ -21,29 +19,24 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from app.adapters.redis import DeadlineRetry, pool_like, use_pool
 from app.platform.config import Settings
 from app.platform.redis_pool import connect_redis
+from tests.adapters.pins import check_version, digest
 
 VERSION = "5.3.1"
 RETRY_INIT = "cc62fcd81dd1c544"
 RETRY_CALL = "0afbb6dfc34fdd0f"
 
 
-def _digest(source: str) -> str:
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
-
-
 @pytest.mark.sqlite_only  # no database involved
 def test_the_version_is_the_one_the_adapter_was_written_for() -> None:
-    assert metadata.version("redis") == VERSION, (
-        f"redis-py is {metadata.version('redis')}: re-check app/adapters/redis.py (the pins below), then update VERSION"
-    )
+    check_version("redis", VERSION, "app/adapters/redis.py")
 
 
 @pytest.mark.sqlite_only
 def test_retry_keeps_what_deadline_retry_reads_and_overrides() -> None:
-    assert _digest(inspect.getsource(Retry.__init__)) == RETRY_INIT, (
+    assert digest(Retry.__init__) == RETRY_INIT, (
         "redis-py's Retry.__init__ changed: DeadlineRetry reads its _backoff and _supported_errors"
     )
-    assert _digest(inspect.getsource(Retry.call_with_retry)) == RETRY_CALL, (
+    assert digest(Retry.call_with_retry) == RETRY_CALL, (
         "redis-py's Retry.call_with_retry changed: DeadlineRetry.call_with_retry replaces it, re-check it follows"
     )
     retry = DeadlineRetry(ConstantBackoff(0.01), 1.0, (RedisConnectionError,))

@@ -11,12 +11,8 @@ run below and in tests/graphql (the legacy refusal's 4403: test_subscriptions.py
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import json
-from collections.abc import Callable
-from importlib import metadata
-from typing import Any
 
 import pytest
 from strawberry.http.async_base_view import AsyncBaseHTTPView
@@ -28,10 +24,11 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 
 from app.adapters import strawberry as adapter
 from app.platform.config import Settings
+from tests.adapters.pins import Sources, check_source, check_version
 from tests.support.subscriptions import JOB, STATUS, next_raw, served, subscriber
 
 VERSIONS = {"strawberry-graphql": "0.341.2", "cross-web": "0.9.0"}
-SOURCES: dict[str, tuple[Callable[..., Any], str]] = {
+SOURCES: Sources = {
     "BaseGraphQLTransportWSHandler.handle_subscribe": (
         TransportWS.handle_subscribe,
         "d69e5dbce9e38a16",
@@ -47,26 +44,19 @@ SOURCES: dict[str, tuple[Callable[..., Any], str]] = {
 }
 
 
-def _digest(function: Callable[..., Any]) -> str:
-    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+ADAPTER = "app/adapters/strawberry.py"
 
 
 @pytest.mark.sqlite_only
 @pytest.mark.parametrize("package", VERSIONS)
 def test_the_versions_are_the_ones_the_adapter_was_written_for(package: str) -> None:
-    assert metadata.version(package) == VERSIONS[package], (
-        f"{package} is {metadata.version(package)}: re-check app/adapters/strawberry.py against it (the source "
-        "pins below say what moved), then update VERSIONS"
-    )
+    check_version(package, VERSIONS[package], ADAPTER)
 
 
 @pytest.mark.sqlite_only
 @pytest.mark.parametrize("name", SOURCES)
 def test_the_code_the_adapter_subclasses_or_counts_on_is_unchanged(name: str) -> None:
-    function, pinned = SOURCES[name]
-    assert _digest(function) == pinned, (
-        f"strawberry's {name} changed: re-check app/adapters/strawberry.py, then pin the new digest {_digest(function)}"
-    )
+    check_source(name, SOURCES, ADAPTER)
 
 
 @pytest.mark.sqlite_only

@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
 import inspect
-from collections.abc import Callable
-from importlib import metadata
-from typing import Any
 
 import pytest
 from tortoise import Tortoise, connections
@@ -35,10 +31,11 @@ from app.platform import db
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
 from app.platform.timefmt import utcnow
+from tests.adapters.pins import Sources, check_source, check_version
 from tests.factories import make_job
 
 VERSIONS = {"tortoise-orm": "1.1.9", "pypika-tortoise": "0.6.5", "aiosqlite": "0.22.1", "asyncpg": "0.32.0"}
-SOURCES: dict[str, tuple[Callable[..., Any], str]] = {
+SOURCES: Sources = {
     "SqliteTransactionContext.__aenter__": (SqliteTransactionContext.__aenter__, "0fb0ed89e66c8595"),
     "ConnectionWrapper.__aenter__": (ConnectionWrapper.__aenter__, "34cbbc3cdf1ce8f7"),
     "SqliteClient.create_connection": (SqliteClient.create_connection, "4696f8371186c309"),
@@ -51,26 +48,19 @@ SOURCES: dict[str, tuple[Callable[..., Any], str]] = {
 }
 
 
-def _digest(function: Callable[..., Any]) -> str:
-    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+ADAPTER = "app/adapters/tortoise/"
 
 
 @pytest.mark.sqlite_only
 @pytest.mark.parametrize("package", VERSIONS)
 def test_the_versions_are_the_ones_the_adapter_was_written_for(package: str) -> None:
-    assert metadata.version(package) == VERSIONS[package], (
-        f"{package} is {metadata.version(package)}: re-check app/adapters/tortoise/ against it (the source pins "
-        "below say what moved), then update VERSIONS"
-    )
+    check_version(package, VERSIONS[package], ADAPTER)
 
 
 @pytest.mark.sqlite_only
 @pytest.mark.parametrize("name", SOURCES)
 def test_the_code_the_adapter_replaces_or_mimics_is_unchanged(name: str) -> None:
-    function, pinned = SOURCES[name]
-    assert _digest(function) == pinned, (
-        f"tortoise's {name} changed: re-check app/adapters/tortoise/, then pin the new digest {_digest(function)}"
-    )
+    check_source(name, SOURCES, ADAPTER)
 
 
 async def test_the_private_names_the_adapter_uses_exist(orm: Runtime) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
-from importlib import metadata
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from app.adapters.uvicorn import send_now, text_frame, wire_writer
 from app.api.fanout import Fanout, Member, PreparedFrame, SharedStream
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
+from tests.adapters.pins import check_version
 from tests.support.subscriptions import (
     JOB,
     STATUS,
@@ -39,12 +39,9 @@ from tests.support.subscriptions import (
 )
 
 
-def test_the_versions_are_the_ones_the_adapter_was_written_for() -> None:
-    versions = (metadata.version("uvicorn"), metadata.version("websockets"))
-    assert versions == ("0.54.0", "17.4"), (
-        f"uvicorn {versions[0]} / websockets {versions[1]}: the adapter reads uvicorn's protocol state and frames as "
-        "websockets does; run this file's tests, re-check app/adapters/uvicorn.py, then update the pins"
-    )
+@pytest.mark.parametrize(("package", "pinned"), [("uvicorn", "0.54.0"), ("websockets", "17.4")])
+def test_the_versions_are_the_ones_the_adapter_was_written_for(package: str, pinned: str) -> None:
+    check_version(package, pinned, "app/adapters/uvicorn.py")
 
 
 async def test_uvicorns_send_takes_one_step_while_the_socket_is_writable_and_waits_when_it_is_not() -> None:

@@ -71,55 +71,38 @@ async def _kill_and_time_the_loss(doomed: _Process, observer: ApiProcess, run: R
     return took
 
 
-async def test_a_trigger_on_a_standalone_worker(
-    settings_factory: Callable[..., Settings], orm: Runtime, tmp_path: Path
-) -> None:
-    settings = at_defaults(settings_factory, embedded_worker=False)
-    await make_job(id="triggered-away", type="test_block", enabled=False)
-    with ApiProcess(settings, tmp_path, free_port()) as api, WorkerProcess(settings, tmp_path, "worker") as worker:
+async def _start_run(kind: str, job_id: str, api: ApiProcess, settings: Settings) -> Run:
+    """A run of a blocking job, started by a trigger on `api` or by the job's own schedule."""
+    if kind == "trigger":
+        await make_job(id=job_id, type="test_block", enabled=False)
         async with api.client(headers={"Authorization": f"Bearer {make_token(settings)}"}) as client:
-            assert (await client.post("/api/jobs/triggered-away/trigger")).status_code == 200
-        run = await _started("triggered-away")
-        assert await _kill_and_time_the_loss(worker, api, run, settings) <= PROMISE_SECONDS
+            assert (await client.post(f"/api/jobs/{job_id}/trigger")).status_code == 200
+    else:
+        await make_job(id=job_id, type="test_block", schedule="@every 5s")
+    run = await _started(job_id)
+    assert run.triggered_by == ("scheduler" if kind == "fire" else "user:5")
+    return run
 
 
-async def test_a_scheduled_fire_on_a_standalone_worker(
-    settings_factory: Callable[..., Settings], orm: Runtime, tmp_path: Path
+@pytest.mark.parametrize("kind", ["trigger", "fire"])
+async def test_a_run_on_a_killed_standalone_worker(
+    settings_factory: Callable[..., Settings], orm: Runtime, tmp_path: Path, kind: str
 ) -> None:
     settings = at_defaults(settings_factory, embedded_worker=False)
-    await make_job(id="fired-away", type="test_block", schedule="@every 5s")
     with ApiProcess(settings, tmp_path, free_port()) as api, WorkerProcess(settings, tmp_path, "worker") as worker:
-        run = await _started("fired-away")
-        assert run.triggered_by == "scheduler"
+        run = await _start_run(kind, f"{kind}-away", api, settings)
         assert await _kill_and_time_the_loss(worker, api, run, settings) <= PROMISE_SECONDS
 
 
-async def test_a_trigger_on_an_apis_embedded_worker(
-    settings_factory: Callable[..., Settings], orm: Runtime, tmp_path: Path
+@pytest.mark.parametrize("kind", ["trigger", "fire"])
+async def test_a_run_on_a_killed_apis_embedded_worker(
+    settings_factory: Callable[..., Settings], orm: Runtime, tmp_path: Path, kind: str
 ) -> None:
     doomed_settings = at_defaults(settings_factory, embedded_worker=True)
     observer_settings = at_defaults(settings_factory, embedded_worker=False)
-    await make_job(id="triggered-here", type="test_block", enabled=False)
     with (
         ApiProcess(doomed_settings, tmp_path, free_port(), name="doomed-api") as doomed,
         ApiProcess(observer_settings, tmp_path, free_port(), name="observer-api") as observer,
     ):
-        async with doomed.client(headers={"Authorization": f"Bearer {make_token(doomed_settings)}"}) as client:
-            assert (await client.post("/api/jobs/triggered-here/trigger")).status_code == 200
-        run = await _started("triggered-here")
-        assert await _kill_and_time_the_loss(doomed, observer, run, observer_settings) <= PROMISE_SECONDS
-
-
-async def test_a_scheduled_fire_on_an_apis_embedded_worker(
-    settings_factory: Callable[..., Settings], orm: Runtime, tmp_path: Path
-) -> None:
-    doomed_settings = at_defaults(settings_factory, embedded_worker=True)
-    observer_settings = at_defaults(settings_factory, embedded_worker=False)
-    await make_job(id="fired-here", type="test_block", schedule="@every 5s")
-    with (
-        ApiProcess(doomed_settings, tmp_path, free_port(), name="doomed-api") as doomed,
-        ApiProcess(observer_settings, tmp_path, free_port(), name="observer-api") as observer,
-    ):
-        run = await _started("fired-here")
-        assert run.triggered_by == "scheduler"
+        run = await _start_run(kind, f"{kind}-here", doomed, doomed_settings)
         assert await _kill_and_time_the_loss(doomed, observer, run, observer_settings) <= PROMISE_SECONDS
