@@ -71,14 +71,20 @@ async def _kill_and_time_the_loss(doomed: _Process, observer: ApiProcess, run: R
     return took
 
 
-async def _start_run(kind: str, job_id: str, api: ApiProcess, settings: Settings) -> Run:
-    """A run of a blocking job, started by a trigger on `api` or by the job's own schedule."""
+async def _blocking_job(kind: str, job_id: str) -> None:
+    """A job that runs until it is cancelled: started by a trigger, or by its schedule (made before the processes
+    start, which schedule it as they start)."""
     if kind == "trigger":
         await make_job(id=job_id, type="test_block", enabled=False)
-        async with api.client(headers={"Authorization": f"Bearer {make_token(settings)}"}) as client:
-            assert (await client.post(f"/api/jobs/{job_id}/trigger")).status_code == 200
     else:
         await make_job(id=job_id, type="test_block", schedule="@every 5s")
+
+
+async def _start_run(kind: str, job_id: str, api: ApiProcess, settings: Settings) -> Run:
+    """The job's run, triggered on `api` or fired on its schedule."""
+    if kind == "trigger":
+        async with api.client(headers={"Authorization": f"Bearer {make_token(settings)}"}) as client:
+            assert (await client.post(f"/api/jobs/{job_id}/trigger")).status_code == 200
     run = await _started(job_id)
     assert run.triggered_by == ("scheduler" if kind == "fire" else "user:5")
     return run
@@ -89,6 +95,7 @@ async def test_a_run_on_a_killed_standalone_worker(
     settings_factory: Callable[..., Settings], orm: Runtime, tmp_path: Path, kind: str
 ) -> None:
     settings = at_defaults(settings_factory, embedded_worker=False)
+    await _blocking_job(kind, f"{kind}-away")
     with ApiProcess(settings, tmp_path, free_port()) as api, WorkerProcess(settings, tmp_path, "worker") as worker:
         run = await _start_run(kind, f"{kind}-away", api, settings)
         assert await _kill_and_time_the_loss(worker, api, run, settings) <= PROMISE_SECONDS
@@ -100,6 +107,7 @@ async def test_a_run_on_a_killed_apis_embedded_worker(
 ) -> None:
     doomed_settings = at_defaults(settings_factory, embedded_worker=True)
     observer_settings = at_defaults(settings_factory, embedded_worker=False)
+    await _blocking_job(kind, f"{kind}-here")
     with (
         ApiProcess(doomed_settings, tmp_path, free_port(), name="doomed-api") as doomed,
         ApiProcess(observer_settings, tmp_path, free_port(), name="observer-api") as observer,
