@@ -53,6 +53,18 @@ class Job(Model):
     last_result = fields.CharField(max_length=16, null=True)
     last_duration_ms = fields.IntField(null=True)
     created_at = DatetimeField(auto_now_add=True)
+    # Run lifecycle policy (app.engine.policy reads these): null retry is none, null window the global default.
+    retry: fields.Field[dict[str, object] | None] = fields.JSONField(null=True)
+    # A database default too: the column is added to tables that already hold jobs.
+    overlap = fields.CharField(max_length=16, default="skip", db_default="skip")
+    catch_up_window_seconds = fields.FloatField(null=True)
+    catch_up_policy = fields.CharField(max_length=16, default="latest", db_default="latest")
+    pause_after_failures = fields.IntField(null=True)
+    # Runs (each with all its attempts) that ended in failure since the last success or re-enable.
+    consecutive_failures = fields.IntField(default=0, db_default=0)
+    # The last scheduled fire that did not run, and why (app.engine.skips).
+    last_skipped_at = DatetimeField(null=True)
+    last_skip_reason = fields.CharField(max_length=32, null=True)
     updated_at = DatetimeField(auto_now=True)
 
     class Meta:

@@ -10,8 +10,9 @@ class Run(Model):
     """One execution of a job: the spec's log entry.
 
     `job_id` is a plain column, not a foreign key, so that the runs of a deleted job stay readable.
-    `fire_at` is set for scheduled fires. (job_id, fire_at) is unique, which makes
-    "this fire already ran" durable whatever arq's own dedupe forgets.
+    `fire_at` is set for scheduled fires; `attempt` numbers a run's attempts (retries: app.engine.runs), which share its
+    `fire_at` and `triggered_by`. (job_id, fire_at, attempt) is unique, which makes "this attempt of this fire
+    already ran" durable whatever arq's own dedupe forgets.
     """
 
     id = fields.BigIntField(primary_key=True)
@@ -28,7 +29,7 @@ class Run(Model):
 
     class Meta:
         table = "job_run"
-        unique_together = (("job_id", "fire_at"),)
+        unique_together = (("job_id", "fire_at", "attempt"),)
         indexes = (("job_id", "id"), ("completed_at", "id"))
 
 

@@ -12,7 +12,7 @@ from tortoise.migrations.api import migrate as tortoise_migrate
 from app.adapters.tortoise import setup
 from app.platform.config import Settings
 
-MODEL_MODULES = ["app.data.jobs", "app.data.runs", "app.data.activity", "app.data.app_tables"]
+MODEL_MODULES = ["app.data.jobs", "app.data.runs", "app.data.skipped_fires", "app.data.activity", "app.data.app_tables"]
 APP_LABEL = "models"
 
 
