@@ -25,7 +25,7 @@ from typing import Any
 from arq import Worker
 from arq.connections import ArqRedis, create_pool, log_redis_info
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
-from arq.jobs import serialize_job
+from arq.jobs import deserialize_job, serialize_job
 from arq.logs import default_log_config
 from arq.utils import timestamp_ms
 from arq.worker import logger as arq_logger
@@ -350,6 +350,32 @@ async def forget(redis: Redis, queue_name: str, job_id: str) -> None:
         pipe.zrem(queue_name, job_id)
         pipe.delete(job_key_prefix + job_id, in_progress_key_prefix + job_id, retry_key_prefix + job_id)
         await pipe.execute()
+
+
+# Take a queued job out unless a worker has claimed it: its record (GET) and its place in the queue, atomically.
+_WITHDRAW = """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return false
+end
+local record = redis.call('GET', KEYS[1])
+if not record then
+  return false
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return record
+"""
+
+
+async def withdraw(redis: ArqRedis, job_id: str) -> tuple[Any, ...] | None:
+    """Take a job that no worker has claimed out of the queue, as if never enqueued: its arguments, or None
+    when it is gone or a worker has it (arq's `Job.abort` cannot do this: it takes effect only once a worker
+    polls the job, which for a deferred job is when it comes due)."""
+    keys = [job_key_prefix + job_id, redis.default_queue_name, in_progress_key_prefix + job_id]
+    record = await redis.eval(_WITHDRAW, len(keys), *keys, job_id)  # type: ignore[misc]
+    if not record:
+        return None
+    return tuple(deserialize_job(record, deserializer=redis.job_deserializer).args)
 
 
 async def allow_another_try(redis: Redis, job_id: str) -> None:

@@ -27,7 +27,11 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
     401: ("Missing, malformed, expired or badly signed token", "token_expired", "Token has expired"),
     403: ("The token lacks the settings.update permission", "forbidden", "Permission 'settings.update' is required"),
     404: ("No job with this id", "job_not_found", "Job 'metadata-sync' not found"),
-    409: ("The job is running (or the id exists, or it is built in)", "already_running", "Job is already running"),
+    409: (
+        "The job is running (or the id exists, or it is built in; or, to cancel, nothing runs)",
+        "already_running",
+        "Job is already running",
+    ),
     413: ("Request body over MAX_BODY_BYTES", "payload_too_large", "Request body is larger than 65536 bytes"),
     503: (f"Redis or the database is out of reach; the database says '{DATABASE_DOWN}'", "unavailable", REDIS_DOWN),
 }
@@ -69,6 +73,13 @@ JOB = {
     "timezone": None,
     "timeout": None,
     "builtin": True,
+    "retry": None,
+    "overlap": "skip",
+    "catchUp": {"window": "5m", "policy": "latest"},
+    "pauseAfterFailures": None,
+    "consecutiveFailures": 0,
+    "cancelling": False,
+    "lastSkippedFire": None,
 }
 RUN_PAGE = {
     "logs": [
@@ -81,6 +92,8 @@ RUN_PAGE = {
             "result": "success",
             "triggeredBy": "scheduler",
             "details": "Synced 150 games",
+            "attempt": 1,
+            "fireAt": "2024-01-15T06:00:00.000Z",
         },
         {
             "id": 122,
@@ -91,6 +104,8 @@ RUN_PAGE = {
             "result": "success",
             "triggeredBy": "user:5",
             "details": "Synced 150 games",
+            "attempt": 1,
+            "fireAt": None,
         },
     ],
     "total": 45,
@@ -121,10 +136,31 @@ CREATE_JOB = {
     "payload": {"days_old": 30},
     "enabled": True,
     "timeout": 600,
+    "retry": {"maxAttempts": 3, "backoff": "30s", "maxBackoff": "10m", "multiplier": 2, "jitter": 0.1},
+    "overlap": "skip",
+    "catchUp": {"window": "1h", "policy": "latest"},
+    "pauseAfterFailures": 5,
 }
 STARTED = {"success": True, "message": "Job started successfully"}
 STOPPED = {"success": True, "message": "Job stopped successfully"}
 TRIGGERED = {"success": True, "message": "Job triggered successfully"}
+CANCELLED = {"success": True, "message": "Run cancelled"}
+SKIPPED_PAGE = {
+    "fires": [
+        {
+            "id": 9,
+            "jobId": "metadata-sync",
+            "fireAt": "2024-01-15T12:00:00.000Z",
+            "lastFireAt": "2024-01-15T12:00:00.000Z",
+            "count": 1,
+            "reason": "overlap",
+            "recordedAt": "2024-01-15T12:00:00.004Z",
+        }
+    ],
+    "total": 1,
+    "limit": 50,
+    "offset": 0,
+}
 
 
 def without_422(app: FastAPI) -> None:

@@ -6,12 +6,17 @@ entry point hands over (app.job_types.registry.run). docs/engine.md tells the li
 scheduled fire, the states of a run and of a lease, and the invariants with the tests that guard them.
 
 Inside, one module per concept:
+- policy: a job's retry, overlap, catch-up and auto-pause policy;
 - scheduler: one pending arq fire per enabled job, reconcile, the claim of a fire as it comes due;
 - fires: `fire_job` (the arq function a fire is) and the start of the fires of one instant;
+- skips: the fires that do not run, recorded with their reason;
 - triggers / consumer: a trigger accepted in one Redis call, and every worker's consumer of them;
-- starts: the one start path (lease, run record, `run.started`), for triggers and fires alike;
+- later / later_runs: a retry after its backoff or a buffered fire, queued in arq, and `start_later` that starts it;
+- starts: the one start path (lease, run record, `run.started`), for triggers, fires and later starts alike;
 - runner: one handler under its lease, timeout and record; threads: the calls it left running in threads;
-- runs: the run records (insert, complete, record dropped triggers, reap the lost); leases: the running lease;
+- cancels: cancel a job's current run wherever it executes;
+- runs: the run records (insert, complete and what follows: the next attempt, the failure count, auto-pause;
+  record runs that never started, reap the lost); leases: the running lease;
 - events, groupcommit, redis_clock, waking (the worker that sleeps until there is work), worker (standalone
   and embedded workers), context (what a worker's arq functions share), loops (reaper and reconcile), depth (what
   waits for a worker), metrics_server (a standalone worker's /metrics).
@@ -30,29 +35,67 @@ from redis.exceptions import RedisError
 
 from app.data.jobs import Job
 from app.data.runs import Run
-from app.engine import depth, events, leases, loops, scheduler, threads, triggers
+from app.engine import cancels, depth, events, leases, loops, scheduler, threads, triggers
 from app.engine.events import CHANNEL as EVENTS_CHANNEL
-from app.engine.events import JOB_DELETED
+from app.engine.events import JOB_DELETED, RUN_CANCELLING
 from app.engine.fires import spec_of
 from app.engine.metrics_server import MetricsPortUnavailable
+from app.engine.policy import (
+    BUFFER_ONE,
+    CANCEL_RUNNING,
+    CATCH_UPS,
+    LATEST,
+    MAX_ATTEMPTS,
+    MAX_BACKOFF_SECONDS,
+    MAX_MULTIPLIER,
+    NONE,
+    OVERLAPS,
+    SKIP,
+    CatchUp,
+    Retry,
+    catch_up_of,
+    retry_of,
+)
 from app.engine.runner import HandlerCall, RunHandler
+from app.engine.runs import AUTO_PAUSE, CANCELLED_BY, SYSTEM
+from app.engine.skips import REASONS as SKIP_REASONS
 from app.engine.triggers import QueueUnavailable
 from app.engine.worker import EmbeddedWorker, Prepare, run_standalone
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
 
 __all__ = [
+    "AUTO_PAUSE",
+    "BUFFER_ONE",
+    "CANCELLED_BY",
+    "CANCEL_RUNNING",
+    "CATCH_UPS",
     "EVENTS_CHANNEL",
     "JOB_DELETED",
+    "LATEST",
+    "MAX_ATTEMPTS",
+    "MAX_BACKOFF_SECONDS",
+    "MAX_MULTIPLIER",
+    "NONE",
+    "OVERLAPS",
+    "RUN_CANCELLING",
+    "SKIP",
+    "SKIP_REASONS",
+    "SYSTEM",
+    "CatchUp",
     "Engine",
     "HandlerCall",
     "MetricsPortUnavailable",
     "Prepare",
     "QueueUnavailable",
+    "Retry",
     "RunHandler",
+    "cancel",
+    "catch_up_of",
     "publish",
     "queue_depth",
     "reconcile",
+    "retry_of",
     "run_worker",
     "running",
     "schedule",
@@ -92,18 +135,38 @@ async def unschedule(rt: Runtime, job: Job) -> None:
         log.warning("could not remove the pending fire of deleted job %s; it is dropped when it comes due", job.id)
 
 
-async def running(rt: Runtime, job_ids: Sequence[str]) -> set[str]:
-    """The jobs among these that a run holds (their lease), in one round trip. Without Redis, the jobs with an open
-    run record: the best evidence left, so that reads keep working."""
+async def running(rt: Runtime, job_ids: Sequence[str]) -> dict[str, bool]:
+    """The jobs among these that a run holds (their lease), each with whether a cancel was asked for that run
+    (it is still stopping), in one round trip. Without Redis, the jobs with an open run record: the best evidence
+    left, so that reads keep working."""
     try:
-        held = await leases.holders(rt.redis, job_ids)
+        held = await leases.holders_and_cancels(rt.redis, job_ids)
     except RedisError:
         log.warning("Redis unavailable; reporting running from open run records")
         open_ids = await Run.filter(job_id__in=list(job_ids), completed_at__isnull=True).values_list(
             "job_id", flat=True
         )
-        return {str(j) for j in open_ids}
-    return {job_id for job_id, token in held.items() if token is not None}
+        return {str(j): False for j in open_ids}
+    return {job_id: cancelling for job_id, (token, cancelling) in held.items() if token is not None}
+
+
+async def cancel(rt: Runtime, job: Job, *, actor: str) -> bool:
+    """Cancel the job's current run, wherever it executes (app.engine.cancels): its handler is cancelled within
+    moments and the run recorded as `error` / `cancelled by <actor>` once it has stopped; a retry waiting out
+    its backoff, or a queued start, ends at once, with no further attempts. False when nothing runs.
+    QueueUnavailable when Redis cannot take the request."""
+    details = f"{CANCELLED_BY}{actor}"
+    try:
+        holder = await cancels.request(rt, job.id, details, by="user")
+        if holder is None:
+            return False
+        withdrawn = await cancels.withdraw(rt, job.id, holder, details)
+    except RedisError as exc:
+        raise QueueUnavailable("The job queue (Redis) is unavailable; try again shortly") from exc
+    if not withdrawn:
+        # Still running until its handler stops; a withdrawn start announced its end already.
+        await events.publish(rt.redis, RUN_CANCELLING, job.id, running=True, cancelling=True, details=details)
+    return True
 
 
 async def publish(rt: Runtime, event: str, job_id: str, **data: Any) -> None:

@@ -10,6 +10,7 @@ from app.engine.runner import RunHandler
 from app.platform.runtime import Runtime
 
 if TYPE_CHECKING:
+    from app.engine.cancels import Listener
     from app.engine.consumer import Consumer
     from app.engine.metrics_server import WorkerMetricsServer
 
@@ -22,6 +23,7 @@ class WorkerContext:
     run_handler: RunHandler
     embedded: bool  # inside an API process, whose own triggers it takes directly
     consumer: Consumer | None = None
+    cancel_listener: Listener | None = None
     # A standalone worker's own: its safety-net loops, its /metrics server, the collector settings it replaced.
     loops: list[asyncio.Task[None]] = field(default_factory=list)
     metrics_server: WorkerMetricsServer | None = None

@@ -20,6 +20,9 @@ from app.platform.timefmt import iso_ms, utcnow
 
 CHANNEL = "jg:events"
 JOB_DELETED = "job.deleted"
+JOB_DISABLED = "job.disabled"
+FIRE_BUFFERED = "fire.buffered"
+RUN_CANCELLING = "run.cancelling"
 RUN_QUEUED, RUN_STARTED, RUN_FINISHED, FIRE_SKIPPED = "run.queued", "run.started", "run.finished", "fire.skipped"
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ takes it claims it during the lead (which schedules the next fire), then hands i
 the fires of this process due on it start as one batch through the one start path (app.engine.starts): their
 leases in one Redis call, their run records in one statement, their `run.started` events in one round trip; then
 each handler runs in its own arq job. The lease is taken on the instant, not during the lead: a fire whose job
-is still running then is skipped (overlap policy `forbid`), and `running` and the trigger's 409 begin with the
-run.
+is still running then follows the job's overlap policy (skipped, buffered, or it cancels the running run and
+starts once that has stopped), and `running` and the trigger's 409 begin with the run.
 
 An armed fire whose worker shuts down before its instant is handed back (scheduler.unclaim_fire): the next
 worker to poll runs it, once. A killed worker's armed fires are lost: their claim moved the job to its next
@@ -24,9 +24,10 @@ from typing import Any
 
 from app.data.jobs import Job
 from app.data.runs import Run
-from app.engine import context, runner, runs, scheduler, starts
+from app.engine import cancels, context, leases, policy, runner, runs, scheduler, skips, starts
 from app.engine.groupcommit import per_loop
 from app.platform.runtime import Runtime
+from app.platform.timefmt import iso_ms
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,53 @@ HAND_BACK_PATIENCE_SECONDS = 5.0
 
 async def fire_job(ctx: dict[str, Any], job_id: str, fire_at_iso: str) -> None:
     """A scheduled fire, taken FIRE_LEAD_SECONDS ahead: claim it (at most once), which schedules the next
-    one, then start it on its instant with the others due then, unless its job is still running."""
+    one, then start it on its instant with the others due then, as its job's overlap policy says when the job is
+    still running."""
     worker = context.of(ctx)
     fire_at = datetime.fromisoformat(fire_at_iso)
     job = await scheduler.claim_fire(worker.rt, job_id=job_id, fire_at=fire_at)
     if job is None:
         return
-    run = await starter().start(worker.rt, job, fire_at, ctx.get("job_try", 1))
+    run = await starter().start(worker.rt, job, fire_at)
+    if isinstance(run, Contested):
+        run = await _replace_running(worker.rt, job, fire_at)
     if run is not None:
         await runner.execute(worker.rt, worker.run_handler, spec_of(job), run)
+
+
+class Contested:
+    """A cancel_running fire that found its job running: its caller cancels that run, then starts it."""
+
+
+CONTESTED = Contested()
+Outcome = Run | Contested | None
+# How long a cancel_running fire waits for the run it cancelled to stop, at most (and never past its job's next
+# fire): a handler that ignores cancellation keeps its job, and the fire is skipped (`overlap`).
+REPLACE_PATIENCE_SECONDS = 60.0
+REPLACE_POLL_SECONDS = 0.02
+
+
+async def _replace_running(rt: Runtime, job: Job, fire_at: datetime) -> Run | None:
+    """Overlap policy cancel_running: cancel the job's current run (a retry in its backoff, or a buffered fire,
+    ends at once), wait until its handler has stopped and its lease is free, then start this fire."""
+    details = f"{runs.CANCELLED_BY}policy: overlap cancel_running, for the fire at {iso_ms(fire_at)}"
+    holder = await cancels.request(rt, job.id, details, by="policy")
+    if holder is not None:
+        await cancels.withdraw(rt, job.id, holder, details)
+    patience = REPLACE_PATIENCE_SECONDS
+    if job.next_run_at is not None:
+        patience = min(patience, (job.next_run_at - rt.now()).total_seconds())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0.0, patience)
+    while loop.time() < deadline:
+        if await leases.holder(rt.redis, job.id) is None:
+            break
+        await asyncio.sleep(REPLACE_POLL_SECONDS)
+    # Free by now, or the fire gives up: a last try, whose refusal is recorded as an overlap skip.
+    start = starts.Start(spec_of(job), runs.new_token(), runs.SCHEDULER, fire_at=fire_at)
+    began = await starts.begin(rt, [start])
+    await began.announced
+    return began.runs[0]
 
 
 def spec_of(job: Job) -> runner.JobSpec:
@@ -54,11 +93,10 @@ def spec_of(job: Job) -> runner.JobSpec:
 class _Armed:
     job: Job
     fire_at: datetime
-    attempt: int
     token: str = field(default_factory=runs.new_token)
     taken: bool = False  # its group has started: the batch decides its outcome
     abandoned: bool = False  # cancelled after its group started: the batch closes its run, if any
-    outcome: asyncio.Future[Run | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    outcome: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class FireStarter:
@@ -68,12 +106,13 @@ class FireStarter:
         self._groups: dict[datetime, list[_Armed]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, rt: Runtime, job: Job, fire_at: datetime, attempt: int) -> Run | None:
+    async def start(self, rt: Runtime, job: Job, fire_at: datetime) -> Outcome:
         """Wait for the instant of a claimed fire, then start it with the others due on it: its run, or
-        None when it does not run (still running: skipped; already has a run record).
+        None when it does not run (still running: skipped or buffered; already has a run record), or CONTESTED
+        (still running, and its overlap policy is cancel_running).
 
         Cancelled while armed (shutdown), the fire is handed back before the cancellation goes on."""
-        armed = _Armed(job=job, fire_at=fire_at, attempt=attempt)
+        armed = _Armed(job=job, fire_at=fire_at)
         group = self._groups.get(fire_at)
         if group is None:
             # A fire claimed after its group started (a late claim) forms a new group, started at once.
@@ -114,7 +153,7 @@ class FireStarter:
             log.exception("could not start the %d fires due at %s", len(members), fire_at.isoformat())
             return
         for armed, run in zip(members, started, strict=True):
-            if armed.abandoned and run is not None:
+            if armed.abandoned and isinstance(run, Run):
                 await _close_abandoned(rt, run)
                 run = None
             if not armed.outcome.done():
@@ -126,34 +165,43 @@ class FireStarter:
         return sum(len(g) for g in self._groups.values())
 
 
-async def start_fires(rt: Runtime, fires: list[_Armed]) -> list[Run | None]:
+async def start_fires(rt: Runtime, fires: list[_Armed]) -> list[Outcome]:
     """Start fires due on the same instant (app.engine.starts); a job listed twice starts at most once."""
     first: dict[str, _Armed] = {}
     for armed in fires:
         first.setdefault(armed.job.id, armed)
-    unique = await _still_claimed(list(first.values()))
+    unique = await _still_claimed(rt, list(first.values()))
     began = await starts.begin(
         rt,
-        [starts.Start(spec_of(a.job), a.token, runs.SCHEDULER, fire_at=a.fire_at, attempt=a.attempt) for a in unique],
+        [
+            starts.Start(spec_of(a.job), a.token, runs.SCHEDULER, fire_at=a.fire_at, overlap=policy.overlap_of(a.job))
+            for a in unique
+        ],
     )
     await began.announced  # the events before the handlers: the fires of an instant are announced together
-    started = {id(a): run for a, run in zip(unique, began.runs, strict=True)}
+    started: dict[int, Outcome] = {
+        id(a): CONTESTED if contested else run
+        for a, run, contested in zip(unique, began.runs, began.contested, strict=True)
+    }
     return [started.get(id(a)) if first.get(a.job.id) is a else None for a in fires]
 
 
-async def _still_claimed(fires: list[_Armed]) -> list[_Armed]:
+async def _still_claimed(rt: Runtime, fires: list[_Armed]) -> list[_Armed]:
     """The fires whose job row still holds what their claim left (enabled, the next fire): a job stopped,
-    deleted or rescheduled during the lead gives its armed fire up, as it would have before the claim."""
+    deleted or rescheduled during the lead gives its armed fire up, as it would have before the claim (a stopped
+    job's is recorded as skipped: `disabled`)."""
     rows = await Job.filter(id__in=[a.job.id for a in fires]).values_list("id", "enabled", "next_run_at")
     now = {str(job_id): (bool(enabled), next_run_at) for job_id, enabled, next_run_at in rows}
     kept = []
+    stopped = []
     for armed in fires:
         if now.get(armed.job.id) == (True, armed.job.next_run_at):
             kept.append(armed)
-        else:
-            log.info(
-                "fire %s of %s given up: the job changed while it was armed", armed.fire_at.isoformat(), armed.job.id
-            )
+            continue
+        log.info("fire %s of %s given up: the job changed while it was armed", armed.fire_at.isoformat(), armed.job.id)
+        if now.get(armed.job.id, (True, None))[0] is False:
+            stopped.append(skips.Skip(armed.job.id, armed.fire_at, skips.DISABLED))
+    await skips.record(rt, stopped)
     return kept
 
 

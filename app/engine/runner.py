@@ -21,7 +21,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from app.data.runs import Run
-from app.engine import leases, runs, threads
+from app.engine import cancels, leases, runs, threads
 from app.platform import metrics
 from app.platform.aio import run_to_the_end
 from app.platform.config import Settings
@@ -43,6 +43,7 @@ class HandlerCall:
     type: str
     payload: dict[str, Any]
     settings: Settings
+    attempt: int = 1  # retries of a failed run count up (app.engine.policy)
 
 
 RunHandler = Callable[[HandlerCall], Awaitable[str]]
@@ -82,34 +83,42 @@ async def execute(
     # Each run has its own task: what is bound here names the job and run on every line logged by this run, its
     # handler and its heartbeat (tasks created below copy the context).
     structlog.contextvars.bind_contextvars(job_id=job.id, run_id=run.id)
-    call = HandlerCall(job_id=job.id, run_id=run.id, type=job.type, payload=job.payload, settings=rt.settings)
+    call = HandlerCall(
+        job_id=job.id, run_id=run.id, type=job.type, payload=job.payload, settings=rt.settings, attempt=run.attempt
+    )
     context, calls_in_threads = threads.handler_context()
     handler: asyncio.Task[str] = asyncio.create_task(_call(run_handler, call), context=context)
-    keeper = asyncio.create_task(_keep_lease(rt, run, handler, lost, confirming))
+    # Cancel requests for this run reach its handler through this (app.engine.cancels).
+    watch = cancels.watch(run.token, handler)
+    keeper = asyncio.create_task(_keep_lease(rt, run, watch, lost, confirming))
     if launched is not None and not launched.done():
         launched.set_result(None)
     try:
         try:
-            result, details = await _outcome(handler, timeout, run, lost)
+            result, details = await _outcome(handler, timeout, run, lost, watch)
             await _threads_ended(calls_in_threads, run)
         except asyncio.CancelledError:
             # Shutting down: stop the handler and record the run before the cancellation goes on, whatever further
             # cancellations arrive meanwhile (a shutdown repeats them); the lease is renewed until then.
-            await run_to_the_end(_shut_down(rt, handler, calls_in_threads, run, started))
+            await run_to_the_end(_shut_down(rt, watch, calls_in_threads, run, started))
             raise
     finally:
         keeper.cancel()
+        cancels.unwatch(run.token)
     await _settle(started)
-    await _complete(rt, run, result, details)
+    await _complete(rt, run, result, details, final=watch.details is not None)
 
 
 async def _shut_down(
-    rt: Runtime, handler: asyncio.Task[str], calls: set[Any], run: Run, started: asyncio.Task[None] | None
+    rt: Runtime, watch: cancels.Watch, calls: set[Any], run: Run, started: asyncio.Task[None] | None
 ) -> None:
-    await _stop(handler, run, rt.settings.heartbeat_seconds)
+    await _stop(watch.handler, run, rt.settings.heartbeat_seconds)
     await _threads_ended(calls, run)
     await _settle(started)
-    await _complete(rt, run, runs.ERROR, runs.WORKER_SHUT_DOWN)
+    if watch.details is not None:
+        await _complete(rt, run, runs.ERROR, watch.details, final=True)
+    else:
+        await _complete(rt, run, runs.ERROR, runs.WORKER_SHUT_DOWN)
 
 
 async def _call(run_handler: RunHandler, call: HandlerCall) -> str:
@@ -119,29 +128,27 @@ async def _call(run_handler: RunHandler, call: HandlerCall) -> str:
 async def _keep_lease(
     rt: Runtime,
     run: Run,
-    handler: asyncio.Task[str],
+    watch: cancels.Watch,
     lost: asyncio.Event,
     first: asyncio.Task[leases.Took] | None,
 ) -> None:
     """Renew the lease every HEARTBEAT_SECONDS until cancelled (once the run is over). When it cannot be renewed
     for a whole lease period (moved on, or Redis unreachable), cancel the handler: by then another process may
-    have declared the run lost and started the next one. `first`: a renewal already under way when the handler
-    started, whose answer counts as the first."""
+    have declared the run lost and started the next one. A renewal that finds a cancel asked for the run cancels
+    the handler too (should the request's message have missed this process) and goes on renewing until it has
+    stopped. `first`: a renewal already under way when the handler started, whose answer counts as the first."""
     settings = rt.settings
     last_ok = time.monotonic()
     if first is not None:
-        try:
-            async with asyncio.timeout(settings.heartbeat_seconds):
-                renewed: bool | None = await first != leases.Took.REFUSED
-        except (RedisError, OSError, TimeoutError):
-            log.warning("lease renewal failed for run %s", run.id, exc_info=True)
-            renewed = None
-        if renewed is False:
+        took = await _first_renewal(rt, run, first)
+        if took is leases.Took.REFUSED:
             log.error("run %s of %s does not hold its lease; cancelling the handler", run.id, run.job_id)
             lost.set()
-            handler.cancel()
+            watch.handler.cancel()
             return
-        if renewed:
+        if took is leases.Took.CANCELLED:
+            watch.cancel(await cancels.details_for(rt, run.job_id, run.token) or f"{runs.CANCELLED_BY}request")
+        if took is not None:
             last_ok = time.monotonic()
     while True:
         await asyncio.sleep(settings.heartbeat_seconds)
@@ -151,14 +158,25 @@ async def _keep_lease(
         except (RedisError, OSError, TimeoutError):
             log.warning("lease renewal failed for run %s", run.id, exc_info=True)
             renewed = None
+        if isinstance(renewed, str):
+            watch.cancel(renewed)
         if renewed:
             last_ok = time.monotonic()
             continue
         if renewed is False or time.monotonic() - last_ok >= settings.lease_ttl_seconds - settings.heartbeat_seconds:
             log.error("run %s of %s lost its lease; cancelling the handler", run.id, run.job_id)
             lost.set()
-            handler.cancel()
+            watch.handler.cancel()
             return
+
+
+async def _first_renewal(rt: Runtime, run: Run, first: asyncio.Task[leases.Took]) -> leases.Took | None:
+    try:
+        async with asyncio.timeout(rt.settings.heartbeat_seconds):
+            return await first
+    except (RedisError, OSError, TimeoutError):
+        log.warning("lease renewal failed for run %s", run.id, exc_info=True)
+        return None
 
 
 async def _threads_ended(calls: set[Any], run: Run) -> None:
@@ -178,8 +196,15 @@ async def _settle(started: asyncio.Task[None] | None) -> None:
         await asyncio.gather(started, return_exceptions=True)
 
 
-async def _outcome(handler: asyncio.Task[str], timeout: float, run: Run, lost: asyncio.Event) -> tuple[str, str]:
+async def _outcome(
+    handler: asyncio.Task[str], timeout: float, run: Run, lost: asyncio.Event, watch: cancels.Watch
+) -> tuple[str, str]:
     done, _ = await asyncio.wait({handler}, timeout=timeout)
+    if watch.details is not None:
+        # Cancelled on request: whatever the handler made of it, the run was cancelled (once it has stopped).
+        if not done:
+            await _stop(handler, run, timeout)
+        return runs.ERROR, watch.details
     if not done:
         await _stop(handler, run, timeout)
         return runs.ERROR, f"Timed out after {timeout:g} s"
@@ -212,11 +237,11 @@ async def _stop(handler: asyncio.Task[str], run: Run, patience: float) -> None:
         await asyncio.wait({handler})
 
 
-async def _complete(rt: Runtime, run: Run, result: str, details: str) -> None:
+async def _complete(rt: Runtime, run: Run, result: str, details: str, *, final: bool = False) -> None:
     """A failed write must not turn a real outcome into `worker lost`: retry with backoff."""
     for attempt in range(1, COMPLETE_ATTEMPTS + 1):
         try:
-            await runs.complete(rt, run=run, result=result, details=details)
+            await runs.complete(rt, run=run, result=result, details=details, final=final)
             return
         except Exception:
             if attempt == COMPLETE_ATTEMPTS:

@@ -8,21 +8,28 @@ completion, only by the attempt that owns the run. A stale writer changes nothin
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from redis.exceptions import RedisError
 from tortoise import connections
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import F
 from tortoise.transactions import in_transaction
 
 from app.adapters import arq as arq_protocol
 from app.adapters.tortoise.rows import loaded
+from app.data.activity import Activity
+from app.data.jobs import Job
 from app.data.runs import Run
-from app.engine import events, leases, scheduler
+from app.engine import events, later, leases, scheduler
 from app.engine.groupcommit import GroupCommit, per_loop
+from app.engine.later import Later
+from app.engine.policy import Retry
 from app.platform import metrics
 from app.platform.runtime import Runtime
 from app.platform.timefmt import iso_ms
@@ -33,6 +40,9 @@ SUCCESS, ERROR = "success", "error"
 SCHEDULER = "scheduler"  # triggered_by of scheduled fires
 WORKER_LOST = "worker lost"
 WORKER_SHUT_DOWN = "worker shut down"
+CANCELLED_BY = "cancelled by "  # a cancelled run's details: `cancelled by user:<sub>`, or by policy
+AUTO_PAUSE = "jobs.auto_pause"  # the activity entry (and event reason) of a job that paused itself
+SYSTEM = "system"  # the actor of what the engine does on its own
 # The duration columns are 32-bit on PostgreSQL (24.8 days of ms): a run reaped long after its worker died (a
 # service down for a month) must still close, not fail on every reaper pass.
 MAX_DURATION_MS = 2**31 - 1
@@ -102,37 +112,72 @@ async def record_dropped(rt: Runtime, *, job_id: str, token: str, triggered_by: 
     False when the trigger has a run record already (nothing written)."""
     wait = rt.settings.queued_lease_ttl_seconds
     log.warning("run %s of %s dropped: no worker took it within %s s", token, job_id, wait)
+    details = f"not started: no worker took it within {wait:g} s"
+    return await record_not_started(rt, job_id=job_id, token=token, triggered_by=triggered_by, details=details)
+
+
+async def record_not_started(
+    rt: Runtime,
+    *,
+    job_id: str,
+    token: str,
+    triggered_by: str,
+    details: str,
+    fire_at: datetime | None = None,
+    attempt: int = 1,
+) -> bool:
+    """A run that ends before it started (a trigger dropped or cancelled while queued, a retry cancelled in its
+    backoff): recorded as `error` with `details`, its lease released if it still holds it. False when the token
+    has a run record already (nothing written)."""
     now = rt.now()
     try:
         await Run.create(
             job_id=job_id,
             token=token,
+            attempt=attempt,
             triggered_by=triggered_by,
+            fire_at=fire_at,
             started_at=now,
             completed_at=now,
             duration_ms=0,
             result=ERROR,
-            details=f"not started: no worker took it within {wait:g} s",
+            details=details,
         )
     except IntegrityError:
         return False  # recorded already (a redelivery)
     metrics.run_finished(job_id, ERROR, 0)
-    await events.publish(rt.redis, events.RUN_FINISHED, job_id, running=False, result=ERROR)
+    try:
+        finished = await _hand_on(rt, [leases.Finish(job_id, token)], [None])
+    except RedisError:
+        log.warning("could not release the lease of %s's run %s; it expires by itself", job_id, token)
+        finished = [leases.Finished()]
+    running = finished[0].buffered_fire is not None
+    await events.publish(rt.redis, events.RUN_FINISHED, job_id, running=running, result=ERROR, details=details)
     return True
 
 
-async def complete(rt: Runtime, *, run: Run, result: str, details: str) -> bool:
-    """Close the run and the job's last-run fields, then release the lease. False if it was already closed.
+def is_cancel(details: str) -> bool:
+    return details.startswith(CANCELLED_BY)
+
+
+async def complete(rt: Runtime, *, run: Run, result: str, details: str, final: bool = False) -> bool:
+    """Close the run and the job's last-run fields, then hand its lease on. False if it was already closed.
+
+    A failed run (`error`) is retried when the job's retry policy allows another attempt, unless `final` (it was
+    cancelled) or a cancel was asked for it: the next attempt is queued for after its backoff (app.engine.later)
+    and takes the lease over, so that the job stays running. A failed run that is not retried counts towards the
+    job's pauseAfterFailures; a success resets the count. With no next attempt the lease is released, and a fire
+    buffered behind the run (overlap buffer_one) takes it at once.
 
     Runs that finish at the same moment (a burst of scheduled fires) are closed together: one transaction,
     one Lua call for their leases, one pipeline for their events (app.engine.groupcommit). Each keeps its own
     fenced update, so the outcome is the same as closing them one by one."""
     done_at = rt.now()
     duration = min(MAX_DURATION_MS, max(0, int((done_at - run.started_at).total_seconds() * 1000)))
-    return await _completions().submit(_Completion(rt, run, result, details, done_at, duration))
+    return await _completions().submit(_Completion(rt, run, result, details, done_at, duration, final))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Completion:
     rt: Runtime
     run: Run
@@ -140,54 +185,221 @@ class _Completion:
     details: str
     done_at: datetime
     duration: int
+    final: bool
+    following: Later | None = None  # its next attempt, when the retry policy allows one
+    paused: int = 0  # > 0: this failure paused the job, after this many failed runs in a row
 
 
 async def _complete_many(batch: list[_Completion]) -> list[bool]:
+    closed = await _close(batch)
+    rt = batch[0].rt
+    endings = [leases.Finish(c.run.job_id, c.run.token) for c in batch]
+    try:
+        finished = await _hand_on(
+            rt, endings, [c.following if ok else None for c, ok in zip(batch, closed, strict=True)]
+        )
+    except RedisError:
+        log.warning("could not release the leases of %d runs; they expire by themselves", len(batch))
+        finished = [leases.Finished() for _ in batch]
+    unretried: list[_Completion] = []
+    for c, f in zip(batch, finished, strict=True):
+        if c.following is None:
+            continue
+        if f.retry:
+            metrics.retried(c.run.job_id)
+        elif not f.cancelled:
+            # The next attempt could not take the lease over (another run holds it by now): the run ends its chain
+            # after all, as a failure.
+            unretried.append(c)
+    if unretried:
+        await _count_failures(unretried)
+    await events.publish_all(rt.redis, _finished_events(batch, closed, finished))
+    await _paused(rt, [c for c in batch if c.paused])
+    return closed
+
+
+async def _close(batch: list[_Completion]) -> list[bool]:
+    """The batch's fenced updates, in one transaction; plans each failed run's next attempt, or counts it."""
     closed = [False] * len(batch)
-    run_sql, job_sql = _COMPLETE_SQL[connections.get("default").capabilities.dialect == "postgres"]
+    postgres = connections.get("default").capabilities.dialect == "postgres"
+    run_sql, job_sql, job_ok_sql = _COMPLETE_SQL[postgres]
+    failing = sorted({c.run.job_id for c in batch if c.result != SUCCESS and not c.final})
     async with in_transaction() as conn:
+        retries = await _retry_policies(conn, failing) if failing else {}
         # In job id order, as every batch that updates job rows: concurrent batches never deadlock on PostgreSQL.
         # Plain SQL: building these UPDATEs through the ORM cost more CPU than the rest of a completion.
         for i in sorted(range(len(batch)), key=lambda i: (batch[i].run.job_id, batch[i].run.id)):
             c = batch[i]
             run = c.run
             n, _ = await conn.execute_query(run_sql, [c.done_at, c.duration, c.result, c.details, run.id, run.attempt])
-            if n:
-                # A slower, older run must not overwrite the outcome of a newer one.
-                await conn.execute_query(job_sql, [run.started_at, c.result, c.duration, run.job_id, run.started_at])
             closed[i] = bool(n)
-    rt = batch[0].rt
-    try:
-        await leases.release_many(rt.redis, [(c.run.job_id, c.run.token) for c in batch])
-    except RedisError:
-        log.warning("could not release the leases of %d runs; they expire by themselves", len(batch))
-    finished: list[events.Event] = []
-    for c, ok in zip(batch, closed, strict=True):
-        if ok:
-            metrics.run_finished(c.run.job_id, c.result, c.duration)
-            data: dict[str, object] = {
-                "running": False,
-                "runId": c.run.id,
-                "startedAt": iso_ms(c.run.started_at),  # the job's lastRun as of this event (app.api.live)
-                "result": c.result,
-                "duration": c.duration,
-                "details": c.details,
-            }
-            finished.append((events.RUN_FINISHED, c.run.job_id, data))
-    await events.publish_all(rt.redis, finished)
+            if not n:
+                continue
+            # A slower, older run must not overwrite the outcome of a newer one.
+            sql = job_ok_sql if c.result == SUCCESS else job_sql
+            await conn.execute_query(sql, [run.started_at, c.result, c.duration, run.job_id, run.started_at])
+            if c.result == SUCCESS or c.final:
+                continue
+            retry = retries.get(run.job_id)
+            if retry is not None and retry.allows_after(run.attempt):
+                c.following = _next_attempt(c, retry)
+            else:
+                c.paused = await _count_failure(conn, run)
     return closed
+
+
+def _finished_events(
+    batch: list[_Completion], closed: list[bool], finished: list[leases.Finished]
+) -> list[events.Event]:
+    announced: list[events.Event] = []
+    for c, f, ok in zip(batch, finished, closed, strict=True):
+        if not ok:
+            continue
+        metrics.run_finished(c.run.job_id, c.result, c.duration)
+        data: dict[str, object] = {
+            # Still running when its next attempt, or a fire buffered behind it, holds the lease now.
+            "running": f.retry or f.buffered_fire is not None,
+            "runId": c.run.id,
+            "startedAt": iso_ms(c.run.started_at),  # the job's lastRun as of this event (app.api.live)
+            "result": c.result,
+            "duration": c.duration,
+            "details": c.details,
+            "attempt": c.run.attempt,
+        }
+        if f.retry and c.following is not None and c.following.due is not None:
+            data["nextAttemptAt"] = iso_ms(c.following.due)
+        announced.append((events.RUN_FINISHED, c.run.job_id, data))
+    return announced
+
+
+async def _hand_on(rt: Runtime, endings: list[leases.Finish], following: list[Later | None]) -> list[leases.Finished]:
+    """The leases of runs that end: each to its next attempt, or released (and then to a fire buffered behind it);
+    the next attempts and buffered fires that took a lease are queued to start."""
+    ttl = rt.settings.queued_lease_ttl_seconds
+    now = rt.now()
+    asked = []
+    for end, nxt in zip(endings, following, strict=True):
+        wait = (nxt.due - now).total_seconds() if nxt is not None and nxt.due is not None else 0.0
+        asked.append(
+            leases.Finish(
+                end.job_id,
+                end.token,
+                following=nxt.token if nxt is not None else None,
+                following_ttl=max(0.0, wait) + ttl,
+                buffered_token=new_token(),
+                buffered_ttl=ttl,
+            )
+        )
+    finished = await leases.finish(rt.redis, asked)
+    queued: list[Later] = []
+    for end, nxt, f in zip(asked, following, finished, strict=True):
+        if f.retry and nxt is not None:
+            queued.append(nxt)
+        if f.buffered_fire is not None:
+            fire_at = datetime.fromisoformat(f.buffered_fire)
+            queued.append(Later(end.job_id, end.buffered_token, SCHEDULER, fire_at, 1, due=now))
+            log.info("fire %s of %s starts now, buffered behind the run that ended", f.buffered_fire, end.job_id)
+    try:
+        await later.enqueue(rt.redis, queued)
+    except RedisError:
+        # Their leases lapse within QUEUED_LEASE_TTL_SECONDS (plus the backoff), and the job is free again.
+        log.error("could not queue %d retries and buffered fires; they are lost", len(queued), exc_info=True)
+    return finished
+
+
+def _next_attempt(c: _Completion, retry: Retry) -> Later:
+    delay = retry.delay(c.run.attempt, random.random())
+    log.info(
+        "run %s of %s failed (attempt %d of %d); retrying in %.3f s",
+        c.run.id,
+        c.run.job_id,
+        c.run.attempt,
+        retry.max_attempts,
+        delay,
+    )
+    run = c.run
+    return Later(
+        run.job_id,
+        new_token(),
+        run.triggered_by,
+        run.fire_at,
+        run.attempt + 1,
+        due=c.done_at + timedelta(seconds=delay),
+    )
+
+
+async def _retry_policies(conn: BaseDBAsyncClient, job_ids: list[str]) -> dict[str, Retry | None]:
+    rows = await Job.filter(id__in=job_ids).using_db(conn).values_list("id", "retry")
+    return {str(job_id): Retry.from_row(row) for job_id, row in rows}
+
+
+async def _count_failure(conn: BaseDBAsyncClient, run: Run) -> int:
+    """One more failed run in a row for the job; when that reaches its pauseAfterFailures, the job is disabled,
+    with an activity entry by `system`. How many failures in a row paused it (0: not paused)."""
+    await Job.filter(id=run.job_id).using_db(conn).update(consecutive_failures=F("consecutive_failures") + 1)
+    row = (
+        await Job.filter(id=run.job_id)
+        .using_db(conn)
+        .first()
+        .values("enabled", "consecutive_failures", "pause_after_failures")
+    )
+    if not row or not row["enabled"] or row["pause_after_failures"] is None:
+        return 0
+    failures, limit = int(row["consecutive_failures"]), int(row["pause_after_failures"])
+    if failures < limit:
+        return 0
+    if not await Job.filter(id=run.job_id, enabled=True).using_db(conn).update(enabled=False):
+        return 0
+    details = {
+        "enabled": False,
+        "previous": True,
+        "consecutiveFailures": failures,
+        "pauseAfterFailures": limit,
+        "runId": run.id,
+    }
+    await Activity.create(event=AUTO_PAUSE, actor=SYSTEM, job_id=run.job_id, details=details, using_db=conn)
+    return failures
+
+
+async def _count_failures(batch: list[_Completion]) -> None:
+    try:
+        async with in_transaction() as conn:
+            for c in sorted(batch, key=lambda c: (c.run.job_id, c.run.id)):
+                c.paused = await _count_failure(conn, c.run)
+    except Exception:
+        log.exception("could not count the failures of %d runs", len(batch))
+
+
+async def _paused(rt: Runtime, batch: list[_Completion]) -> None:
+    """Jobs that paused themselves: their pending fire goes, and subscribers are told why."""
+    for c in batch:
+        job_id = c.run.job_id
+        log.warning("job %s paused itself after %d failed runs in a row (pauseAfterFailures)", job_id, c.paused)
+        metrics.auto_paused(job_id)
+        try:
+            job = await Job.get_or_none(id=job_id)
+            if job is not None:
+                await scheduler.reconcile_job(rt, job)
+        except Exception:
+            log.warning("could not remove the pending fire of paused job %s; the reconcile will", job_id, exc_info=True)
+        await events.publish(rt.redis, events.JOB_DISABLED, job_id, enabled=False, reason=AUTO_PAUSE)
 
 
 def _marks(postgres: bool, count: int) -> list[str]:
     return [f"${i}" for i in range(1, count + 1)] if postgres else ["?"] * count
 
 
+_JOB_LAST_RUN = (
+    "UPDATE job SET last_run_at = {}, last_result = {}, last_duration_ms = {}{} "
+    "WHERE id = {} AND (last_run_at IS NULL OR last_run_at <= {})"
+)
 _COMPLETE_SQL = {
     postgres: (
         "UPDATE job_run SET completed_at = {}, duration_ms = {}, result = {}, details = {} "
         "WHERE id = {} AND completed_at IS NULL AND attempt = {}".format(*_marks(postgres, 6)),
-        "UPDATE job SET last_run_at = {}, last_result = {}, last_duration_ms = {} "
-        "WHERE id = {} AND (last_run_at IS NULL OR last_run_at <= {})".format(*_marks(postgres, 5)),
+        _JOB_LAST_RUN.format(*_marks(postgres, 3), "", *_marks(postgres, 5)[3:]),
+        # A success ends any run of failures (pauseAfterFailures counts failures in a row).
+        _JOB_LAST_RUN.format(*_marks(postgres, 3), ", consecutive_failures = 0", *_marks(postgres, 5)[3:]),
     )
     for postgres in (False, True)
 }
@@ -233,7 +445,9 @@ async def reap_lost(rt: Runtime) -> Reaped:
             log.warning("run %s of %s lost its worker", run.id, run.job_id)
             metrics.lease_lost(run.job_id, "worker_lost")
             closed += 1
+        # arq must never re-run it, and its leftovers must not clog the queue: its fire, or its later start.
+        queue = rt.redis.default_queue_name
         if run.fire_at is not None:
-            # arq must never re-run it, and its leftovers must not clog the queue.
-            await arq_protocol.forget(rt.redis, rt.redis.default_queue_name, scheduler.fire_id(run.job_id, run.fire_at))
+            await arq_protocol.forget(rt.redis, queue, scheduler.fire_id(run.job_id, run.fire_at))
+        await arq_protocol.forget(rt.redis, queue, later.arq_job_id(run.token))
     return Reaped(closed, max(0.0, next_pass))

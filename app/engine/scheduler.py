@@ -23,11 +23,11 @@ from tortoise.transactions import in_transaction
 
 from app.adapters import arq as arq_protocol
 from app.data.jobs import Job
+from app.engine import policy, skips
 from app.engine.groupcommit import GroupCommit, per_loop
 from app.engine.waking import wake_channel, wake_workers
-from app.platform import metrics
 from app.platform.runtime import Runtime
-from app.platform.schedule import MIN_INTERVAL, Schedule, catch_up, validate_schedule
+from app.platform.schedule import MIN_INTERVAL, Schedule, validate_schedule
 
 log = logging.getLogger(__name__)
 
@@ -103,23 +103,26 @@ def arm_lead(rt: Runtime, schedule: Schedule) -> float:
     return min(lead, gap.total_seconds() / 2)
 
 
-def _replacement(schedule: Schedule, current: datetime, now: datetime, grace: timedelta) -> datetime:
-    """For a fire that can no longer run on time: the latest fire missed within the grace window
-    (run once, however many were missed), else the next one. Never a burst of catch-up runs."""
-    return catch_up(schedule, current - timedelta(microseconds=1), now, grace) or schedule.next_after(now)
+def _replacement(job: Job, rt: Runtime, first: datetime, now: datetime) -> tuple[datetime, list[skips.Skip]]:
+    """For fires from `first` on that can no longer run on time (no worker ran): the one the job's catch-up
+    policy runs (`latest`: the latest missed within its window, once, however many were missed), else the next
+    fire; and the missed ones that do not run, to record. Never a burst of catch-up runs."""
+    schedule = schedule_of(job, rt)
+    missed = skips.plan_missed(job.id, schedule, first, now, policy.catch_up_of(job, rt.settings))
+    return missed.run_at or schedule.next_after(now), missed.skips
 
 
-async def _desired_fire(job: Job, rt: Runtime, now: datetime) -> datetime:
-    """The fire to keep enqueued for an enabled job."""
+async def _desired_fire(job: Job, rt: Runtime, now: datetime) -> tuple[datetime, list[skips.Skip]]:
+    """The fire to keep enqueued for an enabled job, and the missed fires to record if it moves there."""
     current: datetime | None = job.next_run_at
     schedule = schedule_of(job, rt)
     if current is None:
         # Newly enabled: start from now, no catch-up for a time the job was not scheduled.
-        return schedule.next_after(now)
+        return schedule.next_after(now), []
     if current > now or (await fires_pending(rt, [(job.id, current)]))[0]:
-        return current
+        return current, []
     # Due, yet arq no longer holds it: Redis lost it while no worker ran.
-    return _replacement(schedule, current, now, timedelta(seconds=rt.settings.misfire_grace_seconds))
+    return _replacement(job, rt, current, now)
 
 
 async def reconcile_job(rt: Runtime, job: Job) -> datetime | None:
@@ -129,9 +132,10 @@ async def reconcile_job(rt: Runtime, job: Job) -> datetime | None:
             await cancel_fire(rt, job_id=job.id, fire_at=job.next_run_at)
             await Job.filter(id=job.id, enabled=False, next_run_at=job.next_run_at).update(next_run_at=None)
         return None
-    desired = await _desired_fire(job, rt, rt.now())
+    desired, missed = await _desired_fire(job, rt, rt.now())
     if desired != job.next_run_at and not await _move(job, desired):
         return None  # someone else changed the row meanwhile; they reconcile it
+    await skips.record(rt, missed)
     await enqueue_fires(rt, [(job.id, desired, arm_lead(rt, schedule_of(job, rt)))])
     return desired
 
@@ -174,11 +178,11 @@ RECONCILE_BATCH = 500
 async def _reconcile_enabled(rt: Runtime, jobs: list[Job]) -> int:
     """reconcile_job for a batch of enabled jobs, with the same outcome."""
     now = rt.now()
-    grace = timedelta(seconds=rt.settings.misfire_grace_seconds)
     due = [j for j in jobs if j.next_run_at is not None and j.next_run_at <= now]
     pending = await fires_pending(rt, [(j.id, j.next_run_at) for j in due if j.next_run_at])
     held = {j.id for j, p in zip(due, pending, strict=True) if p}
     wanted: list[tuple[Job, datetime]] = []
+    missed: list[skips.Skip] = []
     upcoming: dict[Schedule, datetime] = {}  # jobs sharing a schedule share its next fire after `now`
     for job in jobs:
         try:
@@ -191,11 +195,14 @@ async def _reconcile_enabled(rt: Runtime, jobs: list[Job]) -> int:
             elif current > now or job.id in held:
                 wanted.append((job, current))
             else:
-                wanted.append((job, _replacement(schedule_of(job, rt), current, now, grace)))
+                fire, not_run = _replacement(job, rt, current, now)
+                wanted.append((job, fire))
+                missed += not_run
         except Exception:
             log.exception("could not reconcile job %s", job.id)
     moves = [(job, fire) for job, fire in wanted if fire != job.next_run_at]
     lost = await _move_many(moves) if moves else set()
+    await skips.record(rt, [s for s in missed if s.job_id not in lost])
     fires = [(job.id, fire, arm_lead(rt, schedule_of(job, rt))) for job, fire in wanted if job.id not in lost]
     await enqueue_fires(rt, fires)
     return len(wanted)
@@ -204,9 +211,11 @@ async def _reconcile_enabled(rt: Runtime, jobs: list[Job]) -> int:
 async def claim_fire(rt: Runtime, *, job_id: str, fire_at: datetime) -> Job | None:
     """Advance the job past this fire and enqueue the next; returns the job only to the one caller that wins.
 
-    A fire that is stale (job gone, disabled, rescheduled) or already claimed returns None. So does a
-    fire that comes due later than the grace window (every worker was down): the latest missed fire
-    within the window is enqueued in its place, to run once.
+    A fire that is stale (job gone, disabled, rescheduled) or already claimed returns None (a disabled job's
+    is recorded as skipped). So does a fire claimed later than its job's catch-up window after its instant
+    (every worker was down), or once its next fire is due too: the job's catch-up policy says which missed fire,
+    if any, is enqueued in its place, to run once, and the missed fires that do not run are recorded
+    (app.engine.skips). A fire claimed late within its window, with no later fire due yet, runs.
 
     Claims made at the same moment (the fires of a burst, taken ahead together) share one read, one
     transaction and one enqueue pipeline (app.engine.groupcommit); each stays its own compare-and-set.
@@ -224,45 +233,70 @@ class _Claim:
 
 async def _claim_many(claims: list[_Claim]) -> list[Job | None]:
     jobs = {job.id: job for job in await Job.filter(id__in={c.job_id for c in claims})}
-    # (index, claim, job, following, late); a job claimed twice in one batch: the first claim only.
-    moves: dict[str, tuple[int, _Claim, Job, datetime, bool]] = {}
+    moves: dict[str, _Move] = {}  # a job claimed twice in one batch: the first claim only
+    stopped: list[skips.Skip] = []
     for i, c in enumerate(claims):
         job = jobs.get(c.job_id)
+        if job is not None and not job.enabled and job.next_run_at in (None, c.fire_at):
+            stopped.append(skips.Skip(job.id, c.fire_at, skips.DISABLED))  # stopped while on its way
         if job is None or not job.enabled or job.next_run_at != c.fire_at or job.id in moves:
             continue
-        schedule = schedule_of(job, c.rt)
-        grace = timedelta(seconds=c.rt.settings.misfire_grace_seconds)
-        late = c.now - c.fire_at > grace
-        if late:
-            following = _replacement(schedule, c.fire_at, c.now, grace)
-        else:
-            # Claimed late (a busy pool) with the next fire already due: that one still runs, at once, as
-            # after downtime (the latest due one only: never a burst); otherwise the next fire after now.
-            following = catch_up(schedule, c.fire_at, c.now, grace) or schedule.next_after(max(c.now, c.fire_at))
-        moves[job.id] = (i, c, job, following, late)
-    won: list[tuple[int, _Claim, Job, datetime, bool]] = []
+        moves[job.id] = _plan_claim(i, c, job)
+    won: list[_Move] = []
     if moves:
         sql = _CLAIM_SQL[connections.get("default").capabilities.dialect == "postgres"]
         async with in_transaction() as conn:
             # In id order, as every batch that moves job rows: concurrent batches never deadlock on PostgreSQL.
             # Plain SQL: building the same UPDATE through the ORM cost more CPU than the rest of a claim.
             for job_id in sorted(moves):
-                i, c, job, following, late = moves[job_id]
-                moved, _ = await conn.execute_query(sql, [following, job.id, job.next_run_at])
+                move = moves[job_id]
+                moved, _ = await conn.execute_query(sql, [move.following, move.job.id, move.job.next_run_at])
                 if moved:
-                    won.append(moves[job_id])
+                    won.append(move)
+            # Only the claim that moved the row records what was missed: once, whoever else claimed.
+            await skips.write(conn, [s for move in won for s in move.missed], claims[0].now)
+    await skips.record(claims[0].rt, stopped)
     results: list[Job | None] = [None] * len(claims)
     if not won:
         return results
-    for i, c, job, following, late in won:
-        job.next_run_at = following
-        if late:
-            log.info("fire %s of %s skipped: %s late, past the grace window", c.fire_at, c.job_id, c.now - c.fire_at)
-            metrics.fire_missed(c.job_id)
+    for move in won:
+        move.job.next_run_at = move.following
+        if move.late:
+            log.info(
+                "fire %s of %s not run: claimed %s late (its catch-up policy)",
+                move.claim.fire_at,
+                move.job.id,
+                move.claim.now - move.claim.fire_at,
+            )
         else:
-            results[i] = job
-    await _enqueue_following(won[0][1].rt, [(c, job, following) for _, c, job, following, _ in won])
+            results[move.index] = move.job
+    rt = won[0].claim.rt
+    await skips.announce(rt, [s for move in won for s in move.missed])
+    await _enqueue_following(rt, [(move.claim, move.job, move.following) for move in won])
     return results
+
+
+@dataclass(slots=True)
+class _Move:
+    index: int
+    claim: _Claim
+    job: Job
+    following: datetime  # the job's next fire once this one is claimed
+    late: bool  # left to the catch-up policy (past its window, or a later fire due): this fire does not run
+    missed: list[skips.Skip]
+
+
+def _plan_claim(index: int, c: _Claim, job: Job) -> _Move:
+    following = schedule_of(job, c.rt).next_after(c.fire_at)
+    late = c.now - c.fire_at > timedelta(seconds=policy.catch_up_of(job, c.rt.settings).window)
+    if not late and following > c.now:
+        return _Move(index, c, job, following, False, [])  # on time, or late within its window: it runs
+    # Past its window, or a later fire is due already (no worker could take them in time: an outage, a saturated
+    # pool): the job's catch-up policy decides over all of them, this one included, as after downtime. `latest`
+    # runs the latest within the window, once, at once; `none` runs none. Never a burst, and never this late one
+    # and the latest one on each other's heels.
+    following, missed = _replacement(job, c.rt, c.fire_at, c.now)
+    return _Move(index, c, job, following, True, missed)
 
 
 async def _enqueue_following(rt: Runtime, won: list[tuple[_Claim, Job, datetime]]) -> None:

@@ -1,7 +1,8 @@
 """The arq workers: a standalone worker process (`jobs-gateway worker`) and the API's embedded one.
 
-Both are `WakingWorker`s (app.engine.waking) with one arq function, `fire_job` (app.engine.fires), and one
-consumer of triggers (app.engine.consumer). A standalone worker also does what the API's start-up does in an
+Both are `WakingWorker`s (app.engine.waking) with two arq functions, `fire_job` (app.engine.fires) and
+`start_later` (app.engine.later_runs), one consumer of triggers (app.engine.consumer) and one listener of cancel
+requests (app.engine.cancels). A standalone worker also does what the API's start-up does in an
 API process: it checks the schema, connects the database, calls the entry point's `prepare` (which loads the job
 types and registers the built-in jobs), reconciles the schedule and runs the safety nets (app.engine.loops).
 """
@@ -19,9 +20,10 @@ import uvloop
 from arq.worker import func
 
 from app.adapters.arq import WORKER_KEY, ArqWorker, arq_log_config
-from app.engine import context, loops, scheduler, threads, triggers
+from app.engine import cancels, context, loops, scheduler, threads, triggers
 from app.engine.consumer import Consumer
 from app.engine.fires import fire_job
+from app.engine.later_runs import start_later
 from app.engine.metrics_server import WorkerMetricsServer
 from app.engine.runner import RunHandler
 from app.engine.waking import WakingWorker
@@ -46,11 +48,11 @@ RESTART_DELAY_SECONDS = 1.0
 
 
 def options(settings: Settings) -> dict[str, Any]:
-    """The arq Worker's options from Settings. max_tries=1: arq must never silently re-run a lost run; the runner
-    records it instead, and the next fire is the retry."""
+    """The arq Worker's options from Settings. max_tries=1: arq must never silently re-run a lost run; the reaper
+    records it instead, and the job's retry policy (app.engine.later) or its next fire runs it again."""
     per_function = {"timeout": ARQ_TIMEOUT_SECONDS, "max_tries": 1, "keep_result": 0}
     return {
-        "functions": [func(fire_job, **per_function)],  # type: ignore[arg-type]
+        "functions": [func(fire_job, **per_function), func(start_later, **per_function)],  # type: ignore[arg-type]
         "redis_settings": worker_redis_settings(settings),
         "poll_delay": settings.worker_poll_delay,
         "idle_poll_seconds": settings.worker_idle_poll_seconds,
@@ -64,9 +66,11 @@ def options(settings: Settings) -> dict[str, Any]:
 
 
 async def _start_consumer(ctx: dict[str, Any]) -> None:
-    """on_startup of both kinds: this worker's consumer of triggers (and, embedded, the API's own triggers)."""
+    """on_startup of both kinds: this worker's consumer of triggers (and, embedded, the API's own triggers), and
+    its listener of cancel requests."""
     worker = context.of(ctx)
     arq_worker: ArqWorker = ctx[WORKER_KEY]
+    worker.cancel_listener = cancels.Listener(worker.rt)
     worker.consumer = Consumer(arq_worker, worker.rt, worker.run_handler)
     if worker.embedded:
         triggers.set_local_runner(worker.rt, worker.consumer)
@@ -79,6 +83,10 @@ async def _stop_consumer(ctx: dict[str, Any]) -> None:
         if triggers.local_runner(worker.rt) is consumer:
             triggers.set_local_runner(worker.rt, None)
         await consumer.stop()
+    # Last: the runs still finishing meanwhile can still be cancelled.
+    listener, worker.cancel_listener = worker.cancel_listener, None
+    if listener is not None:
+        await listener.stop()
 
 
 # --- Standalone ------------------------------------------------------------------------------------------------

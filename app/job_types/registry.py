@@ -36,6 +36,7 @@ class RunContext:
     payload: Any
     settings: Settings
     log: logging.Logger
+    attempt: int = 1  # 1, then 2, 3… for the retries of a failed run (the job's `retry` policy)
 
 
 Handler = Callable[[RunContext], Awaitable[str]]
@@ -108,6 +109,7 @@ async def run(call: HandlerCall) -> str:
         payload=job_type.payload_model.model_validate(call.payload),
         settings=call.settings,
         log=logging.getLogger(f"jobs.{call.job_id}"),
+        attempt=call.attempt,
     )
     return await job_type.handler(ctx)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import strawberry
 from strawberry.dataloader import DataLoader
@@ -18,9 +19,45 @@ from app.jobs.service import JobState
 from app.platform.errors import AppError
 from app.platform.pagination import Page
 from app.runs import service as runs_service
-from app.runs.graphql import JobLogPageType
+from app.runs.graphql import JobLogPageType, SkippedFirePageType
 
 LogKey = tuple[str, int | None, int | None]
+
+
+@strawberry.type(name="RetryPolicy", description="How often, and how long apart, a failed run is attempted again.")
+class RetryPolicyType:
+    max_attempts: int
+    backoff: str = strawberry.field(description="Go duration before the first retry.")
+    max_backoff: str = strawberry.field(description="Go duration no retry waits longer than.")
+    multiplier: float
+    jitter: float
+
+
+@strawberry.type(name="CatchUp", description="How late a fire may start, and what runs of fires missed in an outage.")
+class CatchUpType:
+    window: str
+    policy: str
+
+
+@strawberry.type(name="SkippedFireRef", description="The job's latest fire that did not run, and why.")
+class SkippedFireRefType:
+    fire_at: str
+    reason: str
+
+
+def _nested(fields: dict[str, Any]) -> dict[str, Any]:
+    """The job's object fields as GraphQL types (job_fields gives them as their wire dicts)."""
+    retry, catch_up, skipped = fields["retry"], fields["catch_up"], fields["last_skipped_fire"]
+    return {
+        **fields,
+        "retry": None if retry is None else RetryPolicyType(**_snaked(retry)),
+        "catch_up": CatchUpType(**catch_up),
+        "last_skipped_fire": None if skipped is None else SkippedFireRefType(**_snaked(skipped)),
+    }
+
+
+def _snaked(wire: dict[str, Any]) -> dict[str, Any]:
+    return {"".join("_" + c.lower() if c.isupper() else c for c in k): v for k, v in wire.items()}
 
 
 @strawberry.type(name="Job", description="The REST job object, field for field, plus its recent runs.")
@@ -40,10 +77,17 @@ class JobType:
     timezone: str | None
     timeout: float | None
     builtin: bool
+    retry: RetryPolicyType | None
+    overlap: str
+    catch_up: CatchUpType
+    pause_after_failures: int | None
+    consecutive_failures: int
+    cancelling: bool = strawberry.field(description="A cancel was asked and the handler has not stopped yet.")
+    last_skipped_fire: SkippedFireRefType | None
 
     @classmethod
     def of(cls, state: JobState) -> JobType:
-        return cls(**job_fields(state))
+        return cls(**_nested(job_fields(state)))
 
     @strawberry.field(description="This job's runs, newest first; batched across jobs.")
     async def logs(self, info: strawberry.Info, limit: int | None = 50, offset: int | None = 0) -> JobLogPageType:
@@ -55,6 +99,10 @@ class JobType:
             loader = loaders["job_logs"] = DataLoader(_load_logs, cache=False)
         return JobLogPageType.of(await loader.load((str(self.id), limit, offset)))
 
+    @strawberry.field(description="This job's scheduled fires that did not run, with the reason; newest first.")
+    async def skipped_fires(self, limit: int | None = 50, offset: int | None = 0) -> SkippedFirePageType:
+        return SkippedFirePageType.of(await runs_service.list_skipped(job_id=str(self.id), limit=limit, offset=offset))
+
 
 async def _load_logs(keys: list[LogKey]) -> list[Page[Run]]:
     """One batch per distinct (limit, offset): a list of 100 jobs costs a constant number of queries."""
@@ -64,6 +112,21 @@ async def _load_logs(keys: list[LogKey]) -> list[Page[Run]]:
         pages = await runs_service.pages_for_jobs(job_ids=ids, limit=limit, offset=offset)
         found.update({(job_id, limit, offset): page for job_id, page in pages.items()})
     return [found[k] for k in keys]
+
+
+@strawberry.input(name="RetryPolicyInput", description="`retry` of a job; durations are Go durations.")
+class RetryPolicyInput:
+    max_attempts: int
+    backoff: str | None = strawberry.UNSET
+    max_backoff: str | None = strawberry.UNSET
+    multiplier: float | None = strawberry.UNSET
+    jitter: float | None = strawberry.UNSET
+
+
+@strawberry.input(name="CatchUpInput", description="`catchUp` of a job: window (Go duration), policy latest or none.")
+class CatchUpInput:
+    window: str | None = strawberry.UNSET
+    policy: str | None = strawberry.UNSET
 
 
 @strawberry.input(name="CreateJobInput", description="Exactly one of interval (Go duration) or schedule.")
@@ -78,6 +141,22 @@ class CreateJobInput:
     enabled: bool | None = strawberry.UNSET
     timeout: float | None = strawberry.UNSET
     timezone: str | None = strawberry.UNSET
+    retry: RetryPolicyInput | None = strawberry.UNSET
+    overlap: str | None = strawberry.UNSET
+    catch_up: CatchUpInput | None = strawberry.UNSET
+    pause_after_failures: int | None = strawberry.UNSET
+
+
+def _sent(obj: object) -> dict[str, Any]:
+    """An input's fields the client sent, by their wire names: an explicit null reaches the same validation as
+    REST's, and a nested input becomes the object REST would have received."""
+    sent: dict[str, Any] = {}
+    for name, value in vars(obj).items():
+        if value is strawberry.UNSET:
+            continue
+        key = name.split("_")[0] + "".join(part.title() for part in name.split("_")[1:])
+        sent[key] = _sent(value) if isinstance(value, RetryPolicyInput | CatchUpInput) else value
+    return sent
 
 
 @strawberry.type(name="JobActionResult")
@@ -110,8 +189,7 @@ class JobMutation:
     @strawberry.mutation(description="Create a job of a registered type; its first fire is scheduled.")
     async def create_job(self, info: strawberry.Info, input: CreateJobInput) -> JobType:
         ctx = info.context
-        # Only what the client sent: an explicit null reaches the same validation as REST's.
-        data = {k: v for k, v in vars(input).items() if v is not strawberry.UNSET}
+        data = _sent(input)
         data["id"] = str(input.id)
         return JobType.of(await jobs_service.create(ctx.runtime, data=data, actor=ctx.admin().actor))
 
@@ -139,6 +217,15 @@ class JobMutation:
         await runs_service.trigger(ctx.runtime, job_id=str(id), actor=ctx.admin().actor)
         state = await jobs_service.get(ctx.runtime, job_id=str(id))
         return JobActionResultType(success=True, message="Job triggered successfully", job=JobType.of(state))
+
+    @strawberry.mutation(
+        description="Cancel the job's current run wherever it executes; CONFLICT (not_running) when none runs."
+    )
+    async def cancel_job_run(self, info: strawberry.Info, id: strawberry.ID) -> JobActionResultType:
+        ctx = info.context
+        await runs_service.cancel(ctx.runtime, job_id=str(id), actor=ctx.admin().actor)
+        state = await jobs_service.get(ctx.runtime, job_id=str(id))
+        return JobActionResultType(success=True, message="Run cancelled", job=JobType.of(state))
 
 
 @strawberry.type

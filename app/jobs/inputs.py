@@ -2,11 +2,93 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import timedelta
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
+from app import engine
+from app.platform.schedule import MAX_INTERVAL, ScheduleError, format_go_duration, parse_go_duration
 from app.platform.validation import validated
+
+MAX_BACKOFF = timedelta(seconds=engine.MAX_BACKOFF_SECONDS)
+DEFAULT_BACKOFF = "10s"
+DEFAULT_MAX_BACKOFF = timedelta(hours=1)
+MAX_PAUSE_AFTER_FAILURES = 10_000
+
+
+def _duration(text: str, longest: timedelta) -> timedelta:
+    try:
+        value = parse_go_duration(text)
+    except ScheduleError as exc:
+        raise ValueError(str(exc)) from None
+    if value > longest:
+        raise ValueError(f"{text!r} is longer than {format_go_duration(longest)}")
+    return value
+
+
+class RetryInput(BaseModel):
+    """`retry`: how often, and how long apart, a failed run is attempted again."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    max_attempts: int = Field(alias="maxAttempts", ge=1, le=engine.MAX_ATTEMPTS)
+    backoff: str = Field(default=DEFAULT_BACKOFF, max_length=64)
+    max_backoff: str | None = Field(default=None, alias="maxBackoff", max_length=64)
+    multiplier: float = Field(default=2.0, ge=1, le=engine.MAX_MULTIPLIER)
+    jitter: float = Field(default=0.0, ge=0, le=1)
+
+    @field_validator("backoff")
+    @classmethod
+    def _backoff(cls, text: str) -> str:
+        _duration(text, MAX_BACKOFF)
+        return text
+
+    @field_validator("max_backoff")
+    @classmethod
+    def _max_backoff(cls, text: str | None, info: ValidationInfo) -> str | None:
+        if text is None:
+            return None
+        longest = _duration(text, MAX_BACKOFF)
+        backoff = info.data.get("backoff")
+        if isinstance(backoff, str) and longest < _duration(backoff, MAX_BACKOFF):
+            raise ValueError(f"{text!r} is shorter than backoff {backoff!r}")
+        return text
+
+    def policy(self) -> engine.Retry:
+        backoff = _duration(self.backoff, MAX_BACKOFF)
+        longest = (
+            _duration(self.max_backoff, MAX_BACKOFF)
+            if self.max_backoff is not None
+            else max(backoff, DEFAULT_MAX_BACKOFF)
+        )
+        return engine.Retry(
+            max_attempts=self.max_attempts,
+            backoff=backoff.total_seconds(),
+            max_backoff=longest.total_seconds(),
+            multiplier=float(self.multiplier),
+            jitter=float(self.jitter),
+        )
+
+
+class CatchUpInput(BaseModel):
+    """`catchUp`: how late a fire may still start, and what runs of the fires missed while no worker ran."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    window: str | None = Field(default=None, max_length=64)
+    policy: Literal["latest", "none"] = "latest"
+
+    @field_validator("window")
+    @classmethod
+    def _go_duration(cls, text: str | None) -> str | None:
+        if text is not None:
+            _duration(text, MAX_INTERVAL)
+        return text
+
+    def window_seconds(self) -> float | None:
+        """None: the global MISFIRE_GRACE_SECONDS."""
+        return None if self.window is None else _duration(self.window, MAX_INTERVAL).total_seconds()
 
 
 class JobCreate(BaseModel):
@@ -23,6 +105,13 @@ class JobCreate(BaseModel):
     enabled: StrictBool = True
     timeout: float | None = Field(default=None, gt=0, le=24 * 3600)
     timezone: str | None = Field(default=None, max_length=64)
+    # Run lifecycle policy (app.engine.policy); left out, each keeps the behaviour jobs had before it existed.
+    retry: RetryInput | None = None
+    overlap: Literal["skip", "buffer_one", "cancel_running"] = "skip"
+    catch_up: CatchUpInput | None = Field(default=None, alias="catchUp")
+    pause_after_failures: int | None = Field(
+        default=None, alias="pauseAfterFailures", ge=1, le=MAX_PAUSE_AFTER_FAILURES
+    )
 
 
 def parse_job_create(data: object) -> JobCreate:

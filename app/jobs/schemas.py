@@ -1,12 +1,39 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictBool
 
+from app import engine
 from app.api.schemas import CamelModel
 from app.jobs.service import JobState
+from app.platform.schedule import format_go_duration
 from app.platform.timefmt import iso_ms
+
+
+class RetryOut(CamelModel):
+    """`retry` as the job applies it, durations as Go durations."""
+
+    max_attempts: int
+    backoff: str
+    max_backoff: str
+    multiplier: float
+    jitter: float
+
+
+class CatchUpOut(CamelModel):
+    """`catchUp` as the job applies it: its own or the global default window."""
+
+    window: str
+    policy: str
+
+
+class SkippedFireRef(CamelModel):
+    """The job's latest fire that did not run, and why."""
+
+    fire_at: str
+    reason: str
 
 
 class JobOut(CamelModel):
@@ -27,6 +54,13 @@ class JobOut(CamelModel):
     timezone: str | None
     timeout: float | None
     builtin: bool
+    retry: RetryOut | None
+    overlap: str
+    catch_up: CatchUpOut
+    pause_after_failures: int | None
+    consecutive_failures: int
+    cancelling: bool
+    last_skipped_fire: SkippedFireRef | None
 
     @classmethod
     def of(cls, state: JobState) -> JobOut:
@@ -52,7 +86,37 @@ def _job_values(state: JobState) -> tuple[Any, ...]:
         job.timezone,
         job.timeout_seconds,
         job.builtin,
+        _retry(engine.retry_of(job)),
+        job.overlap,
+        {"window": _seconds(state.catch_up.window), "policy": state.catch_up.policy},
+        job.pause_after_failures,
+        job.consecutive_failures,
+        state.cancelling,
+        _skipped(state),
     )
+
+
+def _seconds(seconds: float) -> str:
+    return format_go_duration(timedelta(seconds=seconds))
+
+
+def _retry(retry: engine.Retry | None) -> dict[str, Any] | None:
+    if retry is None:
+        return None
+    return {
+        "maxAttempts": retry.max_attempts,
+        "backoff": _seconds(retry.backoff),
+        "maxBackoff": _seconds(retry.max_backoff),
+        "multiplier": retry.multiplier,
+        "jitter": retry.jitter,
+    }
+
+
+def _skipped(state: JobState) -> dict[str, Any] | None:
+    job = state.job
+    if job.last_skipped_at is None or job.last_skip_reason is None:
+        return None
+    return {"fireAt": iso_ms(job.last_skipped_at), "reason": job.last_skip_reason}
 
 
 _NAMES = tuple(JobOut.model_fields)
@@ -60,7 +124,8 @@ _WIRE_NAMES = tuple(field.alias or name for name, field in JobOut.model_fields.i
 
 
 def job_fields(state: JobState) -> dict[str, Any]:
-    """The job object's fields by their Python names; REST and GraphQL both render these."""
+    """The job object's fields by their Python names (an object field's own fields camelCase, as on the wire);
+    REST and GraphQL both render these."""
     return dict(zip(_NAMES, _job_values(state), strict=True))
 
 

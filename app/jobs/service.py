@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +28,13 @@ from app.platform.schedule import FORMS, ScheduleError, interval_to_schedule, va
 
 @dataclass(frozen=True)
 class JobState:
-    """A job row plus what only Redis knows: whether a run holds its lease."""
+    """A job row plus what only Redis knows: whether a run holds its lease, and whether that run was asked to
+    stop and has not yet; and the job's catch-up policy as it applies (its own, or the global default)."""
 
     job: Job
     running: bool
+    cancelling: bool
+    catch_up: engine.CatchUp
 
     @property
     def next_run(self) -> datetime | None:
@@ -38,28 +42,50 @@ class JobState:
         return self.job.next_run_at if self.job.enabled else None
 
 
+def _state(rt: Runtime, job: Job, running: dict[str, bool]) -> JobState:
+    cancelling = running.get(job.id)
+    return JobState(
+        job=job,
+        running=cancelling is not None,
+        cancelling=bool(cancelling),
+        catch_up=engine.catch_up_of(job, rt.settings),
+    )
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def as_of_event(state: JobState, event: dict[str, Any]) -> JobState:
     """The state as a run event reports it. The live hub reads a job's state when it handles the event, which
     can be after the next change (the run ended at once, or the next one began): the event's own facts win
-    for the fields it carries, so that subscribers are shown every run's start and end, in order."""
+    for the fields it carries, so that subscribers are shown every run's start and end, and every skipped fire
+    with its reason, in order."""
+    kind = event.get("event")
+    last_fire, reason = event.get("lastFireAt"), event.get("reason")
+    if kind == "fire.skipped" and isinstance(last_fire, str) and isinstance(reason, str):
+        job = copy.copy(state.job)  # the read may be shared by other events of the same batch
+        job.last_skipped_at, job.last_skip_reason = _instant(last_fire), reason
+        return dataclasses.replace(state, job=job)
     running = event.get("running")
     if not isinstance(running, bool):
         return state
     started_at = event.get("startedAt")
     job = state.job
-    if event.get("event") == "run.finished" and isinstance(started_at, str):
-        job = copy.copy(job)  # the read may be shared by other events of the same batch
-        job.last_run_at = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    if kind == "run.finished" and isinstance(started_at, str):
+        job = copy.copy(job)
+        job.last_run_at = _instant(started_at)
         job.last_result = event.get("result")
         job.last_duration_ms = event.get("duration")
-    return JobState(job=job, running=running)
+    cancelling = running and (kind == engine.RUN_CANCELLING or (state.cancelling and kind != "run.started"))
+    return dataclasses.replace(state, job=job, running=running, cancelling=cancelling)
 
 
 async def list_jobs(rt: Runtime) -> list[JobState]:
     rows, _ = await jobs_table.all_rows()
     jobs = jobs_table.from_rows(rows)  # copies each row's values: the shared rows stay untouched
     running = await engine.running(rt, [j.id for j in jobs])
-    return [JobState(job=j, running=j.id in running) for j in jobs]
+    return [_state(rt, j, running) for j in jobs]
 
 
 Rendered = TypeVar("Rendered")
@@ -70,9 +96,9 @@ class _Listing:
     """One `list_rendered` answer and what it was made of."""
 
     rows: list[dict[str, Any]] | None  # None where they cannot come back (see jobs_table.all_rows)
-    running: set[str]
-    # per job id: (the row's values, running, what the render function made of them)
-    by_id: dict[str, tuple[tuple[Any, ...], bool, Any]]
+    running: dict[str, bool]
+    # per job id: (the row's values, running: whether it is cancelling, or None, what the render function made)
+    by_id: dict[str, tuple[tuple[Any, ...], bool | None, Any]]
     answer: list[Any]
 
 
@@ -95,7 +121,7 @@ async def list_rendered(rt: Runtime, render: Callable[[JobState], Rendered]) -> 
     before = _listings.get(render)
     if before is not None and before.rows is rows and before.running == running:
         return before.answer
-    kept: dict[str, tuple[tuple[Any, ...], bool, Any]] = {}
+    kept: dict[str, tuple[tuple[Any, ...], bool | None, Any]] = {}
     changed: list[dict[str, Any]] = []
     changed_values: list[tuple[Any, ...]] = []
     previous = before.by_id if before is not None else {}
@@ -104,15 +130,14 @@ async def list_rendered(rt: Runtime, render: Callable[[JobState], Rendered]) -> 
         values = tuple(row.values())
         entry = previous.get(job_id)
         # Compared by ==, never hashed: a backend may hand back a JSON column as a dict.
-        if entry is not None and entry[1] == (job_id in running) and entry[0] == values:
+        if entry is not None and entry[1] == running.get(job_id) and entry[0] == values:
             kept[job_id] = entry
         else:
             changed.append(row)
             changed_values.append(values)
     # In one pass, as `list_jobs` builds them: a cold or much-changed list costs what it did before.
     for values, job in zip(changed_values, jobs_table.from_rows(changed), strict=True):
-        is_running = job.id in running
-        kept[job.id] = (values, is_running, render(JobState(job=job, running=is_running)))
+        kept[job.id] = (values, running.get(job.id), render(_state(rt, job, running)))
     answer = [kept[row["id"]][2] for row in rows]
     kept_rows = rows if reusable else None  # the rows of 10,000 jobs are megabytes: kept only if they can return
     _listings[render] = _Listing(rows=kept_rows, running=running, by_id=kept, answer=answer)  # gone jobs dropped
@@ -136,7 +161,7 @@ async def find_many(rt: Runtime, job_ids: list[str]) -> dict[str, JobState]:
         return {} if state is None else {state.job.id: state}
     jobs = await Job.filter(id__in=job_ids)
     running = await engine.running(rt, [j.id for j in jobs])
-    return {j.id: JobState(job=j, running=j.id in running) for j in jobs}
+    return {j.id: _state(rt, j, running) for j in jobs}
 
 
 async def find(rt: Runtime, *, job_id: str) -> JobState | None:
@@ -144,15 +169,19 @@ async def find(rt: Runtime, *, job_id: str) -> JobState | None:
     job = await jobs_table.get_or_none(validate_job_id(job_id))
     if job is None:
         return None
-    return JobState(job=job, running=bool(await engine.running(rt, [job.id])))
+    return _state(rt, job, await engine.running(rt, [job.id]))
 
 
 async def set_enabled(rt: Runtime, *, job_id: str, enabled: bool, actor: str, event: str = "jobs.update") -> JobState:
-    """Enable (schedule the next fire) or disable (remove the pending fire). Idempotent; always audited."""
+    """Enable (schedule the next fire) or disable (remove the pending fire). Idempotent; always audited.
+    Enabling starts the count of failed runs in a row (pauseAfterFailures) afresh."""
     job = await jobs_table.get_or_raise(job_id=job_id)
     was_enabled = job.enabled
+    changes: dict[str, Any] = {"enabled": enabled}
+    if enabled:
+        changes["consecutive_failures"] = 0
     async with in_transaction() as conn:
-        await Job.filter(id=job.id).using_db(conn).update(enabled=enabled)
+        await Job.filter(id=job.id).using_db(conn).update(**changes)
         await activity_service.record(
             event=event,
             actor=actor,
@@ -201,6 +230,7 @@ async def create(rt: Runtime, *, data: object, actor: str) -> JobState:
     job_type = registry.get(spec.type)
     payload = registry.validate_payload(job_type, spec.payload, rt.settings)
     schedule = _schedule_of(spec, rt.settings.scheduler_timezone, rt.now())
+    retry = spec.retry.policy() if spec.retry is not None else None
     try:
         async with in_transaction() as conn:
             job = await Job.create(
@@ -213,6 +243,11 @@ async def create(rt: Runtime, *, data: object, actor: str) -> JobState:
                 timezone=spec.timezone,
                 timeout_seconds=spec.timeout,
                 enabled=spec.enabled,
+                retry=retry.to_row() if retry is not None else None,
+                overlap=spec.overlap,
+                catch_up_window_seconds=spec.catch_up.window_seconds() if spec.catch_up is not None else None,
+                catch_up_policy=spec.catch_up.policy if spec.catch_up is not None else engine.LATEST,
+                pause_after_failures=spec.pause_after_failures,
                 using_db=conn,
             )
             details = {"type": spec.type, "schedule": schedule, "enabled": spec.enabled}

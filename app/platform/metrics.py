@@ -40,12 +40,23 @@ RUN_DURATION = Histogram(
 )
 FIRES_SKIPPED = Counter(
     "jobs_gateway_fires_skipped_total",
-    "Scheduled fires skipped because the previous run of the job was still going (overlap policy forbid).",
+    "Scheduled fire instants that did not run, by job id and reason (overlap, outside_catch_up_window, "
+    "cancelled_by_policy, disabled).",
+    ["job_id", "reason"],
+)
+RETRIES = Counter(
+    "jobs_gateway_run_retries_total",
+    "Failed attempts followed by another attempt (the job's retry policy).",
     ["job_id"],
 )
-FIRES_MISSED = Counter(
-    "jobs_gateway_fires_missed_total",
-    "Scheduled fires that came due later than MISFIRE_GRACE_SECONDS (no worker ran) and were not run.",
+CANCELS = Counter(
+    "jobs_gateway_runs_cancelled_total",
+    "Cancellations requested, by job id and who asked (user, or policy: a cancel_running fire).",
+    ["job_id", "by"],
+)
+AUTO_PAUSES = Counter(
+    "jobs_gateway_jobs_auto_paused_total",
+    "Jobs that disabled themselves after pauseAfterFailures consecutive failed runs.",
     ["job_id"],
 )
 LEASE_LOSSES = Counter(
@@ -105,16 +116,24 @@ def lease_lost(job_id: str, reason: str) -> None:
     LEASE_LOSSES.labels(job_id=job_id, reason=reason).inc()
 
 
-def fire_skipped(job_id: str) -> None:
-    FIRES_SKIPPED.labels(job_id=job_id).inc()
+def fires_skipped(job_id: str, reason: str, count: int = 1) -> None:
+    FIRES_SKIPPED.labels(job_id=job_id, reason=reason).inc(count)
 
 
-def fire_missed(job_id: str) -> None:
-    FIRES_MISSED.labels(job_id=job_id).inc()
+def retried(job_id: str) -> None:
+    RETRIES.labels(job_id=job_id).inc()
+
+
+def cancel_requested(job_id: str, by: str) -> None:
+    CANCELS.labels(job_id=job_id, by=by).inc()
+
+
+def auto_paused(job_id: str) -> None:
+    AUTO_PAUSES.labels(job_id=job_id).inc()
 
 
 # Every metric labelled by job id: a deleted job's series go with it, so series do not grow with job churn.
-PER_JOB = (RUNS_STARTED, RUNS_FINISHED, RUN_DURATION, FIRES_SKIPPED, FIRES_MISSED, LEASE_LOSSES)
+PER_JOB = (RUNS_STARTED, RUNS_FINISHED, RUN_DURATION, FIRES_SKIPPED, LEASE_LOSSES, RETRIES, CANCELS, AUTO_PAUSES)
 
 
 def job_deleted(job_id: str) -> None:

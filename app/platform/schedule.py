@@ -17,8 +17,8 @@ Cron and macros name wall-clock times in the schedule's time zone (UTC by defaul
   clock jumps (02:30 in Europe/Berlin fires at 03:00 CEST). Fires landing on the same instant collapse
   into one, so `0 * * * *` fires once at 03:00, not for both 02:00 and 03:00.
 
-Missed fires (see `catch_up`) are never replayed in a burst: at most the latest one within the grace
-window runs.
+Missed fires are never replayed in a burst: a job's catch-up policy runs at most the latest one within its
+window (app.engine.skips.plan_missed).
 """
 
 from __future__ import annotations
@@ -256,15 +256,3 @@ def fire_times_between(schedule: Schedule, start: datetime, end: datetime) -> li
         fires.append(fire)
         fire = schedule.next_after(fire)
     return fires
-
-
-def catch_up(schedule: Schedule, last_fire: datetime | None, now: datetime, grace: timedelta) -> datetime | None:
-    """The one missed fire to run after downtime, or None.
-
-    That is the latest fire in (now - grace, now] that is later than `last_fire`; older missed fires are
-    skipped, so downtime never causes a burst of runs.
-    """
-    latest = schedule.last_at_or_before(now)
-    if latest <= now - grace or (last_fire is not None and latest <= last_fire):
-        return None
-    return latest

@@ -5,9 +5,10 @@ from __future__ import annotations
 import strawberry
 
 from app.data.runs import Run
+from app.data.skipped_fires import SkippedFire
 from app.platform.pagination import Page
 from app.runs import service as runs_service
-from app.runs.schemas import run_fields
+from app.runs.schemas import run_fields, skipped_fields
 
 
 @strawberry.type(
@@ -22,6 +23,8 @@ class JobLogType:
     result: str | None
     triggered_by: str
     details: str | None
+    attempt: int = strawberry.field(description="1 for a run's first attempt; retries count up, same fireAt.")
+    fire_at: str | None = strawberry.field(description="The scheduled instant a fire ran for; null for a trigger.")
 
     @classmethod
     def of(cls, run: Run) -> JobLogType:
@@ -38,6 +41,38 @@ class JobLogPageType:
     @classmethod
     def of(cls, page: Page[Run]) -> JobLogPageType:
         return cls(logs=[JobLogType.of(r) for r in page.items], total=page.total, limit=page.limit, offset=page.offset)
+
+
+@strawberry.type(
+    name="SkippedFire",
+    description="A scheduled fire that did not run (or `count` of them, fireAt to lastFireAt), and why: overlap, "
+    "outside_catch_up_window, disabled or cancelled_by_policy.",
+)
+class SkippedFireType:
+    id: int
+    job_id: strawberry.ID
+    fire_at: str
+    last_fire_at: str
+    count: int
+    reason: str
+    recorded_at: str
+
+    @classmethod
+    def of(cls, skip: SkippedFire) -> SkippedFireType:
+        return cls(**skipped_fields(skip))
+
+
+@strawberry.type(name="SkippedFirePage")
+class SkippedFirePageType:
+    fires: list[SkippedFireType]
+    total: int
+    limit: int
+    offset: int
+
+    @classmethod
+    def of(cls, page: Page[SkippedFire]) -> SkippedFirePageType:
+        fires = [SkippedFireType.of(s) for s in page.items]
+        return cls(fires=fires, total=page.total, limit=page.limit, offset=page.offset)
 
 
 @strawberry.type

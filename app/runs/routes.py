@@ -8,7 +8,7 @@ from app.api import openapi_docs as docs
 from app.api.deps import AdminDep, RuntimeDep
 from app.api.schemas import ActionResult
 from app.runs import service as runs_service
-from app.runs.schemas import RunPage
+from app.runs.schemas import RunPage, SkippedFirePage
 
 router = APIRouter(prefix="/api/jobs", tags=["runs"])
 
@@ -52,3 +52,35 @@ async def job_logs(
 async def trigger_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> ActionResult:  # noqa: N803
     await runs_service.trigger(rt, job_id=jobId, actor=user.actor)
     return ActionResult(message="Job triggered successfully")
+
+
+@router.post(
+    "/{jobId}/cancel",
+    response_model=ActionResult,
+    summary="Cancel the job's current run",
+    description="Stops the run wherever it executes; the run is recorded as `error`, `cancelled by <actor>`, "
+    "once its handler has stopped (until then the job shows `running` and `cancelling`). A retry waiting out its "
+    "backoff ends at once. 409 `not_running` when no run is in progress; 503 while Redis is down.",
+    responses=docs.example(docs.CANCELLED, docs.errors(400, 404, 409, 503)),
+)
+async def cancel_run(jobId: str, rt: RuntimeDep, user: AdminDep) -> ActionResult:  # noqa: N803
+    await runs_service.cancel(rt, job_id=jobId, actor=user.actor)
+    return ActionResult(message="Run cancelled")
+
+
+@router.get(
+    "/{jobId}/fires/skipped",
+    response_model=SkippedFirePage,
+    summary="Get the job's skipped fires",
+    description="Scheduled fires that did not run, newest first, with the reason: `overlap`, "
+    "`outside_catch_up_window`, `disabled` or `cancelled_by_policy`. `limit` default 50, max 100.",
+    responses=docs.example(docs.SKIPPED_PAGE, docs.errors(400, 404)),
+)
+async def skipped_fires(
+    jobId: str,  # noqa: N803 - the spec's name
+    _: AdminDep,
+    limit: str | None = None,
+    offset: str | None = None,
+) -> SkippedFirePage:
+    page = await runs_service.list_skipped(job_id=jobId, limit=limit, offset=offset)
+    return SkippedFirePage.of(page)

@@ -4,6 +4,7 @@ from typing import Any
 
 from app.api.schemas import CamelModel
 from app.data.runs import Run
+from app.data.skipped_fires import SkippedFire
 from app.platform.pagination import Page
 from app.platform.timefmt import iso_ms
 
@@ -19,6 +20,8 @@ def run_fields(run: Run) -> dict[str, Any]:
         "result": run.result,
         "triggered_by": run.triggered_by,
         "details": run.details,
+        "attempt": run.attempt,
+        "fire_at": iso_ms(run.fire_at),
     }
 
 
@@ -33,6 +36,8 @@ class RunOut(CamelModel):
     result: str | None
     triggered_by: str
     details: str | None
+    attempt: int
+    fire_at: str | None
 
 
 class RunPage(CamelModel):
@@ -45,3 +50,40 @@ class RunPage(CamelModel):
     def of(cls, page: Page[Run]) -> RunPage:
         logs = [RunOut(**run_fields(r)) for r in page.items]
         return cls(logs=logs, total=page.total, limit=page.limit, offset=page.offset)
+
+
+def skipped_fields(skip: SkippedFire) -> dict[str, Any]:
+    """A skipped fire's fields; REST and GraphQL both render these."""
+    return {
+        "id": skip.id,
+        "job_id": skip.job_id,
+        "fire_at": iso_ms(skip.fire_at),
+        "last_fire_at": iso_ms(skip.last_fire_at),
+        "count": skip.count,
+        "reason": skip.reason,
+        "recorded_at": iso_ms(skip.recorded_at),
+    }
+
+
+class SkippedFireOut(CamelModel):
+    """A scheduled fire that did not run (or `count` of them, from `fireAt` to `lastFireAt`), and why."""
+
+    id: int
+    job_id: str
+    fire_at: str
+    last_fire_at: str
+    count: int
+    reason: str
+    recorded_at: str
+
+
+class SkippedFirePage(CamelModel):
+    fires: list[SkippedFireOut]
+    total: int
+    limit: int
+    offset: int
+
+    @classmethod
+    def of(cls, page: Page[SkippedFire]) -> SkippedFirePage:
+        fires = [SkippedFireOut(**skipped_fields(s)) for s in page.items]
+        return cls(fires=fires, total=page.total, limit=page.limit, offset=page.offset)

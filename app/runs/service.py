@@ -9,12 +9,14 @@ from app import engine
 from app.activity import service as activity_service
 from app.data import jobs as jobs_table
 from app.data.runs import Run, RunCount
+from app.data.skipped_fires import SkippedFire
 from app.platform.errors import Conflict, Unavailable
 from app.platform.pagination import Page, PageRequest, fetch_page
 from app.platform.runtime import Runtime
 
 JOB_LOGS_DEFAULT, JOB_LOGS_MAX = 50, 100
 ALL_LOGS_DEFAULT, ALL_LOGS_MAX = 100, 200
+SKIPPED_DEFAULT, SKIPPED_MAX = 50, 100
 
 
 async def list_for_job(*, job_id: str, limit: int | str | None, offset: int | str | None) -> Page[Run]:
@@ -26,6 +28,13 @@ async def list_for_job(*, job_id: str, limit: int | str | None, offset: int | st
 async def list_all(*, limit: int | str | None, offset: int | str | None) -> Page[Run]:
     page = PageRequest.build(limit, offset, default=ALL_LOGS_DEFAULT, maximum=ALL_LOGS_MAX)
     return await fetch_page(Run.all(), page, total=lambda: run_totals(None))
+
+
+async def list_skipped(*, job_id: str, limit: int | str | None, offset: int | str | None) -> Page[SkippedFire]:
+    """The job's scheduled fires that did not run, with their reason, newest first."""
+    await jobs_table.get_or_raise(job_id=job_id)
+    page = PageRequest.build(limit, offset, default=SKIPPED_DEFAULT, maximum=SKIPPED_MAX)
+    return await fetch_page(SkippedFire.filter(job_id=job_id), page)
 
 
 async def run_totals(job_ids: list[str] | None) -> int:
@@ -74,3 +83,17 @@ async def trigger(rt: Runtime, *, job_id: str, actor: str) -> str:
         raise Conflict("Job is already running", code="already_running")
     await activity_service.record(event="jobs.trigger", actor=actor, job_id=job.id, details={"enabled": job.enabled})
     return token
+
+
+async def cancel(rt: Runtime, *, job_id: str, actor: str) -> None:
+    """Cancel the job's current run wherever it executes (its handler stops within moments; a retry waiting out
+    its backoff ends at once). Conflict when nothing runs, Unavailable while Redis cannot take the request.
+    Audited as `jobs.cancel`."""
+    job = await jobs_table.get_or_raise(job_id=job_id)
+    try:
+        cancelled = await engine.cancel(rt, job, actor=actor)
+    except engine.QueueUnavailable as exc:
+        raise Unavailable(str(exc)) from exc
+    if not cancelled:
+        raise Conflict("No run of this job is in progress", code="not_running")
+    await activity_service.record(event="jobs.cancel", actor=actor, job_id=job.id, details={})

@@ -17,14 +17,13 @@ from app.data.runs import Run
 from app.engine import fires, leases, scheduler
 from app.engine import runs as runs_engine
 from app.engine.fires import fire_job
-from app.engine.starts import SKIPPED_FIRES_KEY
 from app.jobs import service as jobs_service
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
 from tests.engine import test_engine_processes as engine_processes
 from tests.engine.test_late_claims import T0, at
 from tests.factories import make_job, wait_until
-from tests.support.engine import insert_fire_runs, worker_ctx
+from tests.support.engine import insert_fire_runs, skipped_fires, worker_ctx
 from tests.support.processes import WorkerProcess
 
 pytestmark = pytest.mark.postgres
@@ -99,7 +98,7 @@ async def test_a_job_running_during_the_lead_but_not_at_the_instant_still_fires(
     assert await leases.release(orm.redis, "tight", "previous-run")  # finishes before the instant
     await task
     assert [r.fire_at for r in await Run.filter(job_id="tight")] == [fire]
-    assert await orm.redis.hget(SKIPPED_FIRES_KEY, "tight") is None
+    assert await skipped_fires("tight") == {}
 
 
 async def test_a_job_still_running_at_the_instant_skips_the_fire_and_counts_it(orm: Runtime) -> None:
@@ -109,7 +108,7 @@ async def test_a_job_still_running_at_the_instant_skips_the_fire_and_counts_it(o
     await fire_job(worker_ctx(orm), "overlap", fire.isoformat())
     assert datetime.now(UTC) >= fire
     assert await Run.filter(job_id="overlap").count() == 0
-    assert await orm.redis.hget(SKIPPED_FIRES_KEY, "overlap") == b"1"
+    assert await skipped_fires("overlap") == {"overlap": 1}
     assert await leases.holder(orm.redis, "overlap") == "previous-run"  # untouched
     assert (await Job.get(id="overlap")).next_run_at == fire.replace(microsecond=0) + timedelta(seconds=1)
 
@@ -159,10 +158,10 @@ async def test_a_batch_with_a_duplicate_fire_starts_it_exactly_once(orm: Runtime
     [earlier] = await insert_fire_runs(rt, [(ran, "first-token", T0)])
     assert earlier is not None
     batch = [
-        fires._Armed(job=job, fire_at=T0, attempt=1),
-        fires._Armed(job=ran, fire_at=T0, attempt=1),
-        fires._Armed(job=job, fire_at=T0, attempt=1),
-        fires._Armed(job=other, fire_at=T0, attempt=1),
+        fires._Armed(job=job, fire_at=T0),
+        fires._Armed(job=ran, fire_at=T0),
+        fires._Armed(job=job, fire_at=T0),
+        fires._Armed(job=other, fire_at=T0),
     ]
     runs = await fires.start_fires(rt, batch)
     assert [r is not None for r in runs] == [True, False, False, True]
@@ -176,7 +175,7 @@ async def test_a_batch_with_a_duplicate_fire_starts_it_exactly_once(orm: Runtime
         "ran": None,
         "other": batch[3].token,
     }
-    assert await orm.redis.hget(SKIPPED_FIRES_KEY, "twice") is None  # a duplicate is not a skip
+    assert await skipped_fires("twice") == {}  # a duplicate is not a skip
     # The records are real rows the completion path closes as usual.
     for run in started:
         assert await runs_engine.complete(rt, run=run, result="success", details="ok")
@@ -256,7 +255,7 @@ async def test_runs_finishing_together_close_once_each_and_the_newest_outcome_wi
         at(orm, T0 - timedelta(minutes=1)), [(jobs[0], "old-token", T0 - timedelta(minutes=1))]
     )
     assert all(r is not None for r in [*runs, *older])
-    wanted = [(job.id, f"token-{i}", leases.ACQUIRE) for i, job in enumerate(jobs)]
+    wanted = [leases.Want(job.id, f"token-{i}", leases.ACQUIRE) for i, job in enumerate(jobs)]
     assert all(await leases.take(orm.redis, wanted, 30))
     later = at(orm, T0 + timedelta(seconds=2))
     outcomes = await asyncio.gather(

@@ -15,12 +15,12 @@ import pytest
 from app.data.jobs import Job
 from app.data.runs import Run
 from app.engine import scheduler
-from app.engine.starts import SKIPPED_FIRES_KEY
 from app.platform.aio import cancel_and_wait
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
 from app.runs import service as runs_service
 from tests.factories import make_job, wait_until
+from tests.support.engine import skipped_fires
 from tests.support.processes import WorkerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
@@ -116,7 +116,7 @@ async def test_500_fires_of_fast_jobs_across_four_workers_run_exactly_500_times(
         fires = sorted(r.fire_at for r in runs if r.job_id == job_id and r.fire_at is not None)
         gaps = {(b - a).total_seconds() for a, b in pairwise(fires)}
         assert gaps <= {1.0}, f"{job_id} missed a fire: gaps {sorted(gaps)}"
-    assert await orm.redis.hgetall(SKIPPED_FIRES_KEY) == {}
+    assert await skipped_fires() == {}
 
 
 async def test_sigkill_mid_run_is_recorded_as_worker_lost_and_the_next_fire_happens(

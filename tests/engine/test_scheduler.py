@@ -14,12 +14,11 @@ from app.data.runs import Run
 from app.engine import leases, runs, scheduler
 from app.engine.events import CHANNEL
 from app.engine.fires import fire_job
-from app.engine.starts import SKIPPED_FIRES_KEY
 from app.jobs import service as jobs_service
 from app.platform.runtime import Runtime
 from app.runs import service as runs_service
 from tests.factories import make_job
-from tests.support.engine import begin_run, run_next_trigger, worker_ctx
+from tests.support.engine import begin_run, run_next_trigger, skipped_fires, worker_ctx
 
 # An hour boundary near real time: arq stamps queue entries with the wall clock.
 pytestmark = pytest.mark.postgres
@@ -81,7 +80,7 @@ async def test_a_fire_while_running_is_skipped_counted_and_the_next_is_scheduled
     assert await leases.acquire(orm.redis, "busy", "someone-else", 30)
     await fire_job(worker_ctx(at(orm, fire)), "busy", fire.isoformat())
     assert await Run.filter(job_id="busy").count() == 0
-    assert await orm.redis.hget(SKIPPED_FIRES_KEY, "busy") == b"1"
+    assert await skipped_fires("busy") == {"overlap": 1}
     assert (await Job.get(id="busy")).next_run_at == fire + timedelta(minutes=1)
 
 

@@ -16,7 +16,7 @@ from app.job_types import registry
 from app.platform.runtime import Runtime
 from app.runs import service as runs_service
 from tests.factories import make_job
-from tests.support.engine import worker_ctx
+from tests.support.engine import skipped_fires, worker_ctx
 
 pytestmark = pytest.mark.postgres
 
@@ -78,7 +78,7 @@ async def test_a_refused_lease_skips_a_fire_and_records_a_trigger_as_not_started
     )
     await began.announced
     assert began.runs == [None, None]
-    assert await orm.redis.hget(starts.SKIPPED_FIRES_KEY, "busy") == b"1"
+    assert await skipped_fires("busy") == {"overlap": 1}
     assert not await Run.filter(job_id="busy").exists()  # a skipped fire writes no run record
     [dropped] = await Run.filter(job_id="lapsed")
     assert (dropped.result, dropped.triggered_by) == ("error", "user:2")

@@ -19,6 +19,7 @@ from app.jobs.schemas import JobOut, job_wire
 from app.jobs.service import JobState
 from app.platform.db import commit_version
 from app.platform.runtime import Runtime
+from app.platform.timefmt import iso_ms
 from tests.factories import make_job
 from tests.support.processes import commit_from_another_process
 
@@ -41,6 +42,14 @@ async def _varied_jobs() -> None:
         last_run_at=WHEN.astimezone(timezone(timedelta(hours=-3))),  # stored as UTC whatever the zone given
         last_result="error",
         last_duration_ms=1234,
+        retry={"maxAttempts": 3, "backoff": 10.0, "maxBackoff": 3600.0, "multiplier": 2.0, "jitter": 0.1},
+        overlap="buffer_one",
+        catch_up_window_seconds=90.0,
+        catch_up_policy="none",
+        pause_after_failures=3,
+        consecutive_failures=2,
+        last_skipped_at=WHEN,
+        last_skip_reason="overlap",
     )
 
 
@@ -97,7 +106,17 @@ async def test_wire_object_is_what_the_response_model_dumps(orm: Runtime) -> Non
         "timezone": "Europe/Paris",
         "timeout": 600.0,
         "builtin": True,
+        "retry": {"maxAttempts": 3, "backoff": "10s", "maxBackoff": "1h", "multiplier": 2.0, "jitter": 0.1},
+        "overlap": "buffer_one",
+        "catchUp": {"window": "1m30s", "policy": "none"},
+        "pauseAfterFailures": 3,
+        "consecutiveFailures": 2,
+        "cancelling": False,
+        "lastSkippedFire": {"fireAt": iso_ms(WHEN), "reason": "overlap"},
     }
+    plain = job_wire(states[0])
+    assert (plain["retry"], plain["overlap"], plain["pauseAfterFailures"]) == (None, "skip", None)
+    assert plain["catchUp"] == {"window": "5m", "policy": "latest"}  # the global default
     assert isinstance(full["timeout"], float)
 
 

@@ -13,7 +13,6 @@ from app.platform.schedule import (
     MIN_INTERVAL,
     Schedule,
     ScheduleError,
-    catch_up,
     fire_times_between,
     format_go_duration,
     interval_to_schedule,
@@ -461,7 +460,7 @@ def test_next_and_last_agree(schedule: str, tz: str, day: str) -> None:
         assert latest.tzinfo is UTC and following.tzinfo is UTC
 
 
-# --- fire_times_between and catch_up ---------------------------------------------------------------
+# --- fire_times_between ---------------------------------------------------------------
 
 
 def test_fire_times_between_is_half_open_and_bounded() -> None:
@@ -477,40 +476,3 @@ def test_fire_times_between_is_half_open_and_bounded() -> None:
     )
     with pytest.raises(ValueError, match="more than 10000 fire times"):
         fire_times_between(validate_schedule("@every 1s"), at("2026-01-01T00:00Z"), at("2026-01-01T02:46:41Z"))
-
-
-@pytest.mark.parametrize(
-    "schedule,tz,last_fire,now,grace,expected",
-    [
-        ("*/5 * * * *", None, None, "2026-01-01T10:07Z", "5m", "2026-01-01T10:05Z"),
-        ("*/5 * * * *", None, "2026-01-01T10:00Z", "2026-01-01T10:07Z", "5m", "2026-01-01T10:05Z"),
-        ("*/5 * * * *", None, "2026-01-01T10:05Z", "2026-01-01T10:07Z", "5m", None),  # already ran
-        ("*/5 * * * *", None, "2026-01-01T10:06Z", "2026-01-01T10:07Z", "5m", None),  # last fire after it
-        ("*/5 * * * *", None, "2026-01-01T07:00Z", "2026-01-01T10:07Z", "5m", "2026-01-01T10:05Z"),  # no burst
-        ("*/5 * * * *", None, "2026-01-01T10:00Z", "2026-01-01T10:05Z", "5m", "2026-01-01T10:05Z"),  # now included
-        ("*/5 * * * *", None, "2026-01-01T09:55Z", "2026-01-01T10:09Z", "4m", None),  # now - grace excluded
-        ("*/5 * * * *", None, "2026-01-01T09:55Z", "2026-01-01T10:09Z", "4m1s", "2026-01-01T10:05Z"),
-        ("*/5 * * * *", None, None, "2026-01-01T10:05Z", "0s", None),  # no grace, no catch-up
-        ("@daily", None, "2025-12-30T00:00Z", "2026-01-01T00:10Z", "15m", "2026-01-01T00:00Z"),
-        ("@daily", None, "2025-12-30T00:00Z", "2026-01-01T00:10Z", "5m", None),
-        ("@every 90s", None, None, "2026-01-01T00:00:10Z", "1m", "2026-01-01T00:00Z"),
-        ("@every 90s", None, "2026-01-01T00:00Z", "2026-01-01T00:01:40Z", "1m", "2026-01-01T00:01:30Z"),
-        ("0 9 * * *", "Europe/Berlin", "2026-05-03T07:00Z", "2026-05-04T07:30Z", "1h", "2026-05-04T07:00Z"),
-        ("0 9 * * *", "Europe/Berlin", "2026-05-03T07:00Z", "2026-05-04T08:30Z", "1h", None),
-        # 01:40 EST on fall-back day: 01:30 fired at 05:30Z (EDT) only, and that is outside a 1h grace
-        ("30 1 * * *", "America/New_York", "2026-10-31T05:30Z", "2026-11-01T06:40Z", "1h", None),
-        ("30 1 * * *", "America/New_York", "2026-10-31T05:30Z", "2026-11-01T06:40Z", "2h", "2026-11-01T05:30Z"),
-        # the skipped 02:30 CET fired at 03:00 CEST (01:00Z)
-        ("30 2 * * *", "Europe/Berlin", None, "2026-03-29T01:10Z", "15m", "2026-03-29T01:00Z"),
-    ],
-)
-def test_catch_up(
-    schedule: str, tz: str | None, last_fire: str | None, now: str, grace: str, expected: str | None
-) -> None:
-    result = catch_up(
-        validate_schedule(schedule, tz),
-        at(last_fire) if last_fire else None,
-        at(now),
-        parse_go_duration(grace) if grace != "0s" else timedelta(0),
-    )
-    assert result == (at(expected) if expected else None)

@@ -11,6 +11,7 @@ from app.api.live import Hub
 from app.engine import events, leases, runs, scheduler
 from app.platform import metrics
 from app.platform.runtime import Runtime
+from app.platform.schedule import validate_schedule
 from tests.factories import make_job
 from tests.support.engine import begin_run, execute
 
@@ -45,12 +46,16 @@ async def test_a_handler_cancelled_for_its_lost_lease_is_counted(orm: Runtime) -
     assert sample("jobs_gateway_runs_started_total", job_id="usurped", trigger="manual") >= 1
 
 
-async def test_a_fire_that_comes_due_past_the_grace_window_is_counted_as_missed(orm: Runtime) -> None:
-    fire_at = orm.now().replace(microsecond=0) - timedelta(seconds=orm.settings.misfire_grace_seconds + 3600)
-    await make_job(id="overslept", schedule="@every 1h", next_run_at=fire_at)
-    before = sample("jobs_gateway_fires_missed_total", job_id="overslept")
+async def test_a_fire_that_comes_due_past_the_catch_up_window_is_counted_as_skipped_with_its_reason(
+    orm: Runtime,
+) -> None:
+    cutoff = orm.now() - timedelta(seconds=orm.settings.misfire_grace_seconds + 1)
+    fire_at = validate_schedule("0 * * * *").last_at_or_before(cutoff)  # the only hourly fire that far back
+    await make_job(id="overslept", schedule="0 * * * *", next_run_at=fire_at)
+    labels = {"job_id": "overslept", "reason": "outside_catch_up_window"}
+    before = sample("jobs_gateway_fires_skipped_total", **labels)
     assert await scheduler.claim_fire(orm, job_id="overslept", fire_at=fire_at) is None
-    assert sample("jobs_gateway_fires_missed_total", job_id="overslept") == before + 1
+    assert sample("jobs_gateway_fires_skipped_total", **labels) == before + 1
 
 
 async def test_a_job_deleted_on_another_instance_leaves_this_instances_metrics(orm: Runtime) -> None:

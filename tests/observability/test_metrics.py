@@ -102,8 +102,8 @@ async def test_scheduled_fires_record_lag_and_overlapping_fires_are_counted_as_s
 
     async def skipped() -> bool:
         text = await scrape(client)
-        return value(text, "jobs_gateway_fires_skipped_total", job_id="ticker") > value(
-            before, "jobs_gateway_fires_skipped_total", job_id="ticker"
+        return value(text, "jobs_gateway_fires_skipped_total", job_id="ticker", reason="overlap") > value(
+            before, "jobs_gateway_fires_skipped_total", job_id="ticker", reason="overlap"
         )
 
     await wait_until(skipped, timeout=20, interval=0.2)

@@ -20,6 +20,8 @@ EXPECTED_ERRORS = {
     ("post", "/api/jobs/{jobId}/stop"): {400, 404},
     ("post", "/api/jobs/{jobId}/trigger"): {400, 404, 409, 503},
     ("get", "/api/jobs/{jobId}/logs"): {400, 404},
+    ("post", "/api/jobs/{jobId}/cancel"): {400, 404, 409, 503},
+    ("get", "/api/jobs/{jobId}/fires/skipped"): {400, 404},
     ("get", "/api/jobs/logs/all"): {400},
     ("get", "/api/activity"): {400},
     ("get", "/api/job-types"): set(),

@@ -20,7 +20,11 @@ async def test_trigger_runs_the_job_and_records_it(client: httpx.AsyncClient, au
     response = await client.post("/api/jobs/quick/trigger", headers=auth)
     assert (response.status_code, response.json()) == (200, {"success": True, "message": "Job triggered successfully"})
     [entry] = await wait_for_logs(client, "quick", auth)
-    assert list(entry) == ["id", "jobId", "startedAt", "completedAt", "duration", "result", "triggeredBy", "details"]
+    assert list(entry) == [
+        *["id", "jobId", "startedAt", "completedAt", "duration", "result", "triggeredBy", "details"],  # the spec's
+        *["attempt", "fireAt"],
+    ]
+    assert (entry["attempt"], entry["fireAt"]) == (1, None)  # a trigger is not a scheduled fire
     assert (entry["jobId"], entry["result"], entry["triggeredBy"], entry["details"]) == (
         "quick",
         "success",

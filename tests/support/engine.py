@@ -7,6 +7,7 @@ from typing import Any
 
 from app.data.jobs import Job
 from app.data.runs import Run
+from app.data.skipped_fires import SkippedFire
 from app.engine import consumer, context, runner, runs, starts, triggers
 from app.engine.fires import spec_of
 from app.job_types import registry
@@ -46,3 +47,12 @@ async def insert_fire_runs(rt: Runtime, fires: list[tuple[Job, str, datetime]]) 
     return await runs.insert(
         [runs.NewRun(job.id, token, runs.SCHEDULER, fire_at) for job, token, fire_at in fires], rt.now()
     )
+
+
+async def skipped_fires(job_id: str | None = None) -> dict[str, int]:
+    """How many scheduled fires were skipped, per reason, for one job (None: every job)."""
+    query = SkippedFire.all() if job_id is None else SkippedFire.filter(job_id=job_id)
+    counts: dict[str, int] = {}
+    for reason, count in await query.values_list("reason", "count"):
+        counts[str(reason)] = counts.get(str(reason), 0) + int(count)  # type: ignore[call-overload]
+    return counts

@@ -33,6 +33,20 @@ async def fail_handler(ctx: RunContext) -> str:
     raise RuntimeError(payload.message)
 
 
+class FlakyPayload(Payload):
+    fail_attempts: int = Field(default=2, ge=0)
+    seconds: float = Field(default=0.0, ge=0)
+
+
+@job_type("test_flaky", "Fails its first `fail_attempts` attempts, then succeeds", FlakyPayload)
+async def flaky_handler(ctx: RunContext) -> str:
+    payload: FlakyPayload = ctx.payload
+    await asyncio.sleep(payload.seconds)
+    if ctx.attempt <= payload.fail_attempts:
+        raise RuntimeError(f"attempt {ctx.attempt} failed")
+    return f"attempt {ctx.attempt} succeeded"
+
+
 @job_type("test_block", "Blocks until cancelled; for timeout and shutdown tests")
 async def block_handler(ctx: RunContext) -> str:
     await asyncio.Event().wait()

@@ -16,6 +16,7 @@ import pytest
 
 from app.data.app_tables import Game, RefreshToken, StoredFile
 from app.data.runs import Run
+from app.data.skipped_fires import SkippedFire
 from app.job_types import registry
 from app.job_types.registry import RunContext
 from app.platform.runtime import Runtime
@@ -47,15 +48,18 @@ async def test_cleanup_expired_tokens_deletes_only_expired_ones(orm: Runtime) ->
     assert await RefreshToken.all().values_list("token_hash", flat=True) == ["fresh"]
 
 
-async def test_cleanup_job_logs_prunes_completed_runs_past_retention(orm: Runtime) -> None:
+async def test_cleanup_job_logs_prunes_completed_runs_and_skipped_fires_past_retention(orm: Runtime) -> None:
     now = utcnow()
     old, recent = now - timedelta(days=31), now - timedelta(days=29)
     await Run.create(job_id="a", token="t1", triggered_by="user:1", started_at=old, completed_at=old, result="error")
     await Run.create(job_id="a", token="t2", triggered_by="scheduler", started_at=recent, completed_at=recent)
     await Run.create(job_id="a", token="t3", triggered_by="scheduler", started_at=old)  # still open: kept
+    for at in (old, old + timedelta(minutes=1), recent):
+        await SkippedFire.create(job_id="a", fire_at=at, last_fire_at=at, reason="overlap", recorded_at=at)
     summary = await run("cleanup_job_logs", context(orm, run_retention_days=30))
-    assert summary == "Deleted 1 run logs older than 30 days"
+    assert summary == "Deleted 1 run logs and 2 skipped-fire records older than 30 days"
     assert sorted(await Run.all().values_list("token", flat=True)) == ["t2", "t3"]
+    assert await SkippedFire.all().values_list("recorded_at", flat=True) == [recent]
 
 
 async def test_cleanup_orphaned_files_keeps_referenced_young_and_outside_files(orm: Runtime, tmp_path: Path) -> None:

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from app.data.runs import Run
+from app.data.skipped_fires import SkippedFire
 from app.job_types.registry import RunContext, job_type
 from app.platform.timefmt import utcnow
 
@@ -12,18 +14,23 @@ from app.platform.timefmt import utcnow
 BATCH_SIZE = 1000
 
 
-@job_type("cleanup_job_logs", "Removes job run logs older than RUN_RETENTION_DAYS")
+@job_type("cleanup_job_logs", "Removes job run logs and skipped-fire records older than RUN_RETENTION_DAYS")
 async def cleanup_job_logs(ctx: RunContext) -> str:
     days = ctx.settings.run_retention_days
     cutoff = utcnow() - timedelta(days=days)
+    # Open runs are never pruned, however old: the reaper closes them first.
+    runs = await _prune(Run, {"completed_at__lt": cutoff})
+    skipped = await _prune(SkippedFire, {"recorded_at__lt": cutoff})
+    return f"Deleted {runs} run logs and {skipped} skipped-fire records older than {days} days"
+
+
+async def _prune(model: type[Run] | type[SkippedFire], older: dict[str, Any]) -> int:
     deleted = 0
     while True:
-        # Open runs are never pruned, however old: the reaper closes them first.
-        ids = await Run.filter(completed_at__lt=cutoff).order_by("id").limit(BATCH_SIZE).values_list("id", flat=True)
+        ids = await model.filter(**older).order_by("id").limit(BATCH_SIZE).values_list("id", flat=True)
         if not ids:
-            break
-        await Run.filter(id__in=ids).delete()
+            return deleted
+        await model.filter(id__in=ids).delete()
         # Not delete()'s count: on SQLite tortoise reports more rows than the statement removed.
         deleted += len(ids)
         await asyncio.sleep(0)  # let waiting queries in before the next batch
-    return f"Deleted {deleted} run logs older than {days} days"
