@@ -17,9 +17,10 @@ until then its lease is held, the job is `running`, and the stored request makes
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
@@ -33,7 +34,8 @@ from app.platform.runtime import Runtime
 log = logging.getLogger(__name__)
 
 CHANNEL = "jg:cancels"
-# How long a request outlives a run that never renews its lease again (the keeper keeps it alive meanwhile).
+# How long a request outlives the lease it was asked of (the keeper keeps it alive while the run renews): a retry
+# waiting out a backoff of up to a day holds its lease that long, and its start must still find the request.
 REQUEST_TTL_SECONDS = 3600.0
 RETRY_SECONDS = 1.0
 
@@ -42,7 +44,8 @@ local holder = redis.call('GET', KEYS[1])
 if not holder then
   return false
 end
-redis.call('SET', KEYS[2], holder .. '\\n' .. ARGV[1], 'PX', ARGV[2])
+local ttl = math.max(redis.call('PTTL', KEYS[1]), 0) + tonumber(ARGV[2])
+redis.call('SET', KEYS[2], holder .. '\\n' .. ARGV[1], 'PX', ttl)
 redis.call('PUBLISH', ARGV[3], cjson.encode({jobId = ARGV[4], token = holder, details = ARGV[1]}))
 return holder
 """
@@ -71,22 +74,27 @@ async def details_for(rt: Runtime, job_id: str, token: str) -> str | None:
 
 async def withdraw(rt: Runtime, job_id: str, token: str, details: str) -> bool:
     """A later start of this token still waiting in arq's queue (a retry in its backoff, a buffered fire): taken
-    out, its lease released, and recorded as a run cancelled before it started. False when there is none (it runs,
-    or it is a trigger, or it is starting right now: its start then finds the request and does not run)."""
+    out and recorded as a run cancelled before it started, its lease released (to a fire buffered behind it, if
+    any). False when there is none (it runs, or it is a trigger, or it is starting right now, or it is being
+    queued: its start then finds the request and records it so)."""
     start = await later.take_back(rt.redis, token)
     if start is None:
         return False
-    with contextlib.suppress(RedisError):
-        await leases.finish(rt.redis, [leases.Finish(job_id, token)])
-    await runs.record_not_started(
-        rt,
-        job_id=job_id,
-        token=token,
-        triggered_by=start.triggered_by,
-        fire_at=start.fire_at,
-        attempt=start.attempt,
-        details=details,
-    )
+    try:
+        await runs.record_not_started(
+            rt,
+            job_id=job_id,
+            token=token,
+            triggered_by=start.triggered_by,
+            fire_at=start.fire_at,
+            attempt=start.attempt,
+            details=details,
+        )
+    except Exception:
+        # Back in the queue, due now: its start finds the request and records it (the cancel stands).
+        log.warning("could not record the cancelled start %s of %s; a worker will", token, job_id, exc_info=True)
+        await later.enqueue(rt.redis, [dataclasses.replace(start, due=rt.now())])
+        return False
     return True
 
 
@@ -105,16 +113,26 @@ class Watch:
         self.handler.cancel()
 
 
+# A request for a token that has no handler here yet is kept this long: its run may be starting in this process
+# (lease taken, record being written), and its handler must not wait for the keeper's next renewal to stop.
+EARLY_SECONDS = 10.0
+
+
 @dataclass(eq=False)
 class _Watches:
     by_token: dict[str, Watch] = field(default_factory=dict)
+    early: dict[str, tuple[str, float]] = field(default_factory=dict)  # token -> (details, when it came)
 
 
 _watches = per_loop(_Watches)
 
 
 def watch(token: str, handler: asyncio.Task[str]) -> Watch:
-    found = _watches().by_token[token] = Watch(handler)
+    watches = _watches()
+    found = watches.by_token[token] = Watch(handler)
+    early = watches.early.pop(token, None)
+    if early is not None:
+        found.cancel(early[0])
     return found
 
 
@@ -123,9 +141,14 @@ def unwatch(token: str) -> None:
 
 
 def deliver(token: str, details: str) -> bool:
-    """Cancel this token's handler if it runs in this process."""
-    found = _watches().by_token.get(token)
+    """Cancel this token's handler if it runs in this process; else remember the request a moment, in case its
+    handler is about to start here."""
+    watches = _watches()
+    found = watches.by_token.get(token)
     if found is None:
+        now = time.monotonic()
+        watches.early = {t: e for t, e in watches.early.items() if now - e[1] < EARLY_SECONDS}
+        watches.early[token] = (details, now)
         return False
     found.cancel(details)
     return True

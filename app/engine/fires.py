@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from app.data import jobs as jobs_table
 from app.data.jobs import Job
 from app.data.runs import Run
 from app.engine import cancels, context, leases, policy, runner, runs, scheduler, skips, starts
@@ -78,8 +79,13 @@ async def _replace_running(rt: Runtime, job: Job, fire_at: datetime) -> Run | No
         if await leases.holder(rt.redis, job.id) is None:
             break
         await asyncio.sleep(REPLACE_POLL_SECONDS)
+    fresh = await jobs_table.get_or_none(job.id)
+    if fresh is None or not fresh.enabled:
+        # Stopped (or deleted) while this fire waited for the run it replaces.
+        await skips.record(rt, [skips.Skip(job.id, fire_at, skips.DISABLED)] if fresh is not None else [])
+        return None
     # Free by now, or the fire gives up: a last try, whose refusal is recorded as an overlap skip.
-    start = starts.Start(spec_of(job), runs.new_token(), runs.SCHEDULER, fire_at=fire_at)
+    start = starts.Start(spec_of(fresh), runs.new_token(), runs.SCHEDULER, fire_at=fire_at)
     began = await starts.begin(rt, [start])
     await began.announced
     return began.runs[0]

@@ -3,7 +3,8 @@
 Pure values and arithmetic; the job row stores them (app.data.jobs) and the jobs service validates what a client
 sends (app.jobs.inputs). Defaults keep the behaviour every job had before policies existed: no retry, a fire
 that finds its job running is skipped, a missed fire runs once if it is the latest within MISFIRE_GRACE_SECONDS,
-and no auto-pause.
+and no auto-pause. (One change applies to every job: a fire claimed so late that the job's next fire is due too
+gives way to the latest, where both used to run one after the other; app.engine.scheduler._plan_claim.)
 """
 
 from __future__ import annotations

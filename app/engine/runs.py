@@ -1,12 +1,14 @@
 """Run records: written when a run starts, closed exactly once (by its runner, or by a reaper when its worker is
 lost), and the triggers that never started recorded too.
 
-Every write to a run is fenced: it only applies while the run is still open (`completed_at IS NULL`) and, for
-completion, only by the attempt that owns the run. A stale writer changes nothing.
+Every write to a run is fenced: it only applies while the run is still open (`completed_at IS NULL`). A stale
+writer changes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import random
 import secrets
@@ -41,7 +43,7 @@ SCHEDULER = "scheduler"  # triggered_by of scheduled fires
 WORKER_LOST = "worker lost"
 WORKER_SHUT_DOWN = "worker shut down"
 CANCELLED_BY = "cancelled by "  # a cancelled run's details: `cancelled by user:<sub>`, or by policy
-AUTO_PAUSE = "jobs.auto_pause"  # the activity entry (and event reason) of a job that paused itself
+AUTO_PAUSE = "jobs.auto_pause"  # the activity entry of a job that paused itself (its event says reason auto_pause)
 SYSTEM = "system"  # the actor of what the engine does on its own
 # The duration columns are 32-bit on PostgreSQL (24.8 days of ms): a run reaped long after its worker died (a
 # service down for a month) must still close, not fail on every reaper pass.
@@ -156,6 +158,15 @@ async def record_not_started(
     return True
 
 
+async def release(rt: Runtime, job_id: str, token: str) -> None:
+    """Give up a lease held for a start that will not run (no run record): released, or handed to a fire buffered
+    behind it."""
+    try:
+        await _hand_on(rt, [leases.Finish(job_id, token)], [None])
+    except RedisError:
+        log.warning("could not release the lease of %s's start %s; it expires by itself", job_id, token)
+
+
 def is_cancel(details: str) -> bool:
     return details.startswith(CANCELLED_BY)
 
@@ -193,14 +204,18 @@ class _Completion:
 async def _complete_many(batch: list[_Completion]) -> list[bool]:
     closed = await _close(batch)
     rt = batch[0].rt
-    endings = [leases.Finish(c.run.job_id, c.run.token) for c in batch]
+    # Only the runs this batch closed hand their lease on: a run someone else closed first (a reaper, another
+    # reaper) is theirs to hand on, and a second hand-over could give a buffered fire the lease meant for a retry.
+    mine = [c for c, ok in zip(batch, closed, strict=True) if ok]
     try:
-        finished = await _hand_on(
-            rt, endings, [c.following if ok else None for c, ok in zip(batch, closed, strict=True)]
+        handed = await _hand_on(
+            rt, [leases.Finish(c.run.job_id, c.run.token) for c in mine], [c.following for c in mine]
         )
     except RedisError:
-        log.warning("could not release the leases of %d runs; they expire by themselves", len(batch))
-        finished = [leases.Finished() for _ in batch]
+        log.warning("could not release the leases of %d runs; they expire by themselves", len(mine))
+        handed = [leases.Finished() for _ in mine]
+    by_run = dict(zip([id(c) for c in mine], handed, strict=True))
+    finished = [by_run.get(id(c), leases.Finished()) for c in batch]
     unretried: list[_Completion] = []
     for c, f in zip(batch, finished, strict=True):
         if c.following is None:
@@ -231,7 +246,7 @@ async def _close(batch: list[_Completion]) -> list[bool]:
         for i in sorted(range(len(batch)), key=lambda i: (batch[i].run.job_id, batch[i].run.id)):
             c = batch[i]
             run = c.run
-            n, _ = await conn.execute_query(run_sql, [c.done_at, c.duration, c.result, c.details, run.id, run.attempt])
+            n, _ = await conn.execute_query(run_sql, [c.done_at, c.duration, c.result, c.details, run.id])
             closed[i] = bool(n)
             if not n:
                 continue
@@ -302,8 +317,13 @@ async def _hand_on(rt: Runtime, endings: list[leases.Finish], following: list[La
     try:
         await later.enqueue(rt.redis, queued)
     except RedisError:
-        # Their leases lapse within QUEUED_LEASE_TTL_SECONDS (plus the backoff), and the job is free again.
         log.error("could not queue %d retries and buffered fires; they are lost", len(queued), exc_info=True)
+        # Not queued, so not retried: the job must not stay `running` for a backoff. Their leases are released
+        # (best effort: else they lapse within QUEUED_LEASE_TTL_SECONDS plus the backoff), and a retry that
+        # will not happen ends its run's chain as a failure (the caller counts it).
+        with contextlib.suppress(RedisError):
+            await leases.finish(rt.redis, [leases.Finish(start.job_id, start.token) for start in queued])
+        finished = [dataclasses.replace(f, retry=False, buffered_fire=None) for f in finished]
     return finished
 
 
@@ -382,7 +402,7 @@ async def _paused(rt: Runtime, batch: list[_Completion]) -> None:
                 await scheduler.reconcile_job(rt, job)
         except Exception:
             log.warning("could not remove the pending fire of paused job %s; the reconcile will", job_id, exc_info=True)
-        await events.publish(rt.redis, events.JOB_DISABLED, job_id, enabled=False, reason=AUTO_PAUSE)
+        await events.publish(rt.redis, events.JOB_DISABLED, job_id, enabled=False, reason="auto_pause")
 
 
 def _marks(postgres: bool, count: int) -> list[str]:
@@ -396,7 +416,7 @@ _JOB_LAST_RUN = (
 _COMPLETE_SQL = {
     postgres: (
         "UPDATE job_run SET completed_at = {}, duration_ms = {}, result = {}, details = {} "
-        "WHERE id = {} AND completed_at IS NULL AND attempt = {}".format(*_marks(postgres, 6)),
+        "WHERE id = {} AND completed_at IS NULL".format(*_marks(postgres, 5)),
         _JOB_LAST_RUN.format(*_marks(postgres, 3), "", *_marks(postgres, 5)[3:]),
         # A success ends any run of failures (pauseAfterFailures counts failures in a row).
         _JOB_LAST_RUN.format(*_marks(postgres, 3), ", consecutive_failures = 0", *_marks(postgres, 5)[3:]),

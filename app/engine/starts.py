@@ -6,9 +6,10 @@ come due, app.engine.later) and, for all of them at once:
    the previous run is still going, and the job's overlap policy decides: `skip` records the fire as skipped
    (`overlap`), `buffer_one` makes it the job's buffered fire (unless one is already: skipped), `cancel_running`
    hands it back to its caller, which cancels the running run and then starts it (app.engine.fires). A trigger
-   extends the lease the API took when it accepted it, and a later start the lease handed to it when it was
-   queued (either refused: it lapsed while it waited, and it is recorded as not started). A token a cancel was
-   asked for does not start, and is recorded as cancelled;
+   extends the lease the API took when it accepted it (refused: it lapsed while it waited, and the trigger is
+   recorded as not started); a later start finds the lease handed to it when it was queued, or takes it again if
+   that lapsed and nobody holds it (held by another run: recorded as not started). A token a cancel was asked
+   for does not start, and is recorded as cancelled;
 2. writes their run records in one `INSERT ... ON CONFLICT DO NOTHING RETURNING` (app.engine.runs): a trigger
    whose token, or a fire whose (job, instant, attempt), already has a record started before and does not start
    again;
@@ -143,30 +144,26 @@ async def _settle_refused(rt: Runtime, lapsed: list[Start]) -> None:
             start.token,
             start.attempt,
         )
-        await runs.record_not_started(
-            rt,
-            job_id=start.job.id,
-            token=start.token,
-            triggered_by=start.triggered_by,
-            fire_at=start.fire_at,
-            attempt=start.attempt,
-            details="not started: its lease lapsed before a worker took it",
-        )
+        await _not_started(rt, start, "not started: its lease lapsed before a worker took it")
+
+
+async def _not_started(rt: Runtime, start: Start, details: str) -> None:
+    await runs.record_not_started(
+        rt,
+        job_id=start.job.id,
+        token=start.token,
+        triggered_by=start.triggered_by,
+        fire_at=start.fire_at,
+        attempt=start.attempt,
+        details=details,
+    )
 
 
 async def _settle_cancelled(rt: Runtime, cancelled: list[Start]) -> None:
     """Runs cancelled before they started (a queued trigger, a later start taken as the cancel came in)."""
     for start in cancelled:
         details = await cancels.details_for(rt, start.job.id, start.token) or f"{runs.CANCELLED_BY}request"
-        await runs.record_not_started(
-            rt,
-            job_id=start.job.id,
-            token=start.token,
-            triggered_by=start.triggered_by,
-            fire_at=start.fire_at,
-            attempt=start.attempt,
-            details=details,
-        )
+        await _not_started(rt, start, details)
         if start.message is not None:
             await triggers.forget(rt.redis, start.message)
 

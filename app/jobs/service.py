@@ -68,7 +68,8 @@ def as_of_event(state: JobState, event: dict[str, Any]) -> JobState:
         job.last_skipped_at, job.last_skip_reason = _instant(last_fire), reason
         return dataclasses.replace(state, job=job)
     running = event.get("running")
-    if not isinstance(running, bool):
+    if kind == engine.RUN_CANCELLING or not isinstance(running, bool):
+        # A cancel request changes nothing the read missed: the stores say whether the run still goes.
         return state
     started_at = event.get("startedAt")
     job = state.job
@@ -77,7 +78,7 @@ def as_of_event(state: JobState, event: dict[str, Any]) -> JobState:
         job.last_run_at = _instant(started_at)
         job.last_result = event.get("result")
         job.last_duration_ms = event.get("duration")
-    cancelling = running and (kind == engine.RUN_CANCELLING or (state.cancelling and kind != "run.started"))
+    cancelling = running and state.cancelling and kind != "run.started"
     return dataclasses.replace(state, job=job, running=running, cancelling=cancelling)
 
 

@@ -154,6 +154,25 @@ async def test_forget_leaves_no_arq_key_of_the_job(redis: ArqRedis) -> None:
     assert await redis.zscore(constants.default_queue_name, "gone") is None
 
 
+async def test_withdraw_takes_a_queued_job_back_unless_a_worker_has_it(redis: ArqRedis) -> None:
+    jobs = [adapter.Deferred(f"later-{i}", "noted", (f"value-{i}",), 1, 60_000) for i in range(3)]
+    await adapter.enqueue_unless_present(redis, jobs)
+    await adapter.claim_due(
+        redis, queue_name=constants.default_queue_name, job_ids=[b"later-2"], limit=1, in_progress_ms=60_000, token="t"
+    )
+    assert await adapter.withdraw(redis, "later-0") == ("value-0",)  # its arguments, as enqueued
+    assert await adapter.withdraw(redis, "later-0") is None  # once
+    assert await adapter.withdraw(redis, "later-2") is None  # a worker has it
+    assert await adapter.withdraw(redis, "never") is None
+    worker = _stock(redis, max_burst_jobs=1)  # what is left: later-1 only (later-2 is in progress elsewhere)
+    try:
+        await asyncio.wait_for(worker.async_run(), 10)
+    finally:
+        await worker.close()
+    assert worker.ctx["noted"] == ["value-1"]
+    assert await adapter.exist(redis, ["later-0"]) == [False]
+
+
 async def test_another_try_lets_a_job_run_again_after_its_one_try(redis: ArqRedis) -> None:
     await adapter.enqueue_unless_present(redis, [adapter.Deferred("again", "noted", ("x",), 1, 60_000)])
     await redis.set(constants.retry_key_prefix + "again", 1)  # tried once, as arq counts a cancelled run

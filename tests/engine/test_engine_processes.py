@@ -116,7 +116,8 @@ async def test_500_fires_of_fast_jobs_across_four_workers_run_exactly_500_times(
         fires = sorted(r.fire_at for r in runs if r.job_id == job_id and r.fire_at is not None)
         gaps = {(b - a).total_seconds() for a, b in pairwise(fires)}
         assert gaps <= {1.0}, f"{job_id} missed a fire: gaps {sorted(gaps)}"
-    assert await skipped_fires() == {}
+    # Nothing was skipped but the fires already on their way when the jobs were stopped.
+    assert set(await skipped_fires()) <= {"disabled"}
 
 
 async def test_sigkill_mid_run_is_recorded_as_worker_lost_and_the_next_fire_happens(

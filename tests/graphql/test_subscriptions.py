@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from app.api.backlog import PER_JOB
 from app.api.live import DELETED, Hub
 from app.data.jobs import Job
+from app.engine import cancels, leases
 from app.engine.events import CHANNEL, publish
 from app.jobs import service as jobs_service
 from app.jobs.service import JobState
@@ -319,3 +320,36 @@ async def test_the_hub_reads_the_states_of_a_burst_of_events_together(orm: Runti
     assert every.pending.unsent("job-3")[-1].state is None  # deleted last: its newest change says so
     assert every.pending.unsent("job-0")[-1].state == {"job": "job-0", "read": len(reads)}
     assert one.pending.jobs() == ["job-1"]
+
+
+async def test_the_hub_shows_a_skipped_fire_with_its_reason_and_a_run_being_cancelled(orm: Runtime) -> None:
+    await make_job(id="busy", payload={"seconds": 0})
+    hub = Hub(orm.redis, lambda job_id: jobs_service.find(orm, job_id=job_id), as_of_event=jobs_service.as_of_event)
+    hub.start()
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 5)
+        box = hub.open("busy")
+        fire = "2026-11-23T18:00:01.000Z"
+        await publish(orm.redis, "fire.skipped", "busy", fireAt=fire, lastFireAt=fire, count=1, reason="overlap")
+        skipped = await box.next_change(timeout=5)
+        # A run holds the job and a cancel was asked of it: the stores say so, whatever the event carries.
+        assert await leases.acquire(orm.redis, "busy", "the-run", 30)
+        assert await cancels.request(orm, "busy", "cancelled by user:1", by="user") == "the-run"
+        await publish(orm.redis, "run.cancelling", "busy", running=True, cancelling=True)
+        cancelling = await box.next_change(timeout=5)
+        await leases.release(orm.redis, "busy", "the-run")
+        await publish(orm.redis, "run.cancelling", "busy", running=True, cancelling=True)  # late: ended already
+        late = await box.next_change(timeout=5)
+        await publish(orm.redis, "run.finished", "busy", running=False, runId=3, result="error", duration=5)
+        finished = await box.next_change(timeout=5)
+    finally:
+        await hub.stop()
+    assert skipped is not None and isinstance(skipped.state, JobState)
+    assert skipped.state.job.last_skipped_at == datetime(2026, 11, 23, 18, 0, 1, tzinfo=UTC)
+    assert skipped.state.job.last_skip_reason == "overlap"
+    assert cancelling is not None and isinstance(cancelling.state, JobState)
+    assert (cancelling.state.running, cancelling.state.cancelling) == (True, True)
+    assert late is not None and isinstance(late.state, JobState)
+    assert (late.state.running, late.state.cancelling) == (False, False)  # never a lie in either direction
+    assert finished is not None and isinstance(finished.state, JobState)
+    assert (finished.state.running, finished.state.cancelling) == (False, False)

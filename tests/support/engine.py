@@ -54,5 +54,5 @@ async def skipped_fires(job_id: str | None = None) -> dict[str, int]:
     query = SkippedFire.all() if job_id is None else SkippedFire.filter(job_id=job_id)
     counts: dict[str, int] = {}
     for reason, count in await query.values_list("reason", "count"):
-        counts[str(reason)] = counts.get(str(reason), 0) + int(count)  # type: ignore[call-overload]
+        counts[str(reason)] = counts.get(str(reason), 0) + int(count)
     return counts
