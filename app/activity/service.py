@@ -11,7 +11,16 @@ from app.data.jobs import validate_job_id
 from app.platform.errors import Invalid
 from app.platform.pagination import Page, PageRequest, fetch_page
 
-EVENTS = ("jobs.update", "jobs.start", "jobs.stop", "jobs.trigger", "jobs.create", "jobs.delete")
+EVENTS = (
+    "jobs.update",
+    "jobs.start",
+    "jobs.stop",
+    "jobs.trigger",
+    "jobs.cancel",
+    "jobs.create",
+    "jobs.delete",
+    "jobs.auto_pause",
+)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 

@@ -27,3 +27,23 @@ def test_the_issue_fixes_these_names() -> None:
         "jobStatus(id: ID = null): Job!",
     ]:
         assert line in text, line
+
+
+def test_the_run_lifecycle_is_in_the_sdl() -> None:
+    text = SCHEMA_FILE.read_text()
+    for line in [
+        "retry: RetryPolicy",
+        "overlap: String!",
+        "catchUp: CatchUp!",
+        "pauseAfterFailures: Int",
+        "consecutiveFailures: Int!",
+        "cancelling: Boolean!",
+        "lastSkippedFire: SkippedFireRef",
+        "skippedFires(limit: Int = 50, offset: Int = 0): SkippedFirePage!",
+        "cancelJobRun(id: ID!): JobActionResult!",
+        "retry: RetryPolicyInput",
+        "catchUp: CatchUpInput",
+        "attempt: Int!",
+        "fireAt: String",
+    ]:
+        assert line in text, line
