@@ -13,11 +13,13 @@ from arq.worker import Retry
 from tortoise.exceptions import OperationalError
 
 from app.data import jobs as jobs_table
+from app.data.jobs import Job
 from app.data.runs import Run
 from app.engine import cancels, later, later_runs, leases
+from app.engine import runs as runs_engine
 from app.platform.runtime import Runtime
 from tests.factories import make_job
-from tests.support.engine import skipped_fires, worker_ctx
+from tests.support.engine import begin_run, skipped_fires, worker_ctx
 
 FIRE = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
 
@@ -89,3 +91,22 @@ async def test_a_retry_withdrawn_by_a_cancel_hands_the_lease_to_the_fire_buffere
     assert buffered not in (None, "attempt-2")  # the buffered fire holds the job now, and is queued to start
     queued = [i.decode() for i in await orm.redis.zrange(default_queue_name, 0, -1)]
     assert queued == [later.arq_job_id(str(buffered))]
+
+
+async def test_a_worker_lost_mid_attempt_counts_as_a_failed_attempt_and_the_next_one_is_queued(orm: Runtime) -> None:
+    retry = {"maxAttempts": 3, "backoff": 30.0, "maxBackoff": 30.0, "multiplier": 1.0, "jitter": 0.0}
+    job = await make_job(id="orphaned", retry=retry)
+    run = await begin_run(orm, job, triggered_by="user:1")
+    await orm.redis.delete(leases.key("orphaned"))  # its worker was killed: nobody renews the lease
+    later_on = Runtime(settings=orm.settings, redis=orm.redis, clock=lambda: run.started_at + timedelta(seconds=60))
+    assert (await runs_engine.reap_lost(later_on)).closed == 1
+    [closed] = await Run.filter(job_id="orphaned")
+    assert (closed.attempt, closed.result, closed.details) == (1, "error", "worker lost")
+    # The next attempt holds the job (still running) and waits in arq's queue for its backoff.
+    holder = await leases.holder(orm.redis, "orphaned")
+    assert holder is not None and holder != run.token
+    [queued] = [i.decode() for i in await orm.redis.zrange(default_queue_name, 0, -1, withscores=False)]
+    assert queued == later.arq_job_id(holder)
+    due = await orm.redis.zscore(default_queue_name, queued)
+    assert due == pytest.approx((later_on.now() + timedelta(seconds=30)).timestamp() * 1000, abs=2)
+    assert (await Job.get(id="orphaned")).consecutive_failures == 0  # not exhausted: not yet a failure
