@@ -1,4 +1,5 @@
-"""Migration 0004 (run lifecycle) on a database that holds runs, forward and back, on the backend under test."""
+"""Migrations 0004 (run lifecycle) and 0005 (managing jobs) on a database that holds data, forward and back, on
+the backend under test."""
 
 from __future__ import annotations
 
@@ -92,3 +93,33 @@ async def test_runs_survive_the_new_unique_key_forward_and_back(settings: Settin
         await insert_run(settings, "t6", FIRE)  # the old key is back
     await migrate_to(settings, LATEST)
     assert len(await sql(settings, "SELECT id FROM job_run")) == 3
+
+
+async def test_managing_jobs_columns_come_with_defaults_and_go_back(settings: Settings) -> None:
+    await migrate_to(settings, f"{db.APP_LABEL}.0004_run_lifecycle")
+    await sql(
+        settings,
+        "INSERT INTO job (id, name, description, type, payload, schedule, enabled, builtin, created_at, updated_at) "
+        "VALUES ('j', 'J', '', 't', '{}', '@daily', ?, ?, ?, ?)",
+        True,
+        False,
+        FIRE,
+        FIRE,
+    )
+    await insert_run(settings, "t1", FIRE)
+    await sql(
+        settings,
+        "INSERT INTO activity (event, job_id, actor, details, created_at) VALUES ('jobs.update', 'j', 'user:1', '{}', ?)",
+        FIRE,
+    )
+    await migrate_to(settings, LATEST)
+    assert await sql(settings, "SELECT version FROM job") == [{"version": 1}]
+    assert await sql(settings, "SELECT payload FROM job_run") == [{"payload": None}]
+    assert await sql(settings, "SELECT request_id, client_address FROM activity") == [
+        {"request_id": None, "client_address": None}
+    ]
+    await migrate_to(settings, f"{db.APP_LABEL}.0004_run_lifecycle")
+    assert [r["id"] for r in await sql(settings, "SELECT * FROM job")] == ["j"]
+    assert "version" not in (await sql(settings, "SELECT * FROM job"))[0]
+    assert "payload" not in (await sql(settings, "SELECT * FROM job_run"))[0]
+    assert "request_id" not in (await sql(settings, "SELECT * FROM activity"))[0]

@@ -11,7 +11,17 @@ from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
 from app.api.outages import as_unavailable
-from app.platform.errors import AppError, Conflict, Forbidden, Invalid, NotFound, Unauthenticated, Unavailable
+from app.platform.errors import (
+    AppError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    PreconditionFailed,
+    Unauthenticated,
+    Unavailable,
+    Unprocessable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +31,8 @@ CODES: list[tuple[type[AppError], str]] = [
     (NotFound, "NOT_FOUND"),
     (Invalid, "BAD_USER_INPUT"),
     (Conflict, "CONFLICT"),
+    (PreconditionFailed, "PRECONDITION_FAILED"),
+    (Unprocessable, "BAD_USER_INPUT"),
     (Unavailable, "UNAVAILABLE"),
 ]
 INTERNAL_MESSAGE = "Internal server error"

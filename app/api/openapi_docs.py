@@ -32,6 +32,11 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
         "already_running",
         "Job is already running",
     ),
+    412: (
+        "If-Match names a version of the job that is no longer the current one",
+        "precondition_failed",
+        "Job 'metadata-sync' changed since you read it (it is at version 4); read it again and retry",
+    ),
     413: ("Request body over MAX_BODY_BYTES", "payload_too_large", "Request body is larger than 65536 bytes"),
     503: (f"Redis or the database is out of reach; the database says '{DATABASE_DOWN}'", "unavailable", REDIS_DOWN),
 }
@@ -80,6 +85,7 @@ JOB = {
     "consecutiveFailures": 0,
     "cancelling": False,
     "lastSkippedFire": None,
+    "version": 3,
 }
 RUN_PAGE = {
     "logs": [
@@ -94,6 +100,7 @@ RUN_PAGE = {
             "details": "Synced 150 games",
             "attempt": 1,
             "fireAt": "2024-01-15T06:00:00.000Z",
+            "payload": {},
         },
         {
             "id": 122,
@@ -106,6 +113,7 @@ RUN_PAGE = {
             "details": "Synced 150 games",
             "attempt": 1,
             "fireAt": None,
+            "payload": {"batchSize": 10},
         },
     ],
     "total": 45,

@@ -66,6 +66,9 @@ class Job(Model):
     last_skipped_at = DatetimeField(null=True)
     last_skip_reason = fields.CharField(max_length=32, null=True)
     updated_at = DatetimeField(auto_now=True)
+    # Bumped by every change of what a client set (an edit, enable/disable, auto-pause), never by a run: the
+    # ETag and GraphQL's expectedVersion compare it (optimistic concurrency).
+    version = fields.IntField(default=1, db_default=1)
 
     class Meta:
         table = "job"

@@ -26,6 +26,9 @@ class Run(Model):
     duration_ms = fields.IntField(null=True)
     result = fields.CharField(max_length=16, null=True)
     details = fields.TextField(null=True)
+    # The payload the handler was given: the job's, or a trigger's own. Null on the records of runs that never
+    # started and of runs from before this column.
+    payload: fields.Field[dict[str, object] | None] = fields.JSONField(null=True)
 
     class Meta:
         table = "job_run"

@@ -95,6 +95,7 @@ __all__ = [
     "publish",
     "queue_depth",
     "reconcile",
+    "reschedule",
     "retry_of",
     "run_worker",
     "running",
@@ -107,10 +108,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-async def trigger(rt: Runtime, job: Job, *, actor: str) -> str | None:
-    """Run the job now: its run's token, or None when it is running (its lease is held). QueueUnavailable when
-    Redis cannot take it."""
-    return await triggers.accept(rt, spec_of(job), actor=actor)
+async def trigger(rt: Runtime, job: Job, *, actor: str, payload: dict[str, Any] | None = None) -> str | None:
+    """Run the job now (with `payload` instead of the job's, when given): its run's token, or None when it is
+    running (its lease is held). QueueUnavailable when Redis cannot take it."""
+    return await triggers.accept(rt, spec_of(job, payload), actor=actor)
 
 
 async def schedule(rt: Runtime, job: Job) -> datetime | None:
@@ -122,6 +123,19 @@ async def schedule(rt: Runtime, job: Job) -> datetime | None:
     except RedisError:
         log.warning("Redis unavailable while rescheduling %s; the reconcile will", job.id, exc_info=True)
         return None
+
+
+async def reschedule(rt: Runtime, job: Job, previous_fire: datetime | None) -> datetime | None:
+    """After an edit that moved the job's pending fire (its row's `next_run_at` is null now): drop the fire at
+    `previous_fire` and enqueue the row's next one (none while disabled). A fire of the old schedule that a
+    worker claimed already gives itself up (its job changed while armed); one that slips through (Redis out
+    now) finds the row moved when it comes due, and does nothing."""
+    if previous_fire is not None:
+        try:
+            await scheduler.cancel_fire(rt, job_id=job.id, fire_at=previous_fire)
+        except RedisError:
+            log.warning("could not remove the old pending fire of %s; it is dropped when it comes due", job.id)
+    return await schedule(rt, job)
 
 
 async def unschedule(rt: Runtime, job: Job) -> None:

@@ -91,8 +91,10 @@ async def _replace_running(rt: Runtime, job: Job, fire_at: datetime) -> Run | No
     return began.runs[0]
 
 
-def spec_of(job: Job) -> runner.JobSpec:
-    return runner.JobSpec(id=job.id, type=job.type, payload=job.payload, timeout=job.timeout_seconds)
+def spec_of(job: Job, payload: dict[str, Any] | None = None) -> runner.JobSpec:
+    """What a run of the job is given: its type, timeout, and its payload unless the run has its own."""
+    given = job.payload if payload is None else payload
+    return runner.JobSpec(id=job.id, type=job.type, payload=given, timeout=job.timeout_seconds)
 
 
 @dataclass(eq=False)
@@ -193,15 +195,17 @@ async def start_fires(rt: Runtime, fires: list[_Armed]) -> list[Outcome]:
 
 
 async def _still_claimed(rt: Runtime, fires: list[_Armed]) -> list[_Armed]:
-    """The fires whose job row still holds what their claim left (enabled, the next fire): a job stopped,
-    deleted or rescheduled during the lead gives its armed fire up, as it would have before the claim (a stopped
-    job's is recorded as skipped: `disabled`)."""
-    rows = await Job.filter(id__in=[a.job.id for a in fires]).values_list("id", "enabled", "next_run_at")
-    now = {str(job_id): (bool(enabled), next_run_at) for job_id, enabled, next_run_at in rows}
+    """The fires whose job row still holds what their claim left (enabled, the next fire, the schedule): a job
+    stopped, deleted, edited to another schedule or rescheduled during the lead gives its armed fire up, as it
+    would have before the claim (a stopped job's is recorded as skipped: `disabled`)."""
+    columns = ("id", "enabled", "next_run_at", "schedule", "timezone")
+    rows = await Job.filter(id__in=[a.job.id for a in fires]).values_list(*columns)
+    now = {str(job_id): (bool(enabled), *rest) for job_id, enabled, *rest in rows}
     kept = []
     stopped = []
     for armed in fires:
-        if now.get(armed.job.id) == (True, armed.job.next_run_at):
+        claimed = (True, armed.job.next_run_at, armed.job.schedule, armed.job.timezone)
+        if now.get(armed.job.id) == claimed:
             kept.append(armed)
             continue
         log.info("fire %s of %s given up: the job changed while it was armed", armed.fire_at.isoformat(), armed.job.id)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from arq.connections import ArqRedis
 
@@ -38,20 +39,24 @@ class Later:
     fire_at: datetime | None
     attempt: int
     due: datetime | None = None  # when it is queued: when it starts
+    # A retry runs with the payload its first attempt had (a trigger's own, say); None: the job's when it starts.
+    payload: dict[str, Any] | None = None
 
-    def args(self) -> tuple[str, str, str, str | None, int]:
+    def args(self) -> tuple[str, str, str, str | None, int, dict[str, Any] | None]:
         fire = self.fire_at.isoformat() if self.fire_at is not None else None
-        return (self.job_id, self.token, self.triggered_by, fire, self.attempt)
+        return (self.job_id, self.token, self.triggered_by, fire, self.attempt, self.payload)
 
     @classmethod
     def of_args(cls, args: Sequence[object]) -> Later:
-        job_id, token, triggered_by, fire, attempt = args
+        # Five arguments: queued by a release before run payloads; it starts with the job's payload.
+        job_id, token, triggered_by, fire, attempt, payload = (*args, None) if len(args) == 5 else args
         return cls(
             job_id=str(job_id),
             token=str(token),
             triggered_by=str(triggered_by),
             fire_at=datetime.fromisoformat(str(fire)) if fire is not None else None,
             attempt=int(str(attempt)),
+            payload=dict(payload) if isinstance(payload, dict) else None,
         )
 
 

@@ -28,7 +28,13 @@ RETRY_SECONDS = 2.0
 
 
 async def start_later(
-    ctx: dict[str, Any], job_id: str, token: str, triggered_by: str, fire_at_iso: str | None, attempt: int
+    ctx: dict[str, Any],
+    job_id: str,
+    token: str,
+    triggered_by: str,
+    fire_at_iso: str | None,
+    attempt: int,
+    payload: dict[str, Any] | None = None,
 ) -> None:
     worker = context.of(ctx)
     rt = worker.rt
@@ -44,7 +50,8 @@ async def start_later(
             await runs.release(rt, job_id, token)
             await skips.record(rt, [skips.Skip(job_id, fire_at, skips.DISABLED)])
             return
-        start = starts.Start(spec_of(job), token, triggered_by, fire_at=fire_at, attempt=attempt, later=True)
+        spec = spec_of(job, payload)
+        start = starts.Start(spec, token, triggered_by, fire_at=fire_at, attempt=attempt, later=True)
         began = await starts.begin(rt, [start])
     except asyncio.CancelledError:
         # The worker is shutting down before the run began: the next worker takes it (its lease lives on until
@@ -62,4 +69,4 @@ async def start_later(
     if run is None:
         await began.announced
         return
-    await runner.execute(rt, worker.run_handler, spec_of(job), run, started=began.announced)
+    await runner.execute(rt, worker.run_handler, spec, run, started=began.announced)

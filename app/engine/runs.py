@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import random
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from redis.exceptions import RedisError
 from tortoise import connections
@@ -48,7 +50,7 @@ SYSTEM = "system"  # the actor of what the engine does on its own
 # The duration columns are 32-bit on PostgreSQL (24.8 days of ms): a run reaped long after its worker died (a
 # service down for a month) must still close, not fail on every reaper pass.
 MAX_DURATION_MS = 2**31 - 1
-# Rows per INSERT: 6 parameters each stays far below SQLite's and PostgreSQL's parameter limits.
+# Rows per INSERT: 7 parameters each stays far below SQLite's and PostgreSQL's parameter limits.
 INSERT_BATCH = 500
 
 
@@ -65,6 +67,7 @@ class NewRun:
     triggered_by: str
     fire_at: datetime | None
     attempt: int = 1
+    payload: dict[str, Any] | None = None
 
 
 async def insert(rows: Sequence[NewRun], started_at: datetime) -> list[Run | None]:
@@ -85,6 +88,7 @@ async def insert(rows: Sequence[NewRun], started_at: datetime) -> list[Run | Non
             triggered_by=row.triggered_by,
             fire_at=row.fire_at,
             started_at=started_at,
+            payload=row.payload,
         )
         for row in rows
     ]
@@ -99,10 +103,11 @@ async def _insert_batch(rows: Sequence[NewRun], started_at: datetime) -> dict[st
     # In (job, fire) order: two batches that overlap (a redelivered fire) take their index locks alike.
     for row in sorted(rows, key=lambda r: (r.job_id, r.fire_at is not None, r.fire_at or started_at)):
         first = len(values) + 1
-        placeholders.append("(" + ", ".join(f"${first + i}" if postgres else "?" for i in range(6)) + ")")
-        values += [row.job_id, row.token, row.attempt, row.triggered_by, row.fire_at, started_at]
+        placeholders.append("(" + ", ".join(f"${first + i}" if postgres else "?" for i in range(7)) + ")")
+        payload = None if row.payload is None else json.dumps(row.payload, separators=(",", ":"))
+        values += [row.job_id, row.token, row.attempt, row.triggered_by, row.fire_at, started_at, payload]
     sql = (
-        "INSERT INTO job_run (job_id, token, attempt, triggered_by, fire_at, started_at) "
+        "INSERT INTO job_run (job_id, token, attempt, triggered_by, fire_at, started_at, payload) "
         f"VALUES {', '.join(placeholders)} ON CONFLICT DO NOTHING RETURNING id, token"
     )
     written = await conn.execute_query_dict(sql, values)
@@ -345,6 +350,7 @@ def _next_attempt(c: _Completion, retry: Retry) -> Later:
         run.fire_at,
         run.attempt + 1,
         due=c.done_at + timedelta(seconds=delay),
+        payload=run.payload,
     )
 
 
@@ -368,7 +374,7 @@ async def _count_failure(conn: BaseDBAsyncClient, run: Run) -> int:
     failures, limit = int(row["consecutive_failures"]), int(row["pause_after_failures"])
     if failures < limit:
         return 0
-    if not await Job.filter(id=run.job_id, enabled=True).using_db(conn).update(enabled=False):
+    if not await Job.filter(id=run.job_id, enabled=True).using_db(conn).update(enabled=False, version=F("version") + 1):
         return 0
     details = {
         "enabled": False,

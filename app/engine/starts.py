@@ -96,7 +96,8 @@ async def begin(rt: Runtime, starts: list[Start], *, trusted: bool = False) -> B
     leased = [s for s, t in zip(starts, took, strict=True) if t in (Took.EXTENDED, Took.ACQUIRED)]
     try:
         written = await runs.insert(
-            [runs.NewRun(s.job.id, s.token, s.triggered_by, s.fire_at, s.attempt) for s in leased], rt.now()
+            [runs.NewRun(s.job.id, s.token, s.triggered_by, s.fire_at, s.attempt, s.job.payload) for s in leased],
+            rt.now(),
         )
     except BaseException:
         if confirming is not None:

@@ -84,6 +84,9 @@ class JobType:
     consecutive_failures: int
     cancelling: bool = strawberry.field(description="A cancel was asked and the handler has not stopped yet.")
     last_skipped_fire: SkippedFireRefType | None
+    version: int = strawberry.field(
+        description="Bumped by every change of the job's settings (not by its runs); updateJob's expectedVersion."
+    )
 
     @classmethod
     def of(cls, state: JobState) -> JobType:
@@ -127,6 +130,26 @@ class RetryPolicyInput:
 class CatchUpInput:
     window: str | None = strawberry.UNSET
     policy: str | None = strawberry.UNSET
+
+
+@strawberry.input(
+    name="UpdateJobInput",
+    description="The fields to change, validated as on creation; at most one of interval or schedule. A built-in "
+    "job's name, description and payload are not editable.",
+)
+class UpdateJobInput:
+    name: str | None = strawberry.UNSET
+    description: str | None = strawberry.UNSET
+    interval: str | None = strawberry.UNSET
+    schedule: str | None = strawberry.UNSET
+    timezone: str | None = strawberry.UNSET
+    payload: JSON | None = strawberry.UNSET
+    timeout: float | None = strawberry.UNSET
+    enabled: bool | None = strawberry.UNSET
+    retry: RetryPolicyInput | None = strawberry.UNSET
+    overlap: str | None = strawberry.UNSET
+    catch_up: CatchUpInput | None = strawberry.UNSET
+    pause_after_failures: int | None = strawberry.UNSET
 
 
 @strawberry.input(name="CreateJobInput", description="Exactly one of interval (Go duration) or schedule.")
@@ -180,10 +203,26 @@ class JobQuery:
 
 @strawberry.type
 class JobMutation:
-    @strawberry.mutation(description="Enable (schedule the next fire) or disable (remove it) a job.")
-    async def update_job(self, info: strawberry.Info, id: strawberry.ID, enabled: bool) -> JobType:
+    @strawberry.mutation(
+        description="Enable (schedule the next fire) or disable (remove it) a job with `enabled`, or edit it with "
+        "`input` (both: `enabled` joins the input). With `expectedVersion`, PRECONDITION_FAILED once the job's "
+        "version is another."
+    )
+    async def update_job(
+        self,
+        info: strawberry.Info,
+        id: strawberry.ID,
+        enabled: bool | None = None,
+        input: UpdateJobInput | None = None,
+        expected_version: int | None = None,
+    ) -> JobType:
         ctx = info.context
-        state = await jobs_service.set_enabled(ctx.runtime, job_id=str(id), enabled=enabled, actor=ctx.admin().actor)
+        data = _sent(input) if input is not None else {}
+        if enabled is not None:
+            data["enabled"] = enabled
+        state = await jobs_service.update(
+            ctx.runtime, job_id=str(id), data=data, actor=ctx.admin().actor, expected_version=expected_version
+        )
         return JobType.of(state)
 
     @strawberry.mutation(description="Create a job of a registered type; its first fire is scheduled.")
@@ -211,10 +250,16 @@ class JobMutation:
         state = await jobs_service.stop(ctx.runtime, job_id=str(id), actor=ctx.admin().actor)
         return JobActionResultType(success=True, message="Job stopped successfully", job=JobType.of(state))
 
-    @strawberry.mutation(description="Run the job now; CONFLICT while it is running.")
-    async def trigger_job(self, info: strawberry.Info, id: strawberry.ID) -> JobActionResultType:
+    @strawberry.mutation(
+        description="Run the job now (with `payload` instead of the job's, validated by its type's schema); "
+        "CONFLICT while it is running."
+    )
+    async def trigger_job(
+        self, info: strawberry.Info, id: strawberry.ID, payload: JSON | None = strawberry.UNSET
+    ) -> JobActionResultType:
         ctx = info.context
-        await runs_service.trigger(ctx.runtime, job_id=str(id), actor=ctx.admin().actor)
+        given = {} if payload is strawberry.UNSET else {"payload": payload}
+        await runs_service.trigger(ctx.runtime, job_id=str(id), actor=ctx.admin().actor, body=given or None)
         state = await jobs_service.get(ctx.runtime, job_id=str(id))
         return JobActionResultType(success=True, message="Job triggered successfully", job=JobType.of(state))
 

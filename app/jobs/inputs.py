@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 from app import engine
+from app.data.jobs import Job
+from app.platform.errors import Invalid
 from app.platform.schedule import MAX_INTERVAL, ScheduleError, format_go_duration, parse_go_duration
 from app.platform.validation import validated
 
@@ -114,5 +116,99 @@ class JobCreate(BaseModel):
     )
 
 
+class EnabledEdit(BaseModel):
+    """The spec's PATCH body: `{"enabled": bool}` alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: StrictBool
+
+
 def parse_job_create(data: object) -> JobCreate:
     return validated(JobCreate, data, what="job")
+
+
+# What a PATCH may change, by wire name. `id` and `type` are a job's identity: never editable.
+EDITABLE = (
+    "name",
+    "description",
+    "schedule",
+    "interval",
+    "timezone",
+    "payload",
+    "timeout",
+    "enabled",
+    "retry",
+    "overlap",
+    "catchUp",
+    "pauseAfterFailures",
+)
+# A built-in job's definition is the code's: only when and how it runs is the admin's.
+BUILTIN_FIXED = ("name", "description", "payload")
+IDENTITY = ("id", "type")
+
+
+def edit_fields(data: object, *, builtin: bool) -> dict[str, Any]:
+    """The fields of a PATCH body, checked for what may be edited (the values are checked by `merged`)."""
+    if not isinstance(data, dict):
+        raise Invalid("The body must be a JSON object of the fields to change", code="validation_error")
+    if not data:
+        raise Invalid("Nothing to change: send at least one field", code="validation_error")
+    for name in data:
+        if name in IDENTITY:
+            raise Invalid(
+                f"{name} cannot be changed; create a new job instead",
+                code="field_not_editable",
+                details=[{"field": name, "message": "not editable", "type": "not_editable"}],
+            )
+        if builtin and name in BUILTIN_FIXED:
+            raise Invalid(
+                f"{name} of a built-in job cannot be changed",
+                code="field_not_editable",
+                details=[{"field": name, "message": "not editable on a built-in job", "type": "not_editable"}],
+            )
+    if "schedule" in data and "interval" in data:
+        raise Invalid("Give exactly one of interval or schedule", code="validation_error")
+    return dict(data)
+
+
+def merged(current: dict[str, Any], edits: dict[str, Any]) -> JobCreate:
+    """The job as it would be with the edits applied, through the one creation validator: an edit is accepted
+    exactly when creating the job with the result would be (an unknown field is named there too)."""
+    result = {**current, **edits}
+    if "interval" in edits:
+        result.pop("schedule", None)
+    return parse_job_create(result)
+
+
+def creation_input(job: Job) -> dict[str, Any]:
+    """The creation body that makes this job as it is now (durations as Go durations)."""
+    retry = engine.retry_of(job)
+    window = job.catch_up_window_seconds
+    return {
+        "id": job.id,
+        "type": job.type,
+        "name": job.name,
+        "description": job.description,
+        "schedule": job.schedule,
+        "timezone": job.timezone,
+        "payload": dict(job.payload),
+        "timeout": job.timeout_seconds,
+        "enabled": job.enabled,
+        "retry": None
+        if retry is None
+        else {
+            "maxAttempts": retry.max_attempts,
+            "backoff": _go(retry.backoff),
+            "maxBackoff": _go(retry.max_backoff),
+            "multiplier": retry.multiplier,
+            "jitter": retry.jitter,
+        },
+        "overlap": job.overlap,
+        "catchUp": {"window": None if window is None else _go(window), "policy": job.catch_up_policy},
+        "pauseAfterFailures": job.pause_after_failures,
+    }
+
+
+def _go(seconds: float) -> str:
+    return format_go_duration(timedelta(seconds=seconds))

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import pydantic_core
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Header, Response
 
 from app.api import openapi_docs as docs
 from app.api.deps import AdminDep, RuntimeDep
+from app.api.etags import etag, expected_version
 from app.api.schemas import ActionResult
 from app.jobs import service as jobs_service
-from app.jobs.schemas import JobOut, JobUpdate, job_wire
+from app.jobs.schemas import JobOut, job_wire
 from app.jobs.service import JobState
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -94,23 +95,43 @@ async def delete_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> Response:  #
     responses=docs.example(docs.JOB, docs.errors(400, 404)),
 )
 async def get_job(jobId: str, rt: RuntimeDep, _: AdminDep) -> JobJSON:  # noqa: N803 - the spec's name
-    return JobJSON(job_wire(await jobs_service.get(rt, job_id=jobId)))
+    return _with_etag(await jobs_service.get(rt, job_id=jobId))
+
+
+def _with_etag(state: JobState) -> JobJSON:
+    return JobJSON(job_wire(state), headers={"ETag": etag(state.job.version)})
 
 
 @router.patch(
     "/{jobId}",
     response_model=JobOut,
-    summary="Enable or disable a job",
-    description="Enabling schedules the next fire; disabling removes it.",
-    responses=docs.example(docs.JOB, docs.errors(400, 404, 413)),
+    summary="Edit a job, or enable or disable it",
+    description='`{"enabled": bool}` is the spec\'s enable/disable: enabling schedules the next fire, disabling '
+    "removes it. Any of `name`, `description`, `schedule` | `interval`, `timezone`, `payload`, `timeout`, `retry`, "
+    "`overlap`, `catchUp`, `pauseAfterFailures` edit the job, validated as on creation; a new schedule moves the "
+    "pending fire. A built-in job's name, description and payload are its code's (400). `If-Match` with the "
+    "job's ETag: 412 `precondition_failed` once anybody else changed it.",
+    responses=docs.example(docs.JOB, docs.errors(400, 404, 412, 413)),
 )
 async def update_job(
     jobId: str,  # noqa: N803
-    body: Annotated[JobUpdate, Body(openapi_examples={"enable": {"value": {"enabled": True}}})],
+    body: Annotated[
+        Any,
+        Body(
+            openapi_examples={
+                "enable": {"value": {"enabled": True}},
+                "edit": {"value": {"schedule": "0 */2 * * *", "timezone": "Europe/Paris", "timeout": 600}},
+            }
+        ),
+    ],
     rt: RuntimeDep,
     user: AdminDep,
-) -> JobOut:
-    return JobOut.of(await jobs_service.set_enabled(rt, job_id=jobId, enabled=body.enabled, actor=user.actor))
+    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+) -> JobJSON:
+    expected = expected_version(if_match)
+    return _with_etag(
+        await jobs_service.update(rt, job_id=jobId, data=body, actor=user.actor, expected_version=expected)
+    )
 
 
 @router.post(

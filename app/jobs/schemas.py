@@ -3,8 +3,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, StrictBool
-
 from app import engine
 from app.api.schemas import CamelModel
 from app.jobs.service import JobState
@@ -61,6 +59,7 @@ class JobOut(CamelModel):
     consecutive_failures: int
     cancelling: bool
     last_skipped_fire: SkippedFireRef | None
+    version: int
 
     @classmethod
     def of(cls, state: JobState) -> JobOut:
@@ -93,6 +92,7 @@ def _job_values(state: JobState) -> tuple[Any, ...]:
         job.consecutive_failures,
         state.cancelling,
         _skipped(state),
+        job.version,
     )
 
 
@@ -136,9 +136,3 @@ def job_wire(state: JobState) -> dict[str, Any]:
     validating and then dumping a 20-job list cost more than building it (B3).
     """
     return dict(zip(_WIRE_NAMES, _job_values(state), strict=True))
-
-
-class JobUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: StrictBool

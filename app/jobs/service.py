@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import F
 from tortoise.transactions import in_transaction
 
 from app import engine
@@ -19,11 +20,12 @@ from app.data import jobs as jobs_table
 from app.data.jobs import Job, validate_job_id
 from app.job_types import registry
 from app.jobs.builtin import BUILTIN_JOBS
-from app.jobs.inputs import JobCreate, parse_job_create
+from app.jobs.inputs import EnabledEdit, JobCreate, creation_input, edit_fields, merged, parse_job_create
 from app.platform import metrics
-from app.platform.errors import Conflict, Invalid
+from app.platform.errors import AppError, Conflict, Invalid, PreconditionFailed
 from app.platform.runtime import Runtime
 from app.platform.schedule import FORMS, ScheduleError, interval_to_schedule, validate_schedule
+from app.platform.validation import validated
 
 
 @dataclass(frozen=True)
@@ -173,28 +175,179 @@ async def find(rt: Runtime, *, job_id: str) -> JobState | None:
     return _state(rt, job, await engine.running(rt, [job.id]))
 
 
-async def set_enabled(rt: Runtime, *, job_id: str, enabled: bool, actor: str, event: str = "jobs.update") -> JobState:
+async def set_enabled(
+    rt: Runtime,
+    *,
+    job_id: str,
+    enabled: bool,
+    actor: str,
+    event: str = "jobs.update",
+    expected_version: int | None = None,
+) -> JobState:
     """Enable (schedule the next fire) or disable (remove the pending fire). Idempotent; always audited.
     Enabling starts the count of failed runs in a row (pauseAfterFailures) afresh."""
     job = await jobs_table.get_or_raise(job_id=job_id)
+    _check_version(job, expected_version)
     was_enabled = job.enabled
     changes: dict[str, Any] = {"enabled": enabled}
     if enabled:
         changes["consecutive_failures"] = 0
+    if was_enabled != enabled:
+        changes["version"] = F("version") + 1
     async with in_transaction() as conn:
-        await Job.filter(id=job.id).using_db(conn).update(**changes)
-        await activity_service.record(
-            event=event,
-            actor=actor,
-            job_id=job.id,
-            details={"enabled": enabled, "previous": was_enabled},
-            using_db=conn,
-        )
+        query = Job.filter(id=job.id)
+        if expected_version is not None:
+            query = query.filter(version=expected_version)
+        if not await query.using_db(conn).update(**changes):
+            raise await _lost_race(job.id)
+        details: dict[str, Any] = {"enabled": enabled, "previous": was_enabled}
+        if was_enabled != enabled:
+            details["changes"] = {"enabled": [was_enabled, enabled]}
+        await activity_service.record(event=event, actor=actor, job_id=job.id, details=details, using_db=conn)
     job.enabled = enabled
     await engine.schedule(rt, job)
     if was_enabled != enabled:
         await engine.publish(rt, "job.enabled" if enabled else "job.disabled", job.id, enabled=enabled)
     return await get(rt, job_id=job.id)
+
+
+def _check_version(job: Job, expected: int | None) -> None:
+    if expected is not None and job.version != expected:
+        raise _stale(job.id, job.version)
+
+
+def _stale(job_id: str, current: int) -> PreconditionFailed:
+    return PreconditionFailed(
+        f"Job '{job_id}' changed since you read it (it is at version {current}); read it again and retry",
+        details={"currentVersion": current},
+    )
+
+
+async def _lost_race(job_id: str) -> AppError:
+    """Why a compare-and-set on the job's version changed nothing: it was deleted, or changed meanwhile."""
+    job = await jobs_table.get_or_none(job_id)
+    return jobs_table.not_found(job_id) if job is None else _stale(job_id, job.version)
+
+
+# Attempts at an edit without `If-Match` that lose the race against a concurrent change: each reads again.
+EDIT_ATTEMPTS = 5
+# Fields whose change moves the pending fire.
+_TIMING = ("schedule", "timezone")
+
+
+async def update(
+    rt: Runtime, *, job_id: str, data: object, actor: str, expected_version: int | None = None
+) -> JobState:
+    """Change any editable fields of a job (`inputs.EDITABLE`), validated as on creation. The change and its
+    audit entry (each field's before and after) commit together, under a compare-and-set on the job's version:
+    with `expected_version`, a job changed since gets PreconditionFailed; without, the edit is applied to the
+    job as it is now. A new schedule or timezone drops the pending fire and enqueues the new schedule's next
+    one. An edit that changes nothing writes nothing."""
+    edits = edit_fields(data, builtin=False)
+    if set(edits) == {"enabled"}:
+        enabled = validated(EnabledEdit, edits, what="job").enabled
+        return await set_enabled(rt, job_id=job_id, enabled=enabled, actor=actor, expected_version=expected_version)
+    for _ in range(EDIT_ATTEMPTS):
+        job = await jobs_table.get_or_raise(job_id=job_id)
+        _check_version(job, expected_version)
+        edit = _plan_edit(rt, job, edits)
+        if not edit.changes:
+            return await get(rt, job_id=job.id)
+        if await _write_edit(job, edit, actor):
+            await _after_edit(rt, job, edit)
+            return await get(rt, job_id=job.id)
+        if expected_version is not None:
+            raise await _lost_race(job.id)
+    raise Conflict("The job kept changing while this edit was applied; try again", code="edit_conflict")
+
+
+@dataclass(frozen=True, slots=True)
+class _Edit:
+    row: dict[str, Any]  # the columns to write
+    changes: dict[str, list[Any]]  # per field that changes (creation body's names): [before, after]
+    moves_fire: bool  # the pending fire goes (a new schedule or timezone, or disabled)
+
+
+def _plan_edit(rt: Runtime, job: Job, edits: dict[str, Any]) -> _Edit:
+    edit_fields(edits, builtin=job.builtin)
+    before = creation_input(job)
+    row = _row_of(rt, merged(before, edits), job, payload_sent="payload" in edits)
+    after = {**before, **_wire_of(row)}
+    changes = {k: [before[k], after[k]] for k in _WIRE_FIELDS if before[k] != after[k]}
+    moves = any(k in changes for k in _TIMING) or ("enabled" in changes and not row["enabled"])
+    if moves:
+        row["next_run_at"] = None
+    if row["enabled"] and not job.enabled:
+        row["consecutive_failures"] = 0
+    return _Edit(row, changes, moves)
+
+
+async def _write_edit(job: Job, edit: _Edit, actor: str) -> bool:
+    """The edit and its audit entry in one transaction, if the job is still at the version it was read at."""
+    async with in_transaction() as conn:
+        query = Job.filter(id=job.id, version=job.version).using_db(conn)
+        if not await query.update(**edit.row, version=F("version") + 1):
+            return False
+        details = {"changes": edit.changes}
+        await activity_service.record(event="jobs.update", actor=actor, job_id=job.id, details=details, using_db=conn)
+    return True
+
+
+async def _after_edit(rt: Runtime, job: Job, edit: _Edit) -> None:
+    previous_fire = job.next_run_at
+    for name, value in edit.row.items():
+        setattr(job, name, value)
+    if edit.moves_fire:
+        await engine.reschedule(rt, job, previous_fire)
+    if "enabled" in edit.changes:
+        await engine.publish(rt, "job.enabled" if job.enabled else "job.disabled", job.id, enabled=job.enabled)
+    else:
+        await engine.publish(rt, JOB_UPDATED, job.id, enabled=job.enabled)
+
+
+JOB_UPDATED = "job.updated"
+# The row columns an edit writes, by the creation body's names.
+_WIRE_FIELDS = (
+    "name",
+    "description",
+    "schedule",
+    "timezone",
+    "payload",
+    "timeout",
+    "enabled",
+    "retry",
+    "overlap",
+    "catchUp",
+    "pauseAfterFailures",
+)
+
+
+def _row_of(rt: Runtime, spec: JobCreate, job: Job, *, payload_sent: bool) -> dict[str, Any]:
+    """The job's editable columns from a validated creation body (the payload through its type's schema only
+    when the edit sends one: an untouched payload stays as it is even if its type's schema changed since)."""
+    payload = registry.validate_payload(registry.get(job.type), spec.payload, rt.settings) if payload_sent else None
+    retry = spec.retry.policy() if spec.retry is not None else None
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "schedule": _schedule_of(spec, rt.settings.scheduler_timezone, rt.now()),
+        "timezone": spec.timezone,
+        "payload": payload if payload is not None else job.payload,
+        "timeout_seconds": spec.timeout,
+        "enabled": spec.enabled,
+        "retry": retry.to_row() if retry is not None else None,
+        "overlap": spec.overlap,
+        "catch_up_window_seconds": spec.catch_up.window_seconds() if spec.catch_up is not None else None,
+        "catch_up_policy": spec.catch_up.policy if spec.catch_up is not None else engine.LATEST,
+        "pause_after_failures": spec.pause_after_failures,
+    }
+
+
+def _wire_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's editable columns as the creation body names and writes them (to compare before and after)."""
+    job = Job(**row)
+    wire = creation_input(job)
+    return {k: wire[k] for k in _WIRE_FIELDS}
 
 
 async def start(rt: Runtime, *, job_id: str, actor: str) -> JobState:

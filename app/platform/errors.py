@@ -53,3 +53,15 @@ class Unavailable(AppError):
 
     status = 503
     default_code = "unavailable"
+
+
+class PreconditionFailed(AppError):
+    """The client's `If-Match` (GraphQL: expectedVersion) names a version that is no longer the current one."""
+
+    status = 412
+    default_code = "precondition_failed"
+
+
+class Unprocessable(AppError):
+    status = 422
+    default_code = "unprocessable"

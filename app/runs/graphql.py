@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import strawberry
+from strawberry.scalars import JSON
 
 from app.data.runs import Run
 from app.data.skipped_fires import SkippedFire
@@ -25,6 +26,10 @@ class JobLogType:
     details: str | None
     attempt: int = strawberry.field(description="1 for a run's first attempt; retries count up, same fireAt.")
     fire_at: str | None = strawberry.field(description="The scheduled instant a fire ran for; null for a trigger.")
+    payload: JSON | None = strawberry.field(
+        description="The payload the handler was given (a trigger's own, or the job's); null for a run that never "
+        "started."
+    )
 
     @classmethod
     def of(cls, run: Run) -> JobLogType:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
 
 from app.api import openapi_docs as docs
 from app.api.deps import AdminDep, RuntimeDep
@@ -46,11 +48,18 @@ async def job_logs(
     "/{jobId}/trigger",
     response_model=ActionResult,
     summary="Trigger a job manually",
-    description="Runs the job now, enabled or not. 409 while a run holds the job; 503 while Redis is down.",
+    description='Runs the job now, enabled or not. No body: with the job\'s payload; `{"payload": {...}}`: with '
+    "that payload, validated by the job type's schema (400 naming each field), kept on the run record. 409 while a "
+    "run holds the job; 503 while Redis is down.",
     responses=docs.example(docs.TRIGGERED, docs.errors(400, 404, 409, 503)),
 )
-async def trigger_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> ActionResult:  # noqa: N803
-    await runs_service.trigger(rt, job_id=jobId, actor=user.actor)
+async def trigger_job(
+    jobId: str,  # noqa: N803
+    rt: RuntimeDep,
+    user: AdminDep,
+    body: Annotated[Any, Body(openapi_examples={"payload": {"value": {"payload": {"batchSize": 10}}}})] = None,
+) -> ActionResult:
+    await runs_service.trigger(rt, job_id=jobId, actor=user.actor, body=body)
     return ActionResult(message="Job triggered successfully")
 
 

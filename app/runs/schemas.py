@@ -22,6 +22,7 @@ def run_fields(run: Run) -> dict[str, Any]:
         "details": run.details,
         "attempt": run.attempt,
         "fire_at": iso_ms(run.fire_at),
+        "payload": None if run.payload is None else dict(run.payload),
     }
 
 
@@ -38,6 +39,7 @@ class RunOut(CamelModel):
     details: str | None
     attempt: int
     fire_at: str | None
+    payload: dict[str, Any] | None
 
 
 class RunPage(CamelModel):

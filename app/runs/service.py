@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 from tortoise import connections
 from tortoise.functions import Sum
 
 from app import engine
 from app.activity import service as activity_service
 from app.data import jobs as jobs_table
+from app.data.jobs import Job
 from app.data.runs import Run, RunCount
 from app.data.skipped_fires import SkippedFire
+from app.job_types import registry
 from app.platform.errors import Conflict, Unavailable
 from app.platform.pagination import Page, PageRequest, fetch_page
 from app.platform.runtime import Runtime
+from app.platform.validation import validated
 
 JOB_LOGS_DEFAULT, JOB_LOGS_MAX = 50, 100
 ALL_LOGS_DEFAULT, ALL_LOGS_MAX = 100, 200
@@ -71,18 +77,42 @@ async def pages_for_jobs(
     return {j: Page(items=grouped[j], total=totals.get(j, 0), limit=page.limit, offset=page.offset) for j in job_ids}
 
 
-async def trigger(rt: Runtime, *, job_id: str, actor: str) -> str:
+async def trigger(rt: Runtime, *, job_id: str, actor: str, body: object = None) -> str:
     """Run the job now, whatever its schedule or enabled flag: its run's token. Conflict while it is running,
-    Unavailable while Redis cannot take it. Audited as `jobs.trigger`."""
+    Unavailable while Redis cannot take it. Audited as `jobs.trigger`.
+
+    `body` None is the spec's trigger; `{"payload": {...}}` runs with that payload instead of the job's,
+    validated by the job type's schema (and kept on the run record, as every run's payload is)."""
     job = await jobs_table.get_or_raise(job_id=job_id)
+    payload = _trigger_payload(rt, job, body)
     try:
-        token = await engine.trigger(rt, job, actor=actor)
+        token = await engine.trigger(rt, job, actor=actor, payload=payload)
     except engine.QueueUnavailable as exc:
         raise Unavailable(str(exc)) from exc
     if token is None:
         raise Conflict("Job is already running", code="already_running")
-    await activity_service.record(event="jobs.trigger", actor=actor, job_id=job.id, details={"enabled": job.enabled})
+    details: dict[str, object] = {"enabled": job.enabled}
+    if payload is not None:
+        details["payload"] = payload
+    await activity_service.record(event="jobs.trigger", actor=actor, job_id=job.id, details=details)
     return token
+
+
+def _trigger_payload(rt: Runtime, job: Job, body: object) -> dict[str, Any] | None:
+    if body is None:
+        return None
+    trigger = validated(TriggerBody, body, what="trigger")
+    if trigger.payload is None:
+        return None
+    return registry.validate_payload(registry.get(job.type), trigger.payload, rt.settings)
+
+
+class TriggerBody(BaseModel):
+    """A trigger's optional body."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    payload: dict[str, Any] | None = None
 
 
 async def cancel(rt: Runtime, *, job_id: str, actor: str) -> None:

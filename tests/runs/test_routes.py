@@ -22,9 +22,10 @@ async def test_trigger_runs_the_job_and_records_it(client: httpx.AsyncClient, au
     [entry] = await wait_for_logs(client, "quick", auth)
     assert list(entry) == [
         *["id", "jobId", "startedAt", "completedAt", "duration", "result", "triggeredBy", "details"],  # the spec's
-        *["attempt", "fireAt"],
+        *["attempt", "fireAt", "payload"],
     ]
     assert (entry["attempt"], entry["fireAt"]) == (1, None)  # a trigger is not a scheduled fire
+    assert entry["payload"] == {"seconds": 0.05, "summary": "Synced 150 games"}  # the job's: none was sent
     assert (entry["jobId"], entry["result"], entry["triggeredBy"], entry["details"]) == (
         "quick",
         "success",
