@@ -23,6 +23,7 @@ from app.job_types.routes import router as job_types_router
 from app.jobs import service as jobs_service
 from app.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from app.jobs.routes import router as jobs_router
+from app.jobs.routes import schedules_router
 from app.platform import db, gc_tuning
 from app.platform.config import Settings, get_settings
 from app.platform.logs import configure_logging
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops_routes.router)
     app.include_router(runs_router)
     app.include_router(jobs_router)
+    app.include_router(schedules_router)
     app.include_router(activity_router)
     app.include_router(job_types_router)
     graphql_router = graphql.router(schema)

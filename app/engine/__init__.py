@@ -63,6 +63,7 @@ from app.engine.triggers import QueueUnavailable
 from app.engine.worker import EmbeddedWorker, Prepare, run_standalone
 from app.platform.config import Settings
 from app.platform.runtime import Runtime
+from app.platform.schedule import Schedule
 
 __all__ = [
     "AUTO_PAUSE",
@@ -100,6 +101,7 @@ __all__ = [
     "run_worker",
     "running",
     "schedule",
+    "schedule_of",
     "start",
     "trigger",
     "unschedule",
@@ -136,6 +138,11 @@ async def reschedule(rt: Runtime, job: Job, previous_fire: datetime | None) -> d
         except RedisError:
             log.warning("could not remove the old pending fire of %s; it is dropped when it comes due", job.id)
     return await schedule(rt, job)
+
+
+def schedule_of(job: Job, rt: Runtime) -> Schedule:
+    """The job's schedule as the engine computes its fires (its timezone, else SCHEDULER_TIMEZONE)."""
+    return scheduler.schedule_of(job, rt)
 
 
 async def unschedule(rt: Runtime, job: Job) -> None:

@@ -18,6 +18,7 @@ from app.jobs.schemas import job_fields
 from app.jobs.service import JobState
 from app.platform.errors import AppError
 from app.platform.pagination import Page
+from app.platform.timefmt import iso_ms
 from app.runs import service as runs_service
 from app.runs.graphql import JobLogPageType, SkippedFirePageType
 
@@ -101,6 +102,14 @@ class JobType:
         if loader is None:
             loader = loaders["job_logs"] = DataLoader(_load_logs, cache=False)
         return JobLogPageType.of(await loader.load((str(self.id), limit, offset)))
+
+    @strawberry.field(
+        description="Its pending fire, then its schedule's next ones (count at most 100); empty while stopped."
+    )
+    async def next_fires(self, info: strawberry.Info, count: int | None = 10) -> list[str]:
+        ctx = info.context
+        state = await jobs_service.get(ctx.runtime, job_id=str(self.id))
+        return [iso_ms(f) or "" for f in jobs_service.next_fires(ctx.runtime, state, count)]
 
     @strawberry.field(description="This job's scheduled fires that did not run, with the reason; newest first.")
     async def skipped_fires(self, limit: int | None = 50, offset: int | None = 0) -> SkippedFirePageType:
@@ -189,8 +198,34 @@ class JobActionResultType:
     job: JobType
 
 
+@strawberry.type(name="SchedulePreview", description="A schedule's next fires, as a job with it would have them.")
+class SchedulePreviewType:
+    schedule: str
+    timezone: str
+    fires: list[str]
+
+
 @strawberry.type
 class JobQuery:
+    @strawberry.field(
+        description="The next `count` (at most 100) fires of exactly one of schedule or interval, in timezone; "
+        "BAD_USER_INPUT as creating a job with it would get."
+    )
+    def schedule_preview(
+        self,
+        info: strawberry.Info,
+        schedule: str | None = strawberry.UNSET,
+        interval: str | None = strawberry.UNSET,
+        timezone: str | None = strawberry.UNSET,
+        count: int | None = strawberry.UNSET,
+    ) -> SchedulePreviewType:
+        sent = {"schedule": schedule, "interval": interval, "timezone": timezone, "count": count}
+        data = {k: v for k, v in sent.items() if v is not strawberry.UNSET}
+        preview = jobs_service.preview(info.context.runtime, data=data)
+        return SchedulePreviewType(
+            schedule=preview.schedule, timezone=preview.timezone, fires=[iso_ms(f) or "" for f in preview.fires]
+        )
+
     @strawberry.field(description="Every job with its status.")
     async def jobs(self, info: strawberry.Info) -> list[JobType]:
         return [JobType.of(s) for s in await jobs_service.list_jobs(info.context.runtime)]

@@ -116,6 +116,20 @@ class JobCreate(BaseModel):
     )
 
 
+MAX_PREVIEW, DEFAULT_PREVIEW = 100, 10
+
+
+class SchedulePreviewInput(BaseModel):
+    """`POST /api/schedules/preview`: a schedule as a job would have it, and how many of its fires to list."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    interval: str | None = Field(default=None, max_length=64)
+    schedule: str | None = Field(default=None, max_length=200)
+    timezone: str | None = Field(default=None, max_length=64)
+    count: int = Field(default=DEFAULT_PREVIEW, ge=1, le=MAX_PREVIEW)
+
+
 class EnabledEdit(BaseModel):
     """The spec's PATCH body: `{"enabled": bool}` alone."""
 

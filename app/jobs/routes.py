@@ -12,10 +12,12 @@ from app.api.deps import AdminDep, RuntimeDep
 from app.api.etags import etag, expected_version
 from app.api.schemas import ActionResult
 from app.jobs import service as jobs_service
-from app.jobs.schemas import JobOut, job_wire
+from app.jobs.schemas import JobOut, NextFiresOut, SchedulePreviewOut, job_wire
 from app.jobs.service import JobState
+from app.platform.timefmt import iso_ms
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+schedules_router = APIRouter(prefix="/api/schedules", tags=["jobs"])
 
 
 class JobJSON(Response):
@@ -154,3 +156,36 @@ async def start_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> ActionResult:
 async def stop_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> ActionResult:  # noqa: N803
     await jobs_service.stop(rt, job_id=jobId, actor=user.actor)
     return ActionResult(message="Job stopped successfully")
+
+
+@router.get(
+    "/{jobId}/fires/next",
+    response_model=NextFiresOut,
+    summary="Get the job's next fires",
+    description="Its pending fire, then its schedule's next ones: `count` default 10, at most 100. Empty while "
+    "the job is stopped.",
+    responses=docs.example({"jobId": "metadata-sync", "fires": ["2024-01-15T12:00:00.000Z"]}, docs.errors(400, 404)),
+)
+async def next_fires(jobId: str, rt: RuntimeDep, _: AdminDep, count: str | None = None) -> NextFiresOut:  # noqa: N803
+    state = await jobs_service.get(rt, job_id=jobId)
+    fires = jobs_service.next_fires(rt, state, count)
+    return NextFiresOut(job_id=state.job.id, fires=[iso_ms(f) or "" for f in fires])
+
+
+@schedules_router.post(
+    "/preview",
+    response_model=SchedulePreviewOut,
+    summary="Preview a schedule",
+    description="The next `count` (default 10, at most 100) fires of exactly one of `schedule` or `interval`, in "
+    "`timezone` (default SCHEDULER_TIMEZONE), computed as the engine computes a job's, DST included. Bad input gets "
+    "the 400 that creating a job with it would.",
+    responses=docs.example(
+        {"schedule": "0 */6 * * *", "timezone": "UTC", "fires": ["2024-01-15T12:00:00.000Z"]}, docs.errors(400, 413)
+    ),
+)
+async def preview_schedule(
+    body: Annotated[Any, Body(openapi_examples={"cron": {"value": {"schedule": "0 2 * * *", "count": 3}}})],
+    rt: RuntimeDep,
+    _: AdminDep,
+) -> SchedulePreviewOut:
+    return SchedulePreviewOut.of(jobs_service.preview(rt, data=body))

@@ -5,7 +5,7 @@ from typing import Any
 
 from app import engine
 from app.api.schemas import CamelModel
-from app.jobs.service import JobState
+from app.jobs.service import JobState, Preview
 from app.platform.schedule import format_go_duration
 from app.platform.timefmt import iso_ms
 
@@ -136,3 +136,20 @@ def job_wire(state: JobState) -> dict[str, Any]:
     validating and then dumping a 20-job list cost more than building it (B3).
     """
     return dict(zip(_WIRE_NAMES, _job_values(state), strict=True))
+
+
+class SchedulePreviewOut(CamelModel):
+    """A schedule's next fires, as a job with it would have them."""
+
+    schedule: str
+    timezone: str
+    fires: list[str]
+
+    @classmethod
+    def of(cls, preview: Preview) -> SchedulePreviewOut:
+        return cls(schedule=preview.schedule, timezone=preview.timezone, fires=[iso_ms(f) or "" for f in preview.fires])
+
+
+class NextFiresOut(CamelModel):
+    job_id: str
+    fires: list[str]

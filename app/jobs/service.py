@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import F
@@ -20,11 +20,22 @@ from app.data import jobs as jobs_table
 from app.data.jobs import Job, validate_job_id
 from app.job_types import registry
 from app.jobs.builtin import BUILTIN_JOBS
-from app.jobs.inputs import EnabledEdit, JobCreate, creation_input, edit_fields, merged, parse_job_create
+from app.jobs.inputs import (
+    DEFAULT_PREVIEW,
+    MAX_PREVIEW,
+    EnabledEdit,
+    JobCreate,
+    SchedulePreviewInput,
+    creation_input,
+    edit_fields,
+    merged,
+    parse_job_create,
+)
 from app.platform import metrics
 from app.platform.errors import AppError, Conflict, Invalid, PreconditionFailed
+from app.platform.pagination import as_int
 from app.platform.runtime import Runtime
-from app.platform.schedule import FORMS, ScheduleError, interval_to_schedule, validate_schedule
+from app.platform.schedule import FORMS, Schedule, ScheduleError, interval_to_schedule, validate_schedule
 from app.platform.validation import validated
 
 
@@ -358,7 +369,13 @@ async def stop(rt: Runtime, *, job_id: str, actor: str) -> JobState:
     return await set_enabled(rt, job_id=job_id, enabled=False, actor=actor, event="jobs.stop")
 
 
-def _schedule_of(spec: JobCreate, default_tz: str, now: datetime) -> str:
+class _Timing(Protocol):
+    interval: str | None
+    schedule: str | None
+    timezone: str | None
+
+
+def _schedule_of(spec: _Timing, default_tz: str, now: datetime) -> str:
     """Exactly one of `interval` (a Go duration) or `schedule`; `interval: "24h"` becomes `@every 24h`."""
     if (spec.interval is None) == (spec.schedule is None):
         raise Invalid(f"Give exactly one of interval (a Go duration such as 90s, 5m, 1h30m, 24h) or schedule ({FORMS})")
@@ -453,3 +470,52 @@ async def register_builtin_jobs() -> None:
             )
         except IntegrityError:
             pass  # another process inserted it first
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    schedule: str  # as a job created with it would show it (an interval as `@every …`)
+    timezone: str  # the one its fires are computed in (the job's, else SCHEDULER_TIMEZONE)
+    fires: list[datetime]
+
+
+def preview(rt: Runtime, *, data: object) -> Preview:
+    """The next `count` fires of a schedule nobody has saved yet, validated as on creation, computed as the
+    engine computes a job's (app.platform.schedule, DST included)."""
+    spec = validated(SchedulePreviewInput, data, what="schedule preview")
+    now = rt.now()
+    expression = _schedule_of(spec, rt.settings.scheduler_timezone, now)
+    tz = spec.timezone or rt.settings.scheduler_timezone
+    return Preview(expression, tz, _following(validate_schedule(expression, tz), now, spec.count))
+
+
+def next_fires(rt: Runtime, state: JobState, count: int | str | None) -> list[datetime]:
+    """The job's next `count` fires (at most 100): its pending fire first, then its schedule's; none while
+    stopped."""
+    if not state.job.enabled:
+        return []
+    wanted = _count(count)
+    pending = state.next_run
+    schedule = engine.schedule_of(state.job, rt)
+    if pending is None:
+        return _following(schedule, rt.now(), wanted)
+    return [pending, *_following(schedule, pending, wanted - 1)]
+
+
+def _count(count: int | str | None) -> int:
+    message = f"count must be an integer between 1 and {MAX_PREVIEW}"
+    value = DEFAULT_PREVIEW if count is None else as_int(count, message, "invalid_count")
+    if not 1 <= value <= MAX_PREVIEW:
+        raise Invalid(message, code="invalid_count")
+    return value
+
+
+def _following(schedule: Schedule, after: datetime, count: int) -> list[datetime]:
+    fires: list[datetime] = []
+    while len(fires) < count:
+        try:
+            after = schedule.next_after(after)
+        except (ScheduleError, OverflowError):
+            break  # past the last instant datetime can hold
+        fires.append(after)
+    return fires

@@ -17,7 +17,7 @@ M = TypeVar("M", bound=Model)
 MAX_OFFSET = 10**12
 
 
-def _as_int(value: int | str, message: str, code: str) -> int:
+def as_int(value: int | str, message: str, code: str) -> int:
     # Query strings arrive as text; parsing here keeps one message, naming the bounds, for every transport.
     if isinstance(value, bool):
         raise Invalid(message, code=code)
@@ -38,8 +38,8 @@ class PageRequest:
     def build(cls, limit: int | str | None, offset: int | str | None, *, default: int, maximum: int) -> PageRequest:
         limit_msg = f"limit must be an integer between 1 and {maximum}"
         offset_msg = f"offset must be an integer of 0 or more (at most {MAX_OFFSET})"
-        lim = default if limit is None else _as_int(limit, limit_msg, "invalid_limit")
-        off = 0 if offset is None else _as_int(offset, offset_msg, "invalid_offset")
+        lim = default if limit is None else as_int(limit, limit_msg, "invalid_limit")
+        off = 0 if offset is None else as_int(offset, offset_msg, "invalid_offset")
         if not 1 <= lim <= maximum:
             raise Invalid(limit_msg, code="invalid_limit")
         if not 0 <= off <= MAX_OFFSET:
