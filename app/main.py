@@ -11,7 +11,7 @@ from strawberry.tools import merge_types
 from tortoise.contrib.fastapi import RegisterTortoise
 
 from app import engine
-from app.activity.graphql import ActivityQuery
+from app.activity.graphql import ActivityQuery, ActivitySubscription
 from app.activity.routes import router as activity_router
 from app.api import graphql, openapi_docs, ops_routes, rest_errors
 from app.api.body_limit import BodyLimit
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 schema = graphql.build_schema(
     merge_types("Query", (JobQuery, RunQuery, ActivityQuery, JobTypeQuery)),
     merge_types("Mutation", (JobMutation,)),
-    merge_types("Subscription", (JobSubscription,)),
+    merge_types("Subscription", (JobSubscription, ActivitySubscription)),
 )
 
 

@@ -17,6 +17,8 @@ def activity_fields(entry: Activity) -> dict[str, Any]:
         "actor": entry.actor,
         "details": dict(entry.details),
         "created_at": iso_ms(entry.created_at) or "",
+        "request_id": entry.request_id,
+        "client_address": entry.client_address,
     }
 
 
@@ -27,6 +29,8 @@ class ActivityOut(CamelModel):
     actor: str
     details: dict[str, Any]
     created_at: str
+    request_id: str | None
+    client_address: str | None
 
 
 class ActivityPage(CamelModel):
@@ -35,8 +39,9 @@ class ActivityPage(CamelModel):
     total: int
     limit: int
     offset: int
+    next_before: int | None  # the `before` of the next page; null on the last one
 
     @classmethod
     def of(cls, page: Page[Activity]) -> ActivityPage:
         logs = [ActivityOut(**activity_fields(a)) for a in page.items]
-        return cls(logs=logs, total=page.total, limit=page.limit, offset=page.offset)
+        return cls(logs=logs, total=page.total, limit=page.limit, offset=page.offset, next_before=page.next_before)

@@ -20,7 +20,7 @@ from prometheus_client import Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.platform import metrics
+from app.platform import metrics, origin
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's id is logged and echoed, so only short, plain tokens are honoured.
@@ -70,6 +70,8 @@ class RequestContext:
             return
         request_id = request_id_of(scope)
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        client = scope.get("client")
+        entered = origin.enter(origin.Origin(request_id, str(client[0])[:64] if client else None))
         try:
             if scope["type"] == "websocket":
                 await self._websocket(scope, receive, send)
@@ -78,6 +80,7 @@ class RequestContext:
         finally:
             structlog.contextvars.unbind_contextvars("user")  # bound by the auth dependency, if any
             structlog.contextvars.reset_contextvars(**tokens)
+            origin.leave(entered)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[_SERVER_SEND] = send

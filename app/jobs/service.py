@@ -354,6 +354,12 @@ def _row_of(rt: Runtime, spec: JobCreate, job: Job, *, payload_sent: bool) -> di
     }
 
 
+def _settings_of(job: Job, *, deleted: bool = False) -> dict[str, list[Any]]:
+    """A created (or deleted) job's settings as audit changes: each from null (or to null)."""
+    wire = creation_input(job)
+    return {k: [wire[k], None] if deleted else [None, wire[k]] for k in ("type", *_WIRE_FIELDS)}
+
+
 def _wire_of(row: dict[str, Any]) -> dict[str, Any]:
     """The row's editable columns as the creation body names and writes them (to compare before and after)."""
     job = Job(**row)
@@ -421,7 +427,8 @@ async def create(rt: Runtime, *, data: object, actor: str) -> JobState:
                 pause_after_failures=spec.pause_after_failures,
                 using_db=conn,
             )
-            details = {"type": spec.type, "schedule": schedule, "enabled": spec.enabled}
+            created = _settings_of(job)
+            details = {"type": spec.type, "schedule": schedule, "enabled": spec.enabled, "changes": created}
             await activity_service.record(
                 event="jobs.create", actor=actor, job_id=job.id, details=details, using_db=conn
             )
@@ -445,7 +452,7 @@ async def delete(rt: Runtime, *, job_id: str, actor: str) -> None:
         raise Conflict("Job is running; delete it once the run has finished", code="already_running")
     async with in_transaction() as conn:
         await Job.filter(id=job.id).using_db(conn).delete()
-        details = {"type": job.type, "schedule": job.schedule}
+        details = {"type": job.type, "schedule": job.schedule, "changes": _settings_of(job, deleted=True)}
         await activity_service.record(event="jobs.delete", actor=actor, job_id=job.id, details=details, using_db=conn)
     await engine.unschedule(rt, job)
     metrics.job_deleted(job.id)

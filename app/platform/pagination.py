@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from tortoise.models import Model
@@ -33,18 +34,47 @@ def as_int(value: int | str, message: str, code: str) -> int:
 class PageRequest:
     limit: int
     offset: int
+    before: int | None = None  # keyset: only entries with a smaller id (the previous page's `nextBefore`)
 
     @classmethod
-    def build(cls, limit: int | str | None, offset: int | str | None, *, default: int, maximum: int) -> PageRequest:
+    def build(
+        cls,
+        limit: int | str | None,
+        offset: int | str | None,
+        *,
+        default: int,
+        maximum: int,
+        before: int | str | None = None,
+    ) -> PageRequest:
         limit_msg = f"limit must be an integer between 1 and {maximum}"
         offset_msg = f"offset must be an integer of 0 or more (at most {MAX_OFFSET})"
+        before_msg = f"before must be an entry id: an integer between 1 and {MAX_ID}"
         lim = default if limit is None else as_int(limit, limit_msg, "invalid_limit")
         off = 0 if offset is None else as_int(offset, offset_msg, "invalid_offset")
+        cursor = None if before is None else as_int(before, before_msg, "invalid_before")
         if not 1 <= lim <= maximum:
             raise Invalid(limit_msg, code="invalid_limit")
         if not 0 <= off <= MAX_OFFSET:
             raise Invalid(offset_msg, code="invalid_offset")
-        return cls(limit=lim, offset=off)
+        if cursor is not None and not 1 <= cursor <= MAX_ID:
+            raise Invalid(before_msg, code="invalid_before")
+        return cls(limit=lim, offset=off, before=cursor)
+
+
+MAX_ID = 2**63 - 1
+
+
+def parse_instant(value: datetime | str | None, name: str) -> datetime | None:
+    """An ISO 8601 instant of a filter (`since`, `until`); one without an offset is UTC."""
+    if value is None or isinstance(value, datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise Invalid(
+            f"{name} must be an ISO 8601 instant such as 2024-01-15T06:00:00Z", code=f"invalid_{name}"
+        ) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -54,14 +84,25 @@ class Page(Generic[T]):
     limit: int
     offset: int
 
+    @property
+    def next_before(self) -> int | None:
+        """The `before` of the next page (the last entry's id), or None when this page is the last."""
+        if len(self.items) < self.limit or not self.items:
+            return None
+        last: object = getattr(self.items[-1], "id", None)
+        return last if isinstance(last, int) else None
+
 
 async def fetch_page(
     query: QuerySet[M], page: PageRequest, total: Callable[[], Awaitable[int]] | None = None
 ) -> Page[M]:
-    """One page, newest first: ids grow with creation time, and every paged table indexes (filter, id).
+    """One page, newest first: ids grow with creation time, and every paged table indexes (filter, id). With
+    `before` (keyset) the page starts below that id, at the same cost however deep; `total` counts every entry the
+    filters match, whatever `before` says.
 
     `total` counts the rows when the table keeps a cheaper count than COUNT(*) over the query.
     """
-    rows = await query.order_by("-id").offset(page.offset).limit(page.limit)
+    paged = query if page.before is None else query.filter(id__lt=page.before)
+    rows = await paged.order_by("-id").offset(page.offset).limit(page.limit)
     count = await total() if total is not None else await query.count()
     return Page(items=list(rows), total=count, limit=page.limit, offset=page.offset)

@@ -10,6 +10,7 @@ from app.data.skipped_fires import SkippedFire
 from app.platform.pagination import Page
 from app.runs import service as runs_service
 from app.runs.schemas import run_fields, skipped_fields
+from app.runs.service import RunFilter
 
 
 @strawberry.type(
@@ -42,10 +43,14 @@ class JobLogPageType:
     total: int
     limit: int
     offset: int
+    next_before: int | None = strawberry.field(
+        description="`before` of the next page (keyset: the same cost at any depth); null on the last page."
+    )
 
     @classmethod
     def of(cls, page: Page[Run]) -> JobLogPageType:
-        return cls(logs=[JobLogType.of(r) for r in page.items], total=page.total, limit=page.limit, offset=page.offset)
+        logs = [JobLogType.of(r) for r in page.items]
+        return cls(logs=logs, total=page.total, limit=page.limit, offset=page.offset, next_before=page.next_before)
 
 
 @strawberry.type(
@@ -82,10 +87,40 @@ class SkippedFirePageType:
 
 @strawberry.type
 class RunQuery:
-    @strawberry.field(description="Runs of one job, newest first (limit at most 100).")
-    async def job_logs(self, job_id: strawberry.ID, limit: int | None = 50, offset: int | None = 0) -> JobLogPageType:
-        return JobLogPageType.of(await runs_service.list_for_job(job_id=str(job_id), limit=limit, offset=offset))
+    @strawberry.field(
+        description="Runs of one job, newest first (limit at most 100); `before` an id (keyset), filters as REST's."
+    )
+    async def job_logs(
+        self,
+        job_id: strawberry.ID,
+        limit: int | None = 50,
+        offset: int | None = 0,
+        before: int | None = None,
+        result: str | None = None,
+        triggered_by: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> JobLogPageType:
+        filters = RunFilter(result=result, triggered_by=triggered_by, since=since, until=until)
+        page = await runs_service.list_for_job(
+            job_id=str(job_id), limit=limit, offset=offset, before=before, filters=filters
+        )
+        return JobLogPageType.of(page)
 
-    @strawberry.field(description="Runs of every job, newest first (limit at most 200).")
-    async def all_job_logs(self, limit: int | None = 100, offset: int | None = 0) -> JobLogPageType:
-        return JobLogPageType.of(await runs_service.list_all(limit=limit, offset=offset))
+    @strawberry.field(
+        description="Runs of every job, newest first (limit at most 200); `before` an id (keyset), filters as REST's."
+    )
+    async def all_job_logs(
+        self,
+        limit: int | None = 100,
+        offset: int | None = 0,
+        before: int | None = None,
+        result: str | None = None,
+        triggered_by: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> JobLogPageType:
+        filters = RunFilter(result=result, triggered_by=triggered_by, since=since, until=until)
+        return JobLogPageType.of(
+            await runs_service.list_all(limit=limit, offset=offset, before=before, filters=filters)
+        )

@@ -11,27 +11,41 @@ from app.api.deps import AdminDep, RuntimeDep
 from app.api.schemas import ActionResult
 from app.runs import service as runs_service
 from app.runs.schemas import RunPage, SkippedFirePage
+from app.runs.service import RunFilter
 
 router = APIRouter(prefix="/api/jobs", tags=["runs"])
+FILTERS = (
+    "`before=<id>` pages by keyset (each page's `nextBefore`: the same cost at any depth) next to `offset`; "
+    "filters `result` (success, error, running), `triggeredBy`, `since` and `until` (ISO 8601, on `startedAt`)."
+)
 
 
 @router.get(
     "/logs/all",
     response_model=RunPage,
     summary="Get all job logs",
-    description="Runs of every job, newest first: `limit` default 100, max 200.",
+    description="Runs of every job, newest first: `limit` default 100, max 200. " + FILTERS,
     responses=docs.example(docs.RUN_PAGE, docs.errors(400)),
 )
-async def all_logs(_: AdminDep, limit: str | None = None, offset: str | None = None) -> RunPage:
-    page = await runs_service.list_all(limit=limit, offset=offset)
-    return RunPage.of(page)
+async def all_logs(
+    _: AdminDep,
+    limit: str | None = None,
+    offset: str | None = None,
+    before: str | None = None,
+    result: str | None = None,
+    triggeredBy: str | None = None,  # noqa: N803 - the wire's name
+    since: str | None = None,
+    until: str | None = None,
+) -> RunPage:
+    filters = RunFilter(result=result, triggered_by=triggeredBy, since=since, until=until)
+    return RunPage.of(await runs_service.list_all(limit=limit, offset=offset, before=before, filters=filters))
 
 
 @router.get(
     "/{jobId}/logs",
     response_model=RunPage,
     summary="Get job execution logs",
-    description="Runs of one job, newest first: `limit` default 50, max 100. A run in progress has nulls.",
+    description="Runs of one job, newest first: `limit` default 50, max 100. A run in progress has nulls. " + FILTERS,
     responses=docs.example(docs.RUN_PAGE, docs.errors(400, 404)),
 )
 async def job_logs(
@@ -39,8 +53,14 @@ async def job_logs(
     _: AdminDep,
     limit: str | None = None,
     offset: str | None = None,
+    before: str | None = None,
+    result: str | None = None,
+    triggeredBy: str | None = None,  # noqa: N803 - the wire's name
+    since: str | None = None,
+    until: str | None = None,
 ) -> RunPage:
-    page = await runs_service.list_for_job(job_id=jobId, limit=limit, offset=offset)
+    filters = RunFilter(result=result, triggered_by=triggeredBy, since=since, until=until)
+    page = await runs_service.list_for_job(job_id=jobId, limit=limit, offset=offset, before=before, filters=filters)
     return RunPage.of(page)
 
 

@@ -47,11 +47,12 @@ class RunPage(CamelModel):
     total: int
     limit: int
     offset: int
+    next_before: int | None  # the `before` of the next page; null on the last one
 
     @classmethod
     def of(cls, page: Page[Run]) -> RunPage:
         logs = [RunOut(**run_fields(r)) for r in page.items]
-        return cls(logs=logs, total=page.total, limit=page.limit, offset=page.offset)
+        return cls(logs=logs, total=page.total, limit=page.limit, offset=page.offset, next_before=page.next_before)
 
 
 def skipped_fields(skip: SkippedFire) -> dict[str, Any]:

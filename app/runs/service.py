@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from tortoise import connections
 from tortoise.functions import Sum
+from tortoise.queryset import QuerySet
 
 from app import engine
 from app.activity import service as activity_service
@@ -15,8 +18,8 @@ from app.data.jobs import Job
 from app.data.runs import Run, RunCount
 from app.data.skipped_fires import SkippedFire
 from app.job_types import registry
-from app.platform.errors import Conflict, Unavailable
-from app.platform.pagination import Page, PageRequest, fetch_page
+from app.platform.errors import Conflict, Invalid, Unavailable
+from app.platform.pagination import Page, PageRequest, fetch_page, parse_instant
 from app.platform.runtime import Runtime
 from app.platform.validation import validated
 
@@ -25,15 +28,63 @@ ALL_LOGS_DEFAULT, ALL_LOGS_MAX = 100, 200
 SKIPPED_DEFAULT, SKIPPED_MAX = 50, 100
 
 
-async def list_for_job(*, job_id: str, limit: int | str | None, offset: int | str | None) -> Page[Run]:
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """What the log endpoints filter on, besides the job: all optional, combined with AND."""
+
+    result: str | None = None  # success | error | running (no result yet)
+    triggered_by: str | None = None
+    since: datetime | str | None = None  # started at or after
+    until: datetime | str | None = None  # started before
+
+    @property
+    def empty(self) -> bool:
+        return self == NO_FILTER
+
+    def apply(self, query: QuerySet[Run]) -> QuerySet[Run]:
+        if self.result is not None:
+            if self.result not in RESULTS:
+                raise Invalid(f"result must be one of: {', '.join(RESULTS)}", code="invalid_result")
+            query = query.filter(result__isnull=True) if self.result == "running" else query.filter(result=self.result)
+        if self.triggered_by is not None:
+            query = query.filter(triggered_by=self.triggered_by)
+        since, until = parse_instant(self.since, "since"), parse_instant(self.until, "until")
+        if since is not None:
+            query = query.filter(started_at__gte=since)
+        if until is not None:
+            query = query.filter(started_at__lt=until)
+        return query
+
+
+RESULTS = ("success", "error", "running")
+NO_FILTER = RunFilter()
+
+
+async def list_for_job(
+    *,
+    job_id: str,
+    limit: int | str | None,
+    offset: int | str | None,
+    before: int | str | None = None,
+    filters: RunFilter = NO_FILTER,
+) -> Page[Run]:
     await jobs_table.get_or_raise(job_id=job_id)
-    page = PageRequest.build(limit, offset, default=JOB_LOGS_DEFAULT, maximum=JOB_LOGS_MAX)
-    return await fetch_page(Run.filter(job_id=job_id), page, total=lambda: run_totals([job_id]))
+    page = PageRequest.build(limit, offset, default=JOB_LOGS_DEFAULT, maximum=JOB_LOGS_MAX, before=before)
+    query = filters.apply(Run.filter(job_id=job_id))
+    # Unfiltered, the total is the database's own count; filtered, a COUNT over what matches.
+    return await fetch_page(query, page, total=(lambda: run_totals([job_id])) if filters.empty else None)
 
 
-async def list_all(*, limit: int | str | None, offset: int | str | None) -> Page[Run]:
-    page = PageRequest.build(limit, offset, default=ALL_LOGS_DEFAULT, maximum=ALL_LOGS_MAX)
-    return await fetch_page(Run.all(), page, total=lambda: run_totals(None))
+async def list_all(
+    *,
+    limit: int | str | None,
+    offset: int | str | None,
+    before: int | str | None = None,
+    filters: RunFilter = NO_FILTER,
+) -> Page[Run]:
+    page = PageRequest.build(limit, offset, default=ALL_LOGS_DEFAULT, maximum=ALL_LOGS_MAX, before=before)
+    query = filters.apply(Run.all())
+    return await fetch_page(query, page, total=(lambda: run_totals(None)) if filters.empty else None)
 
 
 async def list_skipped(*, job_id: str, limit: int | str | None, offset: int | str | None) -> Page[SkippedFire]:

@@ -100,11 +100,12 @@ async def test_page_shape_and_default_limit(client: httpx.AsyncClient, auth: dic
     for i in range(55):
         await activity_service.record(event="jobs.update", actor="user:1", job_id=JOB, details={"i": i})
     page = (await activity(client, auth)).json()
-    assert set(page) == {"logs", "total", "limit", "offset"}
+    assert list(page) == ["logs", "total", "limit", "offset", "nextBefore"]  # the runs' page shape, plus the cursor
     assert (page["total"], page["limit"], page["offset"], len(page["logs"])) == (55, 50, 0, 50)
     assert page["logs"][0]["details"] == {"i": 54}
+    assert page["nextBefore"] == page["logs"][-1]["id"]
     full = (await activity(client, auth, limit=200)).json()
-    assert (full["total"], full["limit"], len(full["logs"])) == (55, 200, 55)
+    assert (full["total"], full["limit"], len(full["logs"]), full["nextBefore"]) == (55, 200, 55, None)
 
 
 async def test_limit_and_offset_page_through(client: httpx.AsyncClient, auth: dict[str, str]) -> None:

@@ -49,14 +49,20 @@ PARITY = [
     (
         "GET",
         "/api/jobs/ran/logs?limit=5",
-        f'{{ jobLogs(jobId: "ran", limit: 5) {{ total limit offset logs {{ {LOG_FIELDS} }} }} }}',
+        f'{{ jobLogs(jobId: "ran", limit: 5) {{ total limit offset nextBefore logs {{ {LOG_FIELDS} }} }} }}',
         "jobLogs",
     ),
-    ("GET", "/api/jobs/logs/all", f"{{ allJobLogs {{ total limit offset logs {{ {LOG_FIELDS} }} }} }}", "allJobLogs"),
+    (
+        "GET",
+        "/api/jobs/logs/all",
+        f"{{ allJobLogs {{ total limit offset nextBefore logs {{ {LOG_FIELDS} }} }} }}",
+        "allJobLogs",
+    ),
     (
         "GET",
         "/api/activity?event=jobs.trigger",
-        '{ activity(event: "jobs.trigger") { total limit offset logs { id event jobId actor details createdAt } } }',
+        '{ activity(event: "jobs.trigger") { total limit offset nextBefore '
+        "logs { id event jobId actor details createdAt requestId clientAddress } } }",
         "activity",
     ),
     ("PATCH", "/api/jobs/ran", f'mutation {{ updateJob(id: "ran", enabled: false) {{ {JOB_FIELDS} }} }}', "updateJob"),

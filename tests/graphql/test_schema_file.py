@@ -18,8 +18,9 @@ def test_the_issue_fixes_these_names() -> None:
     for line in [
         "jobs: [Job!]!",
         "job(id: ID!): Job",
-        "jobLogs(jobId: ID!, limit: Int = 50, offset: Int = 0): JobLogPage!",
-        "allJobLogs(limit: Int = 100, offset: Int = 0): JobLogPage!",
+        # Since, followed by a keyset cursor and filters: every query of the original shape still works.
+        "jobLogs(jobId: ID!, limit: Int = 50, offset: Int = 0, before: Int",
+        "allJobLogs(limit: Int = 100, offset: Int = 0, before: Int",
         # `enabled` is optional since updateJob also edits (`input`): every query of the original shape still works.
         "updateJob(id: ID!, enabled: Boolean = null, input: UpdateJobInput = null, expectedVersion: Int = null): Job!",
         "startJob(id: ID!)",
