@@ -1,5 +1,5 @@
 """B3's baseline: a bare FastAPI app serving the same 20-job JSON through `response_model`, behind the same
-JWT dependency as jobs-gateway (`app.api.deps.AdminDep`), with no database, Redis or middleware.
+JWT dependency as jobs-gateway (`app.api.deps.may`), with no database, Redis or middleware.
 
     BENCH_JOBS_JSON=jobs.json JWT_SECRET=... uvicorn bench.rest_baseline:app --host 127.0.0.1 --port PORT
 """
@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI
 
-from app.api.deps import AdminDep
+from app.api.auth import Principal
+from app.api.deps import may
 from app.jobs.schemas import JobOut
 from app.platform.config import get_settings
 
@@ -32,6 +33,6 @@ app = FastAPI(lifespan=lifespan)
 
 
 @app.get("/api/jobs", response_model=list[JobOut])
-async def list_jobs(_: AdminDep) -> list[dict[str, Any]]:
+async def list_jobs(_: Annotated[Principal, may("jobs")]) -> list[dict[str, Any]]:
     jobs: list[dict[str, Any]] = app.state.jobs
     return jobs

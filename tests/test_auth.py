@@ -85,7 +85,7 @@ CASES: list[tuple[str, HeaderFactory, int, str | None]] = [
         401,
         "invalid_token",
     ),
-    ("without-admin-permission", lambda s: bearer(make_token(s, permissions=["jobs.read"])), 403, "forbidden"),
+    ("without-a-jobs-permission", lambda s: bearer(make_token(s, permissions=["billing.read"])), 403, "forbidden"),
     ("no-permissions-claim", lambda _: bearer(hs256(claims(permissions=None))), 403, "forbidden"),
     ("valid", lambda s: bearer(make_token(s)), 200, None),
 ]

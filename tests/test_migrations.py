@@ -109,7 +109,8 @@ async def test_managing_jobs_columns_come_with_defaults_and_go_back(settings: Se
     await insert_run(settings, "t1", FIRE)
     await sql(
         settings,
-        "INSERT INTO activity (event, job_id, actor, details, created_at) VALUES ('jobs.update', 'j', 'user:1', '{}', ?)",
+        "INSERT INTO activity (event, job_id, actor, details, created_at) "
+        "VALUES ('jobs.update', 'j', 'user:1', '{}', ?)",
         FIRE,
     )
     await migrate_to(settings, LATEST)

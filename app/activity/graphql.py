@@ -97,7 +97,7 @@ class ActivitySubscription:
         actor: str | None = None,
     ) -> AsyncGenerator[ActivityType, None]:
         ctx = info.context
-        principal = ctx.admin()
+        principal = ctx.subscriber("activityAdded")
         hub: Hub = ctx.hub
         wanted = functools.partial(
             activity_service.added_after, events=events, job_id=str(job_id) if job_id is not None else None, actor=actor

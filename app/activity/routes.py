@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter
 
 from app.activity import service as activity_service
 from app.activity.schemas import ActivityPage
 from app.api import openapi_docs as docs
-from app.api.deps import AdminDep
+from app.api.auth import Principal
+from app.api.deps import may
 
 router = APIRouter(prefix="/api/activity", tags=["activity"])
 
@@ -22,7 +25,7 @@ router = APIRouter(prefix="/api/activity", tags=["activity"])
     responses=docs.example(docs.ACTIVITY_PAGE, docs.errors(400)),
 )
 async def list_activity(
-    _: AdminDep,
+    _: Annotated[Principal, may("activity")],
     limit: str | None = None,
     offset: str | None = None,
     event: str | None = None,

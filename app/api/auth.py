@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import jwt
 
 from app.platform.config import Settings
-from app.platform.errors import Forbidden, Unauthenticated
+from app.platform.errors import Unauthenticated
 
 ADMIN_PERMISSION = "settings.update"
 # Real tokens are a few hundred bytes; a huge one is refused before any base64 or JSON work on it.
@@ -56,12 +56,6 @@ def decode_token(token: str, settings: Settings) -> Principal:
     if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
         raise Unauthenticated("Invalid token: permissions must be an array of strings", code="invalid_token")
     return Principal(sub=claims["sub"], permissions=frozenset(permissions), expires_at=float(claims["exp"]))
-
-
-def require_permission(principal: Principal, permission: str = ADMIN_PERMISSION) -> Principal:
-    if permission not in principal.permissions:
-        raise Forbidden(f"Permission '{permission}' is required")
-    return principal
 
 
 def issue_token(settings: Settings, *, sub: str, permissions: list[str], ttl: timedelta) -> str:

@@ -26,6 +26,7 @@ from app.api.fanout import Fanout, Member, Sender, share_key
 from app.api.graphql_context import Context, connection_token
 from app.api.graphql_errors import AppErrors, is_unexpected
 from app.api.middleware import server_send
+from app.platform import permissions
 from app.platform.errors import AppError
 
 MAX_DEPTH = 10
@@ -104,14 +105,16 @@ class Router(StrawberryRouter):
 
     async def serve_shared(self, operation: SharedOperation) -> bool:
         key = share_key(operation.query, operation.variables, operation.operation_name)
-        if key is None:
-            return False  # strawberry runs it, as every query and every other subscription
+        if key is None or not permissions.allows(operation.context.user().permissions, "jobStatus"):
+            # Strawberry runs it, as every query and every other subscription (and refuses a caller the
+            # permission table does not let watch jobs).
+            return False
         server = server_send(operation.websocket.scope)
         member = Member(
             operation_id=operation.id,
             send=_frame_sender(operation.websocket, server),
             write_wire=wire_writer(server),
-            expires_at=operation.context.admin().expires_at,
+            expires_at=operation.context.user().expires_at,
             operations=operation.operations,
             operation=operation.operation,
         )
@@ -130,7 +133,7 @@ class Router(StrawberryRouter):
     async def on_ws_connect(self, context: Context) -> None:
         header = context.request.headers.get("authorization") if context.request is not None else None
         try:
-            principal = context.authenticate(connection_token(context.connection_params, header))
+            principal = context.authenticate(connection_token(context.connection_params, header), connection=True)
         except AppError as exc:
             raise ConnectionRejectionError({"reason": exc.message}) from exc
         if isinstance(context.request, WebSocket):

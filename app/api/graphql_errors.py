@@ -50,11 +50,12 @@ def to_graphql(error: AppError) -> GraphQLError:
 
 
 class AppErrors(SchemaExtension):
-    """Root fields require the admin; AppErrors become coded GraphQL errors; anything else is masked."""
+    """Each root field requires the permission the table gives it (app.platform.permissions); AppErrors become
+    coded GraphQL errors; anything else is masked."""
 
     def resolve(self, _next: Callable[..., Any], root: Any, info: Any, *args: Any, **kwargs: Any) -> Any:
         if info.path.prev is None and not info.field_name.startswith("__"):
-            denied = info.context.auth_error()
+            denied = info.context.auth_error(info.field_name)
             if denied is not None:
                 raise to_graphql(denied)
         try:

@@ -256,7 +256,7 @@ class JobMutation:
         if enabled is not None:
             data["enabled"] = enabled
         state = await jobs_service.update(
-            ctx.runtime, job_id=str(id), data=data, actor=ctx.admin().actor, expected_version=expected_version
+            ctx.runtime, job_id=str(id), data=data, actor=ctx.user().actor, expected_version=expected_version
         )
         return JobType.of(state)
 
@@ -265,24 +265,24 @@ class JobMutation:
         ctx = info.context
         data = _sent(input)
         data["id"] = str(input.id)
-        return JobType.of(await jobs_service.create(ctx.runtime, data=data, actor=ctx.admin().actor))
+        return JobType.of(await jobs_service.create(ctx.runtime, data=data, actor=ctx.user().actor))
 
     @strawberry.mutation(description="Delete a job (not a built-in one, not while it runs); its runs stay.")
     async def delete_job(self, info: strawberry.Info, id: strawberry.ID) -> bool:
         ctx = info.context
-        await jobs_service.delete(ctx.runtime, job_id=str(id), actor=ctx.admin().actor)
+        await jobs_service.delete(ctx.runtime, job_id=str(id), actor=ctx.user().actor)
         return True
 
     @strawberry.mutation(description="Start the job's schedule.")
     async def start_job(self, info: strawberry.Info, id: strawberry.ID) -> JobActionResultType:
         ctx = info.context
-        state = await jobs_service.start(ctx.runtime, job_id=str(id), actor=ctx.admin().actor)
+        state = await jobs_service.start(ctx.runtime, job_id=str(id), actor=ctx.user().actor)
         return JobActionResultType(success=True, message="Job started successfully", job=JobType.of(state))
 
     @strawberry.mutation(description="Stop the job's schedule.")
     async def stop_job(self, info: strawberry.Info, id: strawberry.ID) -> JobActionResultType:
         ctx = info.context
-        state = await jobs_service.stop(ctx.runtime, job_id=str(id), actor=ctx.admin().actor)
+        state = await jobs_service.stop(ctx.runtime, job_id=str(id), actor=ctx.user().actor)
         return JobActionResultType(success=True, message="Job stopped successfully", job=JobType.of(state))
 
     @strawberry.mutation(
@@ -294,7 +294,7 @@ class JobMutation:
     ) -> JobActionResultType:
         ctx = info.context
         given = {} if payload is strawberry.UNSET else {"payload": payload}
-        await runs_service.trigger(ctx.runtime, job_id=str(id), actor=ctx.admin().actor, body=given or None)
+        await runs_service.trigger(ctx.runtime, job_id=str(id), actor=ctx.user().actor, body=given or None)
         state = await jobs_service.get(ctx.runtime, job_id=str(id))
         return JobActionResultType(success=True, message="Job triggered successfully", job=JobType.of(state))
 
@@ -303,7 +303,7 @@ class JobMutation:
     )
     async def cancel_job_run(self, info: strawberry.Info, id: strawberry.ID) -> JobActionResultType:
         ctx = info.context
-        await runs_service.cancel(ctx.runtime, job_id=str(id), actor=ctx.admin().actor)
+        await runs_service.cancel(ctx.runtime, job_id=str(id), actor=ctx.user().actor)
         state = await jobs_service.get(ctx.runtime, job_id=str(id))
         return JobActionResultType(success=True, message="Run cancelled", job=JobType.of(state))
 
@@ -320,7 +320,7 @@ class JobSubscription:
         id: strawberry.ID | None = None,
     ) -> AsyncGenerator[JobType, None]:
         ctx = info.context
-        principal = ctx.admin()
+        principal = ctx.subscriber("jobStatus")
         hub: Hub = ctx.hub
         job_id = str(id) if id is not None else None
         box = hub.open(job_id)
@@ -354,7 +354,7 @@ class JobSubscription:
     )
     async def job_deleted(self, info: strawberry.Info) -> AsyncGenerator[strawberry.ID, None]:
         ctx = info.context
-        principal = ctx.admin()
+        principal = ctx.subscriber("jobDeleted")
         hub: Hub = ctx.hub
         box = hub.open(None, deletions_only=True)
         try:

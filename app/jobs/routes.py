@@ -8,7 +8,8 @@ import pydantic_core
 from fastapi import APIRouter, Body, Header, Response
 
 from app.api import openapi_docs as docs
-from app.api.deps import AdminDep, RuntimeDep
+from app.api.auth import Principal
+from app.api.deps import RuntimeDep, may
 from app.api.etags import etag, expected_version
 from app.api.schemas import ActionResult
 from app.jobs import service as jobs_service
@@ -58,7 +59,7 @@ class JSONArray(Response):
     description="Every job with its current status and configuration.",
     responses=docs.example([docs.JOB], docs.errors()),
 )
-async def list_jobs(rt: RuntimeDep, _: AdminDep) -> JSONArray:
+async def list_jobs(rt: RuntimeDep, _: Annotated[Principal, may("jobs")]) -> JSONArray:
     # Serialised straight from the service's values: returning them for `response_model` to validate
     # and dump again cost a sixth of the request's CPU (B3). The model still documents it.
     return JSONArray(await jobs_service.list_rendered(rt, _job_json))
@@ -73,7 +74,9 @@ async def list_jobs(rt: RuntimeDep, _: AdminDep) -> JSONArray:
     responses={201: {"content": {"application/json": {"example": docs.JOB}}}, **docs.errors(400, 409, 413)},
 )
 async def create_job(
-    body: Annotated[Any, Body(openapi_examples={"spec": {"value": docs.CREATE_JOB}})], rt: RuntimeDep, user: AdminDep
+    body: Annotated[Any, Body(openapi_examples={"spec": {"value": docs.CREATE_JOB}})],
+    rt: RuntimeDep,
+    user: Annotated[Principal, may("createJob")],
 ) -> JobOut:
     return JobOut.of(await jobs_service.create(rt, data=body, actor=user.actor))
 
@@ -85,7 +88,7 @@ async def create_job(
     description="Removes the job and its pending fire; its runs stay. Built-in and running jobs are refused (409).",
     responses=docs.errors(400, 404, 409),
 )
-async def delete_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> Response:  # noqa: N803
+async def delete_job(jobId: str, rt: RuntimeDep, user: Annotated[Principal, may("deleteJob")]) -> Response:  # noqa: N803
     await jobs_service.delete(rt, job_id=jobId, actor=user.actor)
     return Response(status_code=204)
 
@@ -96,7 +99,7 @@ async def delete_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> Response:  #
     summary="Get job details",
     responses=docs.example(docs.JOB, docs.errors(400, 404)),
 )
-async def get_job(jobId: str, rt: RuntimeDep, _: AdminDep) -> JobJSON:  # noqa: N803 - the spec's name
+async def get_job(jobId: str, rt: RuntimeDep, _: Annotated[Principal, may("job")]) -> JobJSON:  # noqa: N803 - the spec's name
     return _with_etag(await jobs_service.get(rt, job_id=jobId))
 
 
@@ -127,7 +130,7 @@ async def update_job(
         ),
     ],
     rt: RuntimeDep,
-    user: AdminDep,
+    user: Annotated[Principal, may("updateJob")],
     if_match: Annotated[str | None, Header(alias="If-Match")] = None,
 ) -> JobJSON:
     expected = expected_version(if_match)
@@ -142,7 +145,7 @@ async def update_job(
     summary="Start a job's scheduler",
     responses=docs.example(docs.STARTED, docs.errors(400, 404)),
 )
-async def start_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> ActionResult:  # noqa: N803
+async def start_job(jobId: str, rt: RuntimeDep, user: Annotated[Principal, may("startJob")]) -> ActionResult:  # noqa: N803
     await jobs_service.start(rt, job_id=jobId, actor=user.actor)
     return ActionResult(message="Job started successfully")
 
@@ -153,7 +156,7 @@ async def start_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> ActionResult:
     summary="Stop a job's scheduler",
     responses=docs.example(docs.STOPPED, docs.errors(400, 404)),
 )
-async def stop_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> ActionResult:  # noqa: N803
+async def stop_job(jobId: str, rt: RuntimeDep, user: Annotated[Principal, may("stopJob")]) -> ActionResult:  # noqa: N803
     await jobs_service.stop(rt, job_id=jobId, actor=user.actor)
     return ActionResult(message="Job stopped successfully")
 
@@ -166,7 +169,12 @@ async def stop_job(jobId: str, rt: RuntimeDep, user: AdminDep) -> ActionResult: 
     "the job is stopped.",
     responses=docs.example({"jobId": "metadata-sync", "fires": ["2024-01-15T12:00:00.000Z"]}, docs.errors(400, 404)),
 )
-async def next_fires(jobId: str, rt: RuntimeDep, _: AdminDep, count: str | None = None) -> NextFiresOut:  # noqa: N803
+async def next_fires(
+    jobId: str,  # noqa: N803 - the spec's name
+    rt: RuntimeDep,
+    _: Annotated[Principal, may("nextFires")],
+    count: str | None = None,
+) -> NextFiresOut:
     state = await jobs_service.get(rt, job_id=jobId)
     fires = jobs_service.next_fires(rt, state, count)
     return NextFiresOut(job_id=state.job.id, fires=[iso_ms(f) or "" for f in fires])
@@ -186,6 +194,6 @@ async def next_fires(jobId: str, rt: RuntimeDep, _: AdminDep, count: str | None 
 async def preview_schedule(
     body: Annotated[Any, Body(openapi_examples={"cron": {"value": {"schedule": "0 2 * * *", "count": 3}}})],
     rt: RuntimeDep,
-    _: AdminDep,
+    _: Annotated[Principal, may("schedulePreview")],
 ) -> SchedulePreviewOut:
     return SchedulePreviewOut.of(jobs_service.preview(rt, data=body))

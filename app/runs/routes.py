@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 
 from app.api import openapi_docs as docs
-from app.api.deps import AdminDep, RuntimeDep
+from app.api.auth import Principal
+from app.api.deps import RuntimeDep, may
 from app.api.schemas import ActionResult
 from app.runs import service as runs_service
 from app.runs.schemas import RunPage, SkippedFirePage
@@ -28,7 +29,7 @@ FILTERS = (
     responses=docs.example(docs.RUN_PAGE, docs.errors(400)),
 )
 async def all_logs(
-    _: AdminDep,
+    _: Annotated[Principal, may("allJobLogs")],
     limit: str | None = None,
     offset: str | None = None,
     before: str | None = None,
@@ -50,7 +51,7 @@ async def all_logs(
 )
 async def job_logs(
     jobId: str,  # noqa: N803 - the spec's name
-    _: AdminDep,
+    _: Annotated[Principal, may("jobLogs")],
     limit: str | None = None,
     offset: str | None = None,
     before: str | None = None,
@@ -76,7 +77,7 @@ async def job_logs(
 async def trigger_job(
     jobId: str,  # noqa: N803
     rt: RuntimeDep,
-    user: AdminDep,
+    user: Annotated[Principal, may("triggerJob")],
     body: Annotated[Any, Body(openapi_examples={"payload": {"value": {"payload": {"batchSize": 10}}}})] = None,
 ) -> ActionResult:
     await runs_service.trigger(rt, job_id=jobId, actor=user.actor, body=body)
@@ -92,7 +93,7 @@ async def trigger_job(
     "backoff ends at once. 409 `not_running` when no run is in progress; 503 while Redis is down.",
     responses=docs.example(docs.CANCELLED, docs.errors(400, 404, 409, 503)),
 )
-async def cancel_run(jobId: str, rt: RuntimeDep, user: AdminDep) -> ActionResult:  # noqa: N803
+async def cancel_run(jobId: str, rt: RuntimeDep, user: Annotated[Principal, may("cancelJobRun")]) -> ActionResult:  # noqa: N803
     await runs_service.cancel(rt, job_id=jobId, actor=user.actor)
     return ActionResult(message="Run cancelled")
 
@@ -107,7 +108,7 @@ async def cancel_run(jobId: str, rt: RuntimeDep, user: AdminDep) -> ActionResult
 )
 async def skipped_fires(
     jobId: str,  # noqa: N803 - the spec's name
-    _: AdminDep,
+    _: Annotated[Principal, may("skippedFires")],
     limit: str | None = None,
     offset: str | None = None,
 ) -> SkippedFirePage:

@@ -144,7 +144,7 @@ async def test_auth_is_required(client: httpx.AsyncClient, settings: Settings) -
     assert response.status_code == 401
     assert error_of(response) == "missing_token"
     assert response.headers["www-authenticate"].startswith("Bearer")
-    weak = {"Authorization": f"Bearer {make_token(settings, permissions=['jobs.read'])}"}
+    weak = {"Authorization": f"Bearer {make_token(settings, permissions=['billing.read'])}"}
     forbidden = await client.get("/api/activity", headers=weak)
     assert forbidden.status_code == 403
     assert error_of(forbidden) == "forbidden"

@@ -130,7 +130,7 @@ async def test_auth_is_the_same_rule_as_rest(
     client: httpx.AsyncClient, settings: Settings, headers: Any, code: str
 ) -> None:
     if headers == "no-permission":
-        headers = {"Authorization": f"Bearer {make_token(settings, permissions=['jobs.read'])}"}
+        headers = {"Authorization": f"Bearer {make_token(settings, permissions=['billing.read'])}"}
     for document in ("{ jobs { id } }", 'mutation { triggerJob(id: "metadata-sync") { success } }'):
         body = await gql(client, headers, document)
         assert body["data"] is None and codes(body) == [code]

@@ -117,7 +117,7 @@ async def test_connections_without_a_valid_token_are_closed_4403(
     two_apis: tuple[ApiProcess, ApiProcess], settings: Settings, protocol: str, payload: Any
 ) -> None:
     if payload == "no-permission":
-        payload = {"token": make_token(settings, permissions=["jobs.read"])}
+        payload = {"token": make_token(settings, permissions=["billing.read"])}
     async with connect(ws_url(two_apis[0]), subprotocols=[protocol]) as ws:  # type: ignore[list-item]
         await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
         received = []

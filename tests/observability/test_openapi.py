@@ -14,7 +14,7 @@ EXPECTED_ERRORS = {
     ("get", "/api/jobs"): set(),
     ("post", "/api/jobs"): {400, 409, 413},
     ("get", "/api/jobs/{jobId}"): {400, 404},
-    ("patch", "/api/jobs/{jobId}"): {400, 404, 413},
+    ("patch", "/api/jobs/{jobId}"): {400, 404, 412, 413},
     ("delete", "/api/jobs/{jobId}"): {400, 404, 409},
     ("post", "/api/jobs/{jobId}/start"): {400, 404},
     ("post", "/api/jobs/{jobId}/stop"): {400, 404},
@@ -25,6 +25,8 @@ EXPECTED_ERRORS = {
     ("get", "/api/jobs/logs/all"): {400},
     ("get", "/api/activity"): {400},
     ("get", "/api/job-types"): set(),
+    ("get", "/api/jobs/{jobId}/fires/next"): {400, 404},
+    ("post", "/api/schedules/preview"): {400, 413},
 }
 
 
