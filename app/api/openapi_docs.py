@@ -38,6 +38,11 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
         "Job 'metadata-sync' changed since you read it (it is at version 4); read it again and retry",
     ),
     413: ("Request body over MAX_BODY_BYTES", "payload_too_large", "Request body is larger than 65536 bytes"),
+    422: (
+        "The Idempotency-Key was used with a different request",
+        "idempotency_key_reused",
+        "This Idempotency-Key was used with a different request; use a new key for a new request",
+    ),
     503: (f"Redis or the database is out of reach; the database says '{DATABASE_DOWN}'", "unavailable", REDIS_DOWN),
 }
 

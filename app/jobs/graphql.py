@@ -10,6 +10,7 @@ import strawberry
 from strawberry.dataloader import DataLoader
 from strawberry.scalars import JSON
 
+from app.api import idempotency as idempotent
 from app.api.graphql_errors import to_graphql
 from app.api.live import Hub
 from app.data.runs import Run
@@ -260,12 +261,24 @@ class JobMutation:
         )
         return JobType.of(state)
 
-    @strawberry.mutation(description="Create a job of a registered type; its first fire is scheduled.")
-    async def create_job(self, info: strawberry.Info, input: CreateJobInput) -> JobType:
+    @strawberry.mutation(
+        description="Create a job of a registered type; its first fire is scheduled. With `idempotencyKey`, the same "
+        "key and input within 24 h create nothing more and answer the job created first; the key with another "
+        "input gets BAD_USER_INPUT (idempotency_key_reused)."
+    )
+    async def create_job(
+        self, info: strawberry.Info, input: CreateJobInput, idempotency_key: str | None = None
+    ) -> JobType:
         ctx = info.context
+        user = ctx.user()
         data = _sent(input)
         data["id"] = str(input.id)
-        return JobType.of(await jobs_service.create(ctx.runtime, data=data, actor=ctx.user().actor))
+
+        async def create() -> str:
+            return (await jobs_service.create(ctx.runtime, data=data, actor=user.actor)).job.id
+
+        job_id = await idempotent.once(ctx.runtime, user, idempotency_key, ("createJob", data), create)
+        return JobType.of(await jobs_service.get(ctx.runtime, job_id=job_id))
 
     @strawberry.mutation(description="Delete a job (not a built-in one, not while it runs); its runs stay.")
     async def delete_job(self, info: strawberry.Info, id: strawberry.ID) -> bool:
@@ -287,14 +300,24 @@ class JobMutation:
 
     @strawberry.mutation(
         description="Run the job now (with `payload` instead of the job's, validated by its type's schema); "
-        "CONFLICT while it is running."
+        "CONFLICT while it is running. With `idempotencyKey`, a retry within 24 h runs nothing more."
     )
     async def trigger_job(
-        self, info: strawberry.Info, id: strawberry.ID, payload: JSON | None = strawberry.UNSET
+        self,
+        info: strawberry.Info,
+        id: strawberry.ID,
+        payload: JSON | None = strawberry.UNSET,
+        idempotency_key: str | None = None,
     ) -> JobActionResultType:
         ctx = info.context
+        user = ctx.user()
         given = {} if payload is strawberry.UNSET else {"payload": payload}
-        await runs_service.trigger(ctx.runtime, job_id=str(id), actor=ctx.user().actor, body=given or None)
+
+        async def trigger() -> str:
+            await runs_service.trigger(ctx.runtime, job_id=str(id), actor=user.actor, body=given or None)
+            return str(id)
+
+        await idempotent.once(ctx.runtime, user, idempotency_key, ("triggerJob", str(id), given), trigger)
         state = await jobs_service.get(ctx.runtime, job_id=str(id))
         return JobActionResultType(success=True, message="Job triggered successfully", job=JobType.of(state))
 

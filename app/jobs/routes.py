@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import pydantic_core
-from fastapi import APIRouter, Body, Header, Response
+from fastapi import APIRouter, Body, Header, Request, Response
+from fastapi.responses import JSONResponse
 
+from app.api import idempotency as idempotent
 from app.api import openapi_docs as docs
 from app.api.auth import Principal
 from app.api.deps import RuntimeDep, may
@@ -70,15 +72,25 @@ async def list_jobs(rt: RuntimeDep, _: Annotated[Principal, may("jobs")]) -> JSO
     response_model=JobOut,
     status_code=201,
     summary="Create a job",
-    description="A job of a registered type (GET /api/job-types), with exactly one of `interval` or `schedule`.",
-    responses={201: {"content": {"application/json": {"example": docs.JOB}}}, **docs.errors(400, 409, 413)},
+    description="A job of a registered type (GET /api/job-types), with exactly one of `interval` or `schedule`. "
+    "With an `Idempotency-Key` header, the same key and body within 24 h replay the first answer "
+    "(`Idempotent-Replayed: true`) and create nothing; the key with another body gets 422 `idempotency_key_reused`.",
+    responses={
+        201: {"content": {"application/json": {"example": docs.JOB}}},
+        **docs.errors(400, 409, 413, 422),
+    },
 )
 async def create_job(
     body: Annotated[Any, Body(openapi_examples={"spec": {"value": docs.CREATE_JOB}})],
+    request: Request,
     rt: RuntimeDep,
     user: Annotated[Principal, may("createJob")],
-) -> JobOut:
-    return JobOut.of(await jobs_service.create(rt, data=body, actor=user.actor))
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,  # noqa: ARG001 - documents it
+) -> JSONResponse:
+    async def create() -> tuple[int, Any]:
+        return 201, job_wire(await jobs_service.create(rt, data=body, actor=user.actor))
+
+    return await idempotent.respond(request, rt, user, body, create)
 
 
 @router.delete(

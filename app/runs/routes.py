@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Header, Request
+from fastapi.responses import JSONResponse
 
+from app.api import idempotency as idempotent
 from app.api import openapi_docs as docs
 from app.api.auth import Principal
 from app.api.deps import RuntimeDep, may
@@ -71,17 +73,23 @@ async def job_logs(
     summary="Trigger a job manually",
     description='Runs the job now, enabled or not. No body: with the job\'s payload; `{"payload": {...}}`: with '
     "that payload, validated by the job type's schema (400 naming each field), kept on the run record. 409 while a "
-    "run holds the job; 503 while Redis is down.",
-    responses=docs.example(docs.TRIGGERED, docs.errors(400, 404, 409, 503)),
+    "run holds the job; 503 while Redis is down. With an `Idempotency-Key` header, a retry within 24 h replays the "
+    "first answer and runs nothing.",
+    responses=docs.example(docs.TRIGGERED, docs.errors(400, 404, 409, 422, 503)),
 )
 async def trigger_job(
     jobId: str,  # noqa: N803
+    request: Request,
     rt: RuntimeDep,
     user: Annotated[Principal, may("triggerJob")],
     body: Annotated[Any, Body(openapi_examples={"payload": {"value": {"payload": {"batchSize": 10}}}})] = None,
-) -> ActionResult:
-    await runs_service.trigger(rt, job_id=jobId, actor=user.actor, body=body)
-    return ActionResult(message="Job triggered successfully")
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,  # noqa: ARG001 - documents it
+) -> JSONResponse:
+    async def trigger() -> tuple[int, Any]:
+        await runs_service.trigger(rt, job_id=jobId, actor=user.actor, body=body)
+        return 200, ActionResult(message="Job triggered successfully").model_dump()
+
+    return await idempotent.respond(request, rt, user, body, trigger)
 
 
 @router.post(

@@ -12,13 +12,13 @@ from app.api.outages import DATABASE_DOWN, REDIS_DOWN
 # The errors each operation can answer besides 401 and 403 (which every authenticated one can).
 EXPECTED_ERRORS = {
     ("get", "/api/jobs"): set(),
-    ("post", "/api/jobs"): {400, 409, 413},
+    ("post", "/api/jobs"): {400, 409, 413, 422},
     ("get", "/api/jobs/{jobId}"): {400, 404},
     ("patch", "/api/jobs/{jobId}"): {400, 404, 412, 413},
     ("delete", "/api/jobs/{jobId}"): {400, 404, 409},
     ("post", "/api/jobs/{jobId}/start"): {400, 404},
     ("post", "/api/jobs/{jobId}/stop"): {400, 404},
-    ("post", "/api/jobs/{jobId}/trigger"): {400, 404, 409, 503},
+    ("post", "/api/jobs/{jobId}/trigger"): {400, 404, 409, 422, 503},
     ("get", "/api/jobs/{jobId}/logs"): {400, 404},
     ("post", "/api/jobs/{jobId}/cancel"): {400, 404, 409, 503},
     ("get", "/api/jobs/{jobId}/fires/skipped"): {400, 404},
