@@ -19,7 +19,7 @@ from app.platform.config import Settings
 from app.platform.runtime import Runtime
 from tests.conftest import make_token
 from tests.factories import make_job, wait_until
-from tests.graphql.test_api import codes, gql
+from tests.graphql.test_api import gql
 from tests.support.processes import ApiProcess
 from tests.support.servers import free_port
 
@@ -94,25 +94,26 @@ async def test_a_retried_trigger_runs_once(client: httpx.AsyncClient, auth: dict
 async def test_graphql_idempotency_key(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     create = (
         'mutation C($key: String) { createJob(input: {id: "gq", name: "G", type: "test_sleep", '
-        'schedule: "@daily"}, idempotencyKey: $key) { id name } }'
+        'schedule: "@daily"}, idempotencyKey: $key) { ... on Job { id name } ... on UserError { code } } }'
     )
     first = await gql(client, auth, create, key="g-1")
     again = await gql(client, auth, create, key="g-1")
-    assert first["data"] == again["data"] == {"createJob": {"id": "gq", "name": "G"}}
+    assert first["data"] == again["data"] == {"createJob": {"id": "gq", "name": "G"}}, first
     assert await Job.filter(id="gq").count() == 1 and await Activity.filter(event="jobs.create").count() == 1
     other = await gql(client, auth, create.replace('name: "G"', 'name: "H"'), key="g-1")
-    assert codes(other) == ["BAD_USER_INPUT"] and other["errors"][0]["extensions"]["error"] == "idempotency_key_reused"
+    assert other["data"]["createJob"] == {"code": "idempotency_key_reused"}
     # A key is one request, whichever transport carried it first.
     rest = await client.post("/api/jobs", headers=keyed(auth, "g-1"), json={**JOB, "id": "gq"})
     assert (rest.status_code, rest.json()["error"]) == (422, "idempotency_key_reused")
-    trigger = 'mutation { triggerJob(id: "gq", idempotencyKey: "g-2") { success } }'
+    trigger = 'mutation { triggerJob(id: "gq", idempotencyKey: "g-2") { ... on JobActionResult { success } } }'
     assert (await gql(client, auth, trigger))["data"]["triggerJob"]["success"] is True
     assert (await gql(client, auth, trigger))["data"]["triggerJob"]["success"] is True
     await asyncio.sleep(0.3)
     assert await Run.filter(job_id="gq").count() == 1
     # An error is the first answer too.
-    missing = 'mutation { triggerJob(id: "nope", idempotencyKey: "g-3") { success } }'
-    assert codes(await gql(client, auth, missing)) == codes(await gql(client, auth, missing)) == ["NOT_FOUND"]
+    missing = 'mutation { triggerJob(id: "nope", idempotencyKey: "g-3") { __typename } }'
+    first, again = await gql(client, auth, missing), await gql(client, auth, missing)
+    assert first["data"] == again["data"] == {"triggerJob": {"__typename": "JobNotFound"}}
 
 
 @pytest.mark.slow

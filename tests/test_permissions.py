@@ -54,13 +54,14 @@ GRAPHQL: dict[str, str] = {
     "schedulePreview": '{ schedulePreview(schedule: "@daily", count: 1) { fires } }',
     "activity": "{ activity { total } }",
     "jobTypes": "{ jobTypes { name } }",
-    "triggerJob": 'mutation { triggerJob(id: "nope") { success } }',
-    "cancelJobRun": 'mutation { cancelJobRun(id: "nope") { success } }',
-    "createJob": 'mutation { createJob(input: {id: "Bad Id", name: "x", type: "nope"}) { id } }',
-    "updateJob": 'mutation { updateJob(id: "nope", enabled: true) { id } }',
-    "deleteJob": 'mutation { deleteJob(id: "nope") }',
-    "startJob": 'mutation { startJob(id: "nope") { success } }',
-    "stopJob": 'mutation { stopJob(id: "nope") { success } }',
+    "triggerJob": 'mutation { triggerJob(id: "nope") { __typename ... on UserError { message } } }',
+    "cancelJobRun": 'mutation { cancelJobRun(id: "nope") { __typename ... on UserError { message } } }',
+    "createJob": 'mutation { createJob(input: {id: "Bad Id", name: "x", type: "nope"}) '
+    "{ __typename ... on UserError { message } } }",
+    "updateJob": 'mutation { updateJob(id: "nope", enabled: true) { __typename ... on UserError { message } } }',
+    "deleteJob": 'mutation { deleteJob(id: "nope") { __typename ... on UserError { message } } }',
+    "startJob": 'mutation { startJob(id: "nope") { __typename ... on UserError { message } } }',
+    "stopJob": 'mutation { stopJob(id: "nope") { __typename ... on UserError { message } } }',
 }
 SUBSCRIPTIONS: dict[str, str] = {
     "jobStatus": 'subscription { jobStatus(id: "metadata-sync") { id } }',
@@ -107,13 +108,19 @@ async def test_rest_and_graphql_enforce_the_one_table(
             }
     for operation, document in GRAPHQL.items():
         response = await client.post("/graphql", headers=headers, json={"query": document})
-        errors = response.json().get("errors") or []
-        forbidden = [e for e in errors if e["extensions"]["code"] == "FORBIDDEN"]
+        body = response.json()
+        errors = body.get("errors") or []
+        # A query's refusal is a top-level FORBIDDEN; a mutation's is its PermissionDenied answer.
+        forbidden = [e["message"] for e in errors if e["extensions"]["code"] == "FORBIDDEN"]
+        answer = (body.get("data") or {}).get(operation)
+        if isinstance(answer, dict) and answer.get("__typename") == "PermissionDenied":
+            forbidden.append(answer["message"])
         if _expected(token, operation):
-            assert forbidden == [], (token, operation, errors)
+            assert forbidden == [], (token, operation, body)
         else:
-            assert len(forbidden) == 1, (token, operation, errors)
-            assert permissions.required(operation) in forbidden[0]["message"]
+            assert len(forbidden) == 1, (token, operation, body)
+            assert permissions.required(operation) in forbidden[0]
+            assert document.startswith("mutation") == (errors == []), body
 
 
 @pytest.mark.slow

@@ -54,7 +54,8 @@ class AppErrors(SchemaExtension):
     coded GraphQL errors; anything else is masked."""
 
     def resolve(self, _next: Callable[..., Any], root: Any, info: Any, *args: Any, **kwargs: Any) -> Any:
-        if info.path.prev is None and not info.field_name.startswith("__"):
+        # Mutations check the permission table themselves: a refusal is one of their outcomes (PermissionDenied).
+        if info.path.prev is None and not info.field_name.startswith("__") and info.parent_type.name != "Mutation":
             denied = info.context.auth_error(info.field_name)
             if denied is not None:
                 raise to_graphql(denied)

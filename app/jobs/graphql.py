@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Annotated, Any, cast
 
 import strawberry
 from strawberry.dataloader import DataLoader
@@ -12,6 +12,17 @@ from strawberry.scalars import JSON
 
 from app.api import idempotency as idempotent
 from app.api.graphql_errors import to_graphql
+from app.api.graphql_outcomes import (
+    AlreadyRunning,
+    IdempotencyConflict,
+    JobConflict,
+    JobNotFound,
+    NotRunning,
+    PermissionDenied,
+    ValidationFailed,
+    VersionConflict,
+    outcome,
+)
 from app.api.live import Hub
 from app.data.runs import Run
 from app.jobs import service as jobs_service
@@ -237,12 +248,45 @@ class JobQuery:
         return JobType.of(state) if state else None
 
 
+@strawberry.type(name="JobDeleted", description="The job was deleted; its runs stay in the logs.")
+class JobDeletedType:
+    id: strawberry.ID
+
+
+UpdateJobResult = Annotated[
+    JobType | JobNotFound | ValidationFailed | PermissionDenied | VersionConflict | JobConflict,
+    strawberry.union("UpdateJobResult"),
+]
+CreateJobResult = Annotated[
+    JobType | ValidationFailed | PermissionDenied | JobConflict | IdempotencyConflict,
+    strawberry.union("CreateJobResult"),
+]
+DeleteJobResult = Annotated[
+    JobDeletedType | JobNotFound | ValidationFailed | PermissionDenied | AlreadyRunning | JobConflict,
+    strawberry.union("DeleteJobResult"),
+]
+ScheduleJobResult = Annotated[
+    JobActionResultType | JobNotFound | ValidationFailed | PermissionDenied, strawberry.union("ScheduleJobResult")
+]
+TriggerJobResult = Annotated[
+    JobActionResultType | JobNotFound | ValidationFailed | PermissionDenied | AlreadyRunning | IdempotencyConflict,
+    strawberry.union("TriggerJobResult"),
+]
+CancelJobRunResult = Annotated[
+    JobActionResultType | JobNotFound | ValidationFailed | PermissionDenied | NotRunning,
+    strawberry.union("CancelJobRunResult"),
+]
+
+
 @strawberry.type
 class JobMutation:
+    """Each mutation answers its success type or one of the UserError types its union lists (app.api.
+    graphql_outcomes); the permission table is checked here, so that a refusal is data too."""
+
     @strawberry.mutation(
         description="Enable (schedule the next fire) or disable (remove it) a job with `enabled`, or edit it with "
-        "`input` (both: `enabled` joins the input). With `expectedVersion`, PRECONDITION_FAILED once the job's "
-        "version is another."
+        "`input` (both: `enabled` joins the input). With `expectedVersion`, VersionConflict once the job's version "
+        "is another."
     )
     async def update_job(
         self,
@@ -251,56 +295,72 @@ class JobMutation:
         enabled: bool | None = None,
         input: UpdateJobInput | None = None,
         expected_version: int | None = None,
-    ) -> JobType:
+    ) -> UpdateJobResult:
         ctx = info.context
         data = _sent(input) if input is not None else {}
         if enabled is not None:
             data["enabled"] = enabled
-        state = await jobs_service.update(
-            ctx.runtime, job_id=str(id), data=data, actor=ctx.user().actor, expected_version=expected_version
-        )
+        try:
+            user = ctx.require("updateJob")
+            state = await jobs_service.update(
+                ctx.runtime, job_id=str(id), data=data, actor=user.actor, expected_version=expected_version
+            )
+        except AppError as exc:
+            return cast(
+                UpdateJobResult,
+                outcome(exc, (JobNotFound, ValidationFailed, PermissionDenied, VersionConflict, JobConflict), id),
+            )
         return JobType.of(state)
 
     @strawberry.mutation(
         description="Create a job of a registered type; its first fire is scheduled. With `idempotencyKey`, the same "
         "key and input within 24 h create nothing more and answer the job created first; the key with another "
-        "input gets BAD_USER_INPUT (idempotency_key_reused)."
+        "input is an IdempotencyConflict (idempotency_key_reused)."
     )
     async def create_job(
         self, info: strawberry.Info, input: CreateJobInput, idempotency_key: str | None = None
-    ) -> JobType:
+    ) -> CreateJobResult:
         ctx = info.context
-        user = ctx.user()
         data = _sent(input)
         data["id"] = str(input.id)
+        try:
+            user = ctx.require("createJob")
 
-        async def create() -> str:
-            return (await jobs_service.create(ctx.runtime, data=data, actor=user.actor)).job.id
+            async def create() -> str:
+                return (await jobs_service.create(ctx.runtime, data=data, actor=user.actor)).job.id
 
-        job_id = await idempotent.once(ctx.runtime, user, idempotency_key, ("createJob", data), create)
-        return JobType.of(await jobs_service.get(ctx.runtime, job_id=job_id))
+            job_id = await idempotent.once(ctx.runtime, user, idempotency_key, ("createJob", data), create)
+            state = await jobs_service.get(ctx.runtime, job_id=job_id)
+        except AppError as exc:
+            return cast(
+                CreateJobResult, outcome(exc, (ValidationFailed, PermissionDenied, JobConflict, IdempotencyConflict))
+            )
+        return JobType.of(state)
 
     @strawberry.mutation(description="Delete a job (not a built-in one, not while it runs); its runs stay.")
-    async def delete_job(self, info: strawberry.Info, id: strawberry.ID) -> bool:
+    async def delete_job(self, info: strawberry.Info, id: strawberry.ID) -> DeleteJobResult:
         ctx = info.context
-        await jobs_service.delete(ctx.runtime, job_id=str(id), actor=ctx.user().actor)
-        return True
+        try:
+            user = ctx.require("deleteJob")
+            await jobs_service.delete(ctx.runtime, job_id=str(id), actor=user.actor)
+        except AppError as exc:
+            return cast(
+                DeleteJobResult,
+                outcome(exc, (JobNotFound, ValidationFailed, PermissionDenied, AlreadyRunning, JobConflict), id),
+            )
+        return JobDeletedType(id=id)
 
     @strawberry.mutation(description="Start the job's schedule.")
-    async def start_job(self, info: strawberry.Info, id: strawberry.ID) -> JobActionResultType:
-        ctx = info.context
-        state = await jobs_service.start(ctx.runtime, job_id=str(id), actor=ctx.user().actor)
-        return JobActionResultType(success=True, message="Job started successfully", job=JobType.of(state))
+    async def start_job(self, info: strawberry.Info, id: strawberry.ID) -> ScheduleJobResult:
+        return await _schedule_action(info, id, "startJob", "Job started successfully")
 
     @strawberry.mutation(description="Stop the job's schedule.")
-    async def stop_job(self, info: strawberry.Info, id: strawberry.ID) -> JobActionResultType:
-        ctx = info.context
-        state = await jobs_service.stop(ctx.runtime, job_id=str(id), actor=ctx.user().actor)
-        return JobActionResultType(success=True, message="Job stopped successfully", job=JobType.of(state))
+    async def stop_job(self, info: strawberry.Info, id: strawberry.ID) -> ScheduleJobResult:
+        return await _schedule_action(info, id, "stopJob", "Job stopped successfully")
 
     @strawberry.mutation(
         description="Run the job now (with `payload` instead of the job's, validated by its type's schema); "
-        "CONFLICT while it is running. With `idempotencyKey`, a retry within 24 h runs nothing more."
+        "AlreadyRunning while it runs. With `idempotencyKey`, a retry within 24 h runs nothing more."
     )
     async def trigger_job(
         self,
@@ -308,27 +368,46 @@ class JobMutation:
         id: strawberry.ID,
         payload: JSON | None = strawberry.UNSET,
         idempotency_key: str | None = None,
-    ) -> JobActionResultType:
+    ) -> TriggerJobResult:
         ctx = info.context
-        user = ctx.user()
         given = {} if payload is strawberry.UNSET else {"payload": payload}
+        try:
+            user = ctx.require("triggerJob")
 
-        async def trigger() -> str:
-            await runs_service.trigger(ctx.runtime, job_id=str(id), actor=user.actor, body=given or None)
-            return str(id)
+            async def trigger() -> str:
+                await runs_service.trigger(ctx.runtime, job_id=str(id), actor=user.actor, body=given or None)
+                return str(id)
 
-        await idempotent.once(ctx.runtime, user, idempotency_key, ("triggerJob", str(id), given), trigger)
-        state = await jobs_service.get(ctx.runtime, job_id=str(id))
+            await idempotent.once(ctx.runtime, user, idempotency_key, ("triggerJob", str(id), given), trigger)
+            state = await jobs_service.get(ctx.runtime, job_id=str(id))
+        except AppError as exc:
+            allowed = (JobNotFound, ValidationFailed, PermissionDenied, AlreadyRunning, IdempotencyConflict)
+            return cast(TriggerJobResult, outcome(exc, allowed, id))
         return JobActionResultType(success=True, message="Job triggered successfully", job=JobType.of(state))
 
-    @strawberry.mutation(
-        description="Cancel the job's current run wherever it executes; CONFLICT (not_running) when none runs."
-    )
-    async def cancel_job_run(self, info: strawberry.Info, id: strawberry.ID) -> JobActionResultType:
+    @strawberry.mutation(description="Cancel the job's current run wherever it executes; NotRunning when none runs.")
+    async def cancel_job_run(self, info: strawberry.Info, id: strawberry.ID) -> CancelJobRunResult:
         ctx = info.context
-        await runs_service.cancel(ctx.runtime, job_id=str(id), actor=ctx.user().actor)
-        state = await jobs_service.get(ctx.runtime, job_id=str(id))
+        try:
+            user = ctx.require("cancelJobRun")
+            await runs_service.cancel(ctx.runtime, job_id=str(id), actor=user.actor)
+            state = await jobs_service.get(ctx.runtime, job_id=str(id))
+        except AppError as exc:
+            return cast(
+                CancelJobRunResult, outcome(exc, (JobNotFound, ValidationFailed, PermissionDenied, NotRunning), id)
+            )
         return JobActionResultType(success=True, message="Run cancelled", job=JobType.of(state))
+
+
+async def _schedule_action(info: strawberry.Info, id: strawberry.ID, operation: str, message: str) -> ScheduleJobResult:
+    ctx = info.context
+    service = jobs_service.start if operation == "startJob" else jobs_service.stop
+    try:
+        user = ctx.require(operation)
+        state = await service(ctx.runtime, job_id=str(id), actor=user.actor)
+    except AppError as exc:
+        return cast(ScheduleJobResult, outcome(exc, (JobNotFound, ValidationFailed, PermissionDenied), id))
+    return JobActionResultType(success=True, message=message, job=JobType.of(state))
 
 
 @strawberry.type

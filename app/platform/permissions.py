@@ -50,9 +50,14 @@ def allows(granted: Set[str], operation: str) -> bool:
     return ADMIN in granted or required(operation) in granted
 
 
+class PermissionMissing(Forbidden):
+    def __init__(self, permission: str) -> None:
+        also = "" if permission == ADMIN else f" (or '{ADMIN}', which grants every permission)"
+        super().__init__(f"Permission '{permission}' is required{also}")
+        self.permission = permission
+
+
 def check(granted: Set[str], operation: str) -> None:
-    """Forbidden, naming the missing permission, unless `granted` allows the operation."""
+    """PermissionMissing (a Forbidden naming the permission) unless `granted` allows the operation."""
     if not allows(granted, operation):
-        needed = required(operation)
-        also = "" if needed == ADMIN else f" (or '{ADMIN}', which grants every permission)"
-        raise Forbidden(f"Permission '{needed}' is required{also}")
+        raise PermissionMissing(required(operation))

@@ -35,9 +35,22 @@ async def test_a_badly_signed_token_is_refused_with_the_reason(page: Page, dashb
 
 async def test_a_token_without_the_permission_is_refused(page: Page, dashboard: Dashboard) -> None:
     await page.goto(dashboard.page_url)
-    await page.get_by_label("Access token").fill(dashboard.token(permissions=["jobs.read"]))
+    await page.get_by_label("Access token").fill(dashboard.token(permissions=["billing.read"]))
     await page.get_by_role("button", name="Sign in").click()
-    await expect_signed_out(page, re.compile("^The server refused this token: .*settings.update"))
+    await expect_signed_out(page, re.compile("^The server refused this token: .*'jobs.read'.*settings.update"))
+
+
+async def test_a_read_only_token_watches_and_is_told_what_it_may_not_do(page: Page, dashboard: Dashboard) -> None:
+    job = await create_job(dashboard, "read-only", name="Read Only")
+    await sign_in(page, dashboard, dashboard.token(permissions=["jobs.read"]))
+    row = page.locator(f"tr[data-job-id='{job['id']}']")
+    await expect(row).to_have_count(1)
+    await row.get_by_role("button", name="Run Read Only now").click()
+    # The mutation's PermissionDenied answer is shown; the session goes on.
+    await expect(page.locator("#notices")).to_contain_text("Permission 'jobs.trigger' is required")
+    await expect(page.locator("#connection")).to_have_text("Live")
+    logs = await rest(dashboard, "GET", f"/api/jobs/{job['id']}/logs")
+    assert logs.json()["total"] == 0
 
 
 async def test_an_expired_token_is_refused(page: Page, dashboard: Dashboard) -> None:

@@ -38,6 +38,35 @@ def codes(body: dict[str, Any]) -> list[str]:
     return [e["extensions"]["code"] for e in body.get("errors", [])]
 
 
+# A mutation's answer: its success type's fields, or any UserError's (app.api.graphql_outcomes).
+USER_ERROR = "__typename ... on UserError { code message }"
+# The UserError type a mutation answers where REST answers this status.
+OUTCOMES = {
+    400: {"ValidationFailed"},
+    403: {"PermissionDenied"},
+    404: {"JobNotFound"},
+    412: {"VersionConflict"},
+    409: {"AlreadyRunning", "NotRunning", "JobConflict", "IdempotencyConflict"},
+    422: {"IdempotencyConflict"},
+}
+
+
+def on_job(fields: str) -> str:
+    return f"{{ {USER_ERROR} ... on Job {{ {fields} }} }}"
+
+
+def on_result(fields: str) -> str:
+    return f"{{ {USER_ERROR} ... on JobActionResult {{ {fields} }} }}"
+
+
+def user_error(body: dict[str, Any], key: str) -> dict[str, Any]:
+    """The UserError a mutation answered (failing if it answered anything else, or a top-level error)."""
+    assert not body.get("errors"), body
+    answer: dict[str, Any] = body["data"][key]
+    assert "code" in answer, answer
+    return answer
+
+
 def rest_job(job: dict[str, Any]) -> dict[str, Any]:
     return {k: job[k] for k in JOB_KEYS}
 
@@ -65,12 +94,27 @@ PARITY = [
         "logs { id event jobId actor details createdAt requestId clientAddress } } }",
         "activity",
     ),
-    ("PATCH", "/api/jobs/ran", f'mutation {{ updateJob(id: "ran", enabled: false) {{ {JOB_FIELDS} }} }}', "updateJob"),
-    ("POST", "/api/jobs/ran/stop", 'mutation { stopJob(id: "ran") { success message } }', "stopJob"),
-    ("POST", "/api/jobs/ran/start", 'mutation { startJob(id: "ran") { success message } }', "startJob"),
-    ("POST", "/api/jobs/ran/trigger", 'mutation { triggerJob(id: "ran") { success message } }', "triggerJob"),
+    (
+        "PATCH",
+        "/api/jobs/ran",
+        f'mutation {{ updateJob(id: "ran", enabled: false) {on_job(JOB_FIELDS)} }}',
+        "updateJob",
+    ),
+    ("POST", "/api/jobs/ran/stop", f'mutation {{ stopJob(id: "ran") {on_result("success message")} }}', "stopJob"),
+    ("POST", "/api/jobs/ran/start", f'mutation {{ startJob(id: "ran") {on_result("success message")} }}', "startJob"),
+    (
+        "POST",
+        "/api/jobs/ran/trigger",
+        f'mutation {{ triggerJob(id: "ran") {on_result("success message")} }}',
+        "triggerJob",
+    ),
     ("GET", "/api/jobs/nope", '{ jobLogs(jobId: "nope") { total } }', "jobLogs"),
-    ("POST", "/api/jobs/Bad_Id/trigger", 'mutation { triggerJob(id: "Bad_Id") { success } }', "triggerJob"),
+    (
+        "POST",
+        "/api/jobs/Bad_Id/trigger",
+        f'mutation {{ triggerJob(id: "Bad_Id") {on_result("success")} }}',
+        "triggerJob",
+    ),
     ("GET", "/api/jobs/ran/logs?limit=101", '{ jobLogs(jobId: "ran", limit: 101) { total } }', "jobLogs"),
 ]
 ERROR_CODES = {400: "BAD_USER_INPUT", 401: "UNAUTHENTICATED", 403: "FORBIDDEN", 404: "NOT_FOUND", 409: "CONFLICT"}
@@ -87,6 +131,12 @@ async def test_graphql_twin_gives_the_same_data_as_rest(
     rest = await client.request(method, path, headers=auth, json={"enabled": False} if method == "PATCH" else None)
     await _restore(client, auth)
     body = await gql(client, auth, document)
+    if rest.status_code >= 400 and document.startswith("mutation"):
+        # A mutation answers the outcome as data: the UserError type for REST's status, with REST's code and message.
+        answer = user_error(body, key)
+        assert answer["__typename"] in OUTCOMES[rest.status_code]
+        assert (answer["code"], answer["message"]) == (rest.json()["error"], rest.json()["message"])
+        return
     if rest.status_code >= 400:
         assert body["data"] is None or body["data"].get(key) is None
         assert codes(body) == [ERROR_CODES[rest.status_code]]
@@ -94,6 +144,8 @@ async def test_graphql_twin_gives_the_same_data_as_rest(
         return
     assert not body.get("errors"), body
     ours, theirs = rest.json(), body["data"][key]
+    if isinstance(theirs, dict):
+        theirs.pop("__typename", None)
     if isinstance(ours, list):
         assert [{k: j[k] for k in JOB_KEYS} for j in ours] == theirs
     else:
@@ -131,9 +183,14 @@ async def test_auth_is_the_same_rule_as_rest(
 ) -> None:
     if headers == "no-permission":
         headers = {"Authorization": f"Bearer {make_token(settings, permissions=['billing.read'])}"}
-    for document in ("{ jobs { id } }", 'mutation { triggerJob(id: "metadata-sync") { success } }'):
-        body = await gql(client, headers, document)
-        assert body["data"] is None and codes(body) == [code]
+    body = await gql(client, headers, "{ jobs { id } }")
+    assert body["data"] is None and codes(body) == [code]
+    trigger = await gql(client, headers, f'mutation {{ triggerJob(id: "metadata-sync") {on_result("success")} }}')
+    if code == "FORBIDDEN":  # a refusal is one of a mutation's outcomes
+        answer = user_error(trigger, "triggerJob")
+        assert (answer["__typename"], answer["code"]) == ("PermissionDenied", "forbidden")
+    else:  # no caller at all is no outcome: a top-level error
+        assert trigger["data"] is None and codes(trigger) == [code]
     assert (await client.get("/api/jobs/metadata-sync/logs", headers=_admin(settings))).json()["total"] == 0
 
 
@@ -143,10 +200,16 @@ def _admin(settings: Settings) -> dict[str, str]:
 
 async def test_trigger_while_running_is_conflict(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     await make_job(id="slow", payload={"seconds": 1})
-    first = await gql(client, auth, 'mutation { triggerJob(id: "slow") { success job { running } } }')
-    assert first["data"]["triggerJob"] == {"success": True, "job": {"running": True}}
-    again = await gql(client, auth, 'mutation { triggerJob(id: "slow") { success } }')
-    assert codes(again) == ["CONFLICT"] and again["errors"][0]["message"] == "Job is already running"
+    first = await gql(client, auth, f'mutation {{ triggerJob(id: "slow") {on_result("success job { running }")} }}')
+    assert first["data"]["triggerJob"] == {"__typename": "JobActionResult", "success": True, "job": {"running": True}}
+    again = await gql(
+        client, auth, 'mutation { triggerJob(id: "slow") { ... on AlreadyRunning { code message jobId } } }'
+    )
+    assert again["data"]["triggerJob"] == {
+        "code": "already_running",
+        "message": "Job is already running",
+        "jobId": "slow",
+    }
 
 
 @pytest.mark.parametrize(

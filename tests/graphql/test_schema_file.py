@@ -21,8 +21,11 @@ def test_the_issue_fixes_these_names() -> None:
         # Since, followed by a keyset cursor and filters: every query of the original shape still works.
         "jobLogs(jobId: ID!, limit: Int = 50, offset: Int = 0, before: Int",
         "allJobLogs(limit: Int = 100, offset: Int = 0, before: Int",
-        # `enabled` is optional since updateJob also edits (`input`): every query of the original shape still works.
-        "updateJob(id: ID!, enabled: Boolean = null, input: UpdateJobInput = null, expectedVersion: Int = null): Job!",
+        # Since: `enabled` optional (updateJob also edits with `input`), and each mutation answers a union of its
+        # success type and its expected outcomes (app.api.graphql_outcomes).
+        "updateJob(id: ID!, enabled: Boolean = null, input: UpdateJobInput = null, expectedVersion: Int = null): "
+        "UpdateJobResult!",
+        "union UpdateJobResult = Job | JobNotFound | ValidationFailed | PermissionDenied | VersionConflict",
         "startJob(id: ID!)",
         "stopJob(id: ID!)",
         "triggerJob(id: ID!",  # and, since, an optional payload
@@ -42,7 +45,8 @@ def test_the_run_lifecycle_is_in_the_sdl() -> None:
         "cancelling: Boolean!",
         "lastSkippedFire: SkippedFireRef",
         "skippedFires(limit: Int = 50, offset: Int = 0): SkippedFirePage!",
-        "cancelJobRun(id: ID!): JobActionResult!",
+        "cancelJobRun(id: ID!): CancelJobRunResult!",
+        "union CancelJobRunResult = JobActionResult | JobNotFound | ValidationFailed | PermissionDenied | NotRunning",
         "retry: RetryPolicyInput",
         "catchUp: CatchUpInput",
         "attempt: Int!",

@@ -204,7 +204,7 @@ async def test_graphql_create_delete_and_job_types(client: httpx.AsyncClient, au
 
     created = await gql(
         'mutation { createJob(input: {id: "gql-job", name: "G", type: "test_sleep", interval: "5m", '
-        "payload: {seconds: 0}}) { id schedule payload nextRun } }"
+        "payload: {seconds: 0}}) { ... on Job { id schedule payload nextRun } } }"
     )
     job = created["data"]["createJob"]
     assert (job["id"], job["schedule"], job["payload"]) == (
@@ -212,17 +212,24 @@ async def test_graphql_create_delete_and_job_types(client: httpx.AsyncClient, au
         "@every 5m",
         {"seconds": 0.0, "summary": "slept"},
     )
+    outcome = "{ __typename ... on UserError { code message } }"
     again = await gql(
-        'mutation { createJob(input: {id: "gql-job", name: "G", type: "test_sleep", interval: "5m"}) { id } }'
+        f'mutation {{ createJob(input: {{id: "gql-job", name: "G", type: "test_sleep", interval: "5m"}}) {outcome} }}'
     )
-    assert again["errors"][0]["extensions"]["code"] == "CONFLICT"
-    bad = await gql('mutation { createJob(input: {id: "x", name: "G", type: "nope", interval: "5m"}) { id } }')
-    assert bad["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT" and "known types" in bad["errors"][0]["message"]
+    assert again["data"]["createJob"]["__typename"] == "JobConflict"
+    assert again["data"]["createJob"]["code"] == "job_exists"
+    bad = await gql(f'mutation {{ createJob(input: {{id: "x", name: "G", type: "nope", interval: "5m"}}) {outcome} }}')
+    assert bad["data"]["createJob"]["__typename"] == "ValidationFailed"
+    assert "known types" in bad["data"]["createJob"]["message"]
     types = await gql("{ jobTypes { name description payloadSchema } }")
     assert "test_sleep" in {t["name"] for t in types["data"]["jobTypes"]}
-    assert (await gql('mutation { deleteJob(id: "gql-job") }'))["data"] == {"deleteJob": True}
-    builtin = await gql('mutation { deleteJob(id: "metadata-sync") }')
-    assert builtin["errors"][0]["extensions"]["code"] == "CONFLICT"
+    deleted = await gql('mutation { deleteJob(id: "gql-job") { ... on JobDeleted { id } } }')
+    assert deleted["data"] == {"deleteJob": {"id": "gql-job"}}
+    builtin = await gql(f'mutation {{ deleteJob(id: "metadata-sync") {outcome} }}')
+    assert (builtin["data"]["deleteJob"]["__typename"], builtin["data"]["deleteJob"]["code"]) == (
+        "JobConflict",
+        "builtin_job",
+    )
 
 
 async def test_http_request_jobs_are_checked_against_the_allow_list_at_creation(
@@ -306,16 +313,19 @@ async def test_a_chunked_body_over_the_limit_is_413_too(settings_factory: Any, a
 async def test_graphql_create_applies_the_rest_rules_to_nulls_and_bad_variables(
     client: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:
-    document = "mutation($i: CreateJobInput!) { createJob(input: $i) { id } }"
+    document = "mutation($i: CreateJobInput!) { createJob(input: $i) { ... on ValidationFailed { message } } }"
     base = {"id": "g", "name": "G", "type": "test_sleep", "interval": "5m"}
-    for variables, message in [
-        ({**base, "payload": None}, "payload"),
-        ({**base, "timeout": "30"}, "timeout"),
-        ({**base, "enabled": "yes"}, "enabled"),
+    for variables, message, by_schema in [
+        ({**base, "payload": None}, "payload", False),  # the service's rule: a ValidationFailed answer
+        ({**base, "timeout": "30"}, "timeout", True),  # refused by the schema's types: a top-level error
+        ({**base, "enabled": "yes"}, "enabled", True),
     ]:
         body = (
             await client.post("/graphql", headers=auth, json={"query": document, "variables": {"i": variables}})
         ).json()
-        assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
-        assert message in body["errors"][0]["message"]
+        if by_schema:
+            assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
+            assert message in body["errors"][0]["message"]
+        else:
+            assert message in body["data"]["createJob"]["message"], body
     assert (await client.get("/api/jobs/g", headers=auth)).status_code == 404

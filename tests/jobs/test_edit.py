@@ -17,7 +17,7 @@ from app.data.runs import Run
 from app.jobs import service as jobs_service
 from app.platform.schedule import validate_schedule
 from tests.factories import wait_until
-from tests.graphql.test_api import codes, gql
+from tests.graphql.test_api import gql
 
 pytestmark = pytest.mark.postgres
 
@@ -29,7 +29,13 @@ CREATE = {
     "payload": {"seconds": 0.0, "summary": "done"},
 }
 UPDATE = """mutation U($id: ID!, $input: UpdateJobInput, $enabled: Boolean, $v: Int) {
-  updateJob(id: $id, input: $input, enabled: $enabled, expectedVersion: $v) { id schedule timezone version nextRun }
+  updateJob(id: $id, input: $input, enabled: $enabled, expectedVersion: $v) {
+    __typename
+    ... on Job { id schedule timezone version nextRun }
+    ... on UserError { code message }
+    ... on VersionConflict { currentVersion }
+    ... on ValidationFailed { fields { field message } }
+  }
 }"""
 
 
@@ -211,11 +217,18 @@ async def test_graphql_update_job_edits_with_expected_version(client: httpx.Asyn
     assert not body.get("errors"), body
     assert body["data"]["updateJob"]["schedule"] == "@every 2h"
     assert body["data"]["updateJob"]["version"] == 2
-    stale = await gql(client, auth, UPDATE, id="report", input={"interval": "3h"}, v=1)
-    assert codes(stale) == ["PRECONDITION_FAILED"]
-    assert stale["errors"][0]["extensions"]["error"] == "precondition_failed"
-    bad = await gql(client, auth, UPDATE, id="report", input={"schedule": "nope"})
-    assert codes(bad) == ["BAD_USER_INPUT"] and bad["errors"][0]["extensions"]["error"] == "invalid_schedule"
+    stale = (await gql(client, auth, UPDATE, id="report", input={"interval": "3h"}, v=1))["data"]["updateJob"]
+    assert (stale["__typename"], stale["code"], stale["currentVersion"]) == (
+        "VersionConflict",
+        "precondition_failed",
+        2,
+    )
+    bad = (await gql(client, auth, UPDATE, id="report", input={"schedule": "nope"}))["data"]["updateJob"]
+    assert (bad["__typename"], bad["code"]) == ("ValidationFailed", "invalid_schedule")
+    fields = (await gql(client, auth, UPDATE, id="report", input={"payload": {"seconds": -1}}))["data"]["updateJob"]
+    assert [f["field"] for f in fields["fields"]] == ["payload.seconds"]
+    missing = (await gql(client, auth, UPDATE, id="nope", enabled=True))["data"]["updateJob"]
+    assert (missing["__typename"], missing["code"]) == ("JobNotFound", "job_not_found")
     both = await gql(client, auth, UPDATE, id="report", input={"timezone": "Asia/Tokyo"}, enabled=False)
     assert not both.get("errors"), both
     job = (await client.get("/api/jobs/report", headers=auth)).json()
@@ -225,8 +238,8 @@ async def test_graphql_update_job_edits_with_expected_version(client: httpx.Asyn
         False,
         "1m",
     )
-    nothing = await gql(client, auth, UPDATE, id="report")
-    assert codes(nothing) == ["BAD_USER_INPUT"]
+    nothing = (await gql(client, auth, UPDATE, id="report"))["data"]["updateJob"]
+    assert nothing["__typename"] == "ValidationFailed"
 
 
 @pytest.mark.slow

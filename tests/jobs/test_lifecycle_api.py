@@ -13,7 +13,7 @@ from app.data.skipped_fires import SkippedFire
 from app.platform.runtime import Runtime
 from tests.conftest import make_token
 from tests.factories import make_job, wait_until
-from tests.graphql.test_api import JOB_FIELDS, codes, gql
+from tests.graphql.test_api import JOB_FIELDS, gql, on_job, on_result, user_error
 from tests.jobs.test_create_delete import error, new_job
 
 POLICY = {
@@ -38,7 +38,7 @@ DEFAULTS = {
     "cancelling": False,
     "lastSkippedFire": None,
 }
-CREATE = f"mutation C($input: CreateJobInput!) {{ createJob(input: $input) {{ {JOB_FIELDS} }} }}"
+CREATE = f"mutation C($input: CreateJobInput!) {{ createJob(input: $input) {on_job(JOB_FIELDS)} }}"
 
 
 def policy_of(job: dict[str, Any]) -> dict[str, Any]:
@@ -120,9 +120,12 @@ async def test_graphql_refuses_a_bad_policy_with_the_same_message(
 ) -> None:
     bad = new_job(retry={"maxAttempts": 3, "jitter": 2.0})
     rest = error(await client.post("/api/jobs", headers=auth, json=bad))
-    body = await gql(client, auth, CREATE, input=bad)
-    assert codes(body) == ["BAD_USER_INPUT"]
-    assert body["errors"][0]["message"] == rest["message"]
+    answer = user_error(await gql(client, auth, CREATE, input=bad), "createJob")
+    assert (answer["__typename"], answer["code"], answer["message"]) == (
+        "ValidationFailed",
+        rest["error"],
+        rest["message"],
+    )
 
 
 async def test_cancel_answers_the_spec_shape_and_409_when_nothing_runs(
@@ -166,9 +169,13 @@ async def test_cancel_is_404_400_and_403_like_trigger(
 
 async def test_graphql_cancel_job_run(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     await make_job(id="endless", type="test_block")
-    cancel = 'mutation { cancelJobRun(id: "endless") { success message job { id running cancelling } } }'
-    idle = await gql(client, auth, cancel)
-    assert codes(idle) == ["CONFLICT"] and idle["errors"][0]["message"] == "No run of this job is in progress"
+    cancel = f'mutation {{ cancelJobRun(id: "endless") {on_result("success message job { id running cancelling }")} }}'
+    idle = user_error(await gql(client, auth, cancel), "cancelJobRun")
+    assert (idle["__typename"], idle["code"], idle["message"]) == (
+        "NotRunning",
+        "not_running",
+        "No run of this job is in progress",
+    )
     await client.post("/api/jobs/endless/trigger", headers=auth)
 
     async def started() -> bool:

@@ -167,12 +167,17 @@ async def test_graphql_trigger_with_a_payload(client: httpx.AsyncClient, auth: d
     body = await gql(
         client,
         auth,
-        'mutation { triggerJob(id: "greet", payload: {summary: "via graphql"}) { success } }',
+        'mutation { triggerJob(id: "greet", payload: {summary: "via graphql"}) '
+        "{ ... on JobActionResult { success } } }",
     )
     assert body["data"]["triggerJob"]["success"] is True, body
     [entry] = await wait_for_logs(client, "greet", auth)
     assert entry["details"] == "via graphql"
     logs = await gql(client, auth, '{ jobLogs(jobId: "greet") { logs { payload } } }')
     assert logs["data"]["jobLogs"]["logs"][0]["payload"] == {"seconds": 0.0, "summary": "via graphql"}
-    bad = await gql(client, auth, 'mutation { triggerJob(id: "greet", payload: {seconds: -1}) { success } }')
-    assert codes(bad) == ["BAD_USER_INPUT"]
+    bad = await gql(
+        client,
+        auth,
+        'mutation { triggerJob(id: "greet", payload: {seconds: -1}) { ... on ValidationFailed { fields { field } } } }',
+    )
+    assert bad["data"]["triggerJob"] == {"fields": [{"field": "payload.seconds"}]}

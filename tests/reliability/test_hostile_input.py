@@ -276,11 +276,13 @@ async def test_s16_mass_assignment_is_refused_and_changes_nothing(cluster: Clust
             "nextRun": "2020-01-01T00:00:00.000Z",
             "type": "http_request",
             "payload": {"url": "http://evil.example"},
+            "version": 99,
+            "consecutiveFailures": 0,
         }.items():
             response = await client.patch("/api/jobs/metadata-sync", json={"enabled": False, field: value})
             refusals[field] = (response.status_code, response.json()["error"])
             assert response.status_code == 400, (field, response.text)
-        mutation = 'mutation { updateJob(id: "metadata-sync", enabled: false, running: true) { id } }'
+        mutation = 'mutation { updateJob(id: "metadata-sync", enabled: false, running: true) { __typename } }'
         gql = (await client.post("/graphql", json={"query": mutation})).json()
         after = (await client.get("/api/jobs/metadata-sync")).json()
     figure("S16", refusals=refusals, graphql=gql["errors"][0]["extensions"]["code"])

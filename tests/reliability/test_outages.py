@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 OUTAGE_SECONDS = 5.0
 SQLITE_BUSY_SECONDS = 5.0
-TRIGGER = "mutation T($id: ID!) { triggerJob(id: $id) { success } }"
+TRIGGER = "mutation T($id: ID!) { triggerJob(id: $id) { ... on JobActionResult { success } } }"
 
 
 @pytest.fixture(scope="module")

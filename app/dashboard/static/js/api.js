@@ -42,9 +42,35 @@ export class Api {
         code: response.status === 401 ? "UNAUTHENTICATED" : "HTTP",
       });
     }
+    for (const answer of Object.values(body.data)) {
+      const outcome = userError(answer);
+      if (outcome) throw outcome;
+    }
     return body.data;
   }
 }
+
+// A mutation answers its expected failures as data (a UserError member of its union): the same ApiError as
+// a top-level error, so that callers handle both alike. A refused permission is not a failed sign-in.
+const USER_ERROR_CODES = {
+  JobNotFound: "NOT_FOUND",
+  ValidationFailed: "BAD_USER_INPUT",
+  PermissionDenied: "PERMISSION_DENIED",
+  AlreadyRunning: "CONFLICT",
+  NotRunning: "CONFLICT",
+  JobConflict: "CONFLICT",
+  IdempotencyConflict: "CONFLICT",
+  VersionConflict: "PRECONDITION_FAILED",
+};
+
+function userError(answer) {
+  const code = answer && USER_ERROR_CODES[answer.__typename];
+  if (!code) return null;
+  return new ApiError(answer.message, { code, error: answer.code, details: answer.fields ?? null });
+}
+
+// Asked of every mutation: which member of its union it answered, and a UserError's code, message and fields.
+const OUTCOME = "__typename ... on UserError { code message } ... on ValidationFailed { fields { field message } }";
 
 export const JOB_FIELDS = `id name description enabled running schedule lastRun nextRun lastResult lastDuration
   type payload timezone timeout builtin`;
@@ -61,12 +87,22 @@ export const Q = {
   activity: `query Activity($limit: Int!, $offset: Int!) {
     activity(limit: $limit, offset: $offset) { total limit offset logs { id event jobId actor details createdAt } }
   }`,
-  updateJob: `mutation UpdateJob($id: ID!, $enabled: Boolean!) { updateJob(id: $id, enabled: $enabled) { ${JOB_FIELDS} } }`,
-  startJob: `mutation StartJob($id: ID!) { result: startJob(id: $id) { message job { ${JOB_FIELDS} } } }`,
-  stopJob: `mutation StopJob($id: ID!) { result: stopJob(id: $id) { message job { ${JOB_FIELDS} } } }`,
-  triggerJob: `mutation TriggerJob($id: ID!) { result: triggerJob(id: $id) { message job { ${JOB_FIELDS} } } }`,
-  createJob: `mutation CreateJob($input: CreateJobInput!) { createJob(input: $input) { ${JOB_FIELDS} } }`,
-  deleteJob: "mutation DeleteJob($id: ID!) { deleteJob(id: $id) }",
+  updateJob: `mutation UpdateJob($id: ID!, $enabled: Boolean!) {
+    updateJob(id: $id, enabled: $enabled) { ${OUTCOME} ... on Job { ${JOB_FIELDS} } }
+  }`,
+  startJob: `mutation StartJob($id: ID!) {
+    result: startJob(id: $id) { ${OUTCOME} ... on JobActionResult { message job { ${JOB_FIELDS} } } }
+  }`,
+  stopJob: `mutation StopJob($id: ID!) {
+    result: stopJob(id: $id) { ${OUTCOME} ... on JobActionResult { message job { ${JOB_FIELDS} } } }
+  }`,
+  triggerJob: `mutation TriggerJob($id: ID!) {
+    result: triggerJob(id: $id) { ${OUTCOME} ... on JobActionResult { message job { ${JOB_FIELDS} } } }
+  }`,
+  createJob: `mutation CreateJob($input: CreateJobInput!) {
+    createJob(input: $input) { ${OUTCOME} ... on Job { ${JOB_FIELDS} } }
+  }`,
+  deleteJob: `mutation DeleteJob($id: ID!) { deleteJob(id: $id) { ${OUTCOME} ... on JobDeleted { id } } }`,
   jobStatus: `subscription JobStatus { jobStatus { ${JOB_FIELDS} } }`,
   jobDeleted: "subscription JobDeleted { jobDeleted }",
 };
