@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import AsyncGenerator
+from typing import Annotated, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -12,6 +13,7 @@ from strawberry.scalars import JSON
 from app.activity import service as activity_service
 from app.activity.schemas import activity_fields
 from app.api.graphql_errors import to_graphql
+from app.api.graphql_outcomes import ValidationFailed, outcome
 from app.api.live import Hub
 from app.data.activity import Activity
 from app.platform.errors import AppError
@@ -42,9 +44,15 @@ class ActivityPageType:
     next_before: int | None = strawberry.field(description="`before` of the next page; null on the last page.")
 
 
+ActivityResult = Annotated[ActivityPageType | ValidationFailed, strawberry.union("ActivityResult")]
+
+
 @strawberry.type
 class ActivityQuery:
-    @strawberry.field(description="The audit log, newest first (limit at most 200), filtered as REST's.")
+    @strawberry.field(
+        description="The audit log, newest first (limit at most 200), filtered as REST's. A bad argument is an "
+        "answer: ValidationFailed."
+    )
     async def activity(
         self,
         limit: int | None = 50,
@@ -55,17 +63,20 @@ class ActivityQuery:
         since: str | None = None,
         until: str | None = None,
         before: int | None = None,
-    ) -> ActivityPageType:
-        page = await activity_service.list_entries(
-            limit=limit,
-            offset=offset,
-            event=event,
-            job_id=str(job_id) if job_id is not None else None,
-            actor=actor,
-            since=since,
-            until=until,
-            before=before,
-        )
+    ) -> ActivityResult:
+        try:
+            page = await activity_service.list_entries(
+                limit=limit,
+                offset=offset,
+                event=event,
+                job_id=str(job_id) if job_id is not None else None,
+                actor=actor,
+                since=since,
+                until=until,
+                before=before,
+            )
+        except AppError as exc:
+            return cast(ActivityResult, outcome(exc, (ValidationFailed,)))
         return ActivityPageType(
             logs=[ActivityType.of(a) for a in page.items],
             total=page.total,

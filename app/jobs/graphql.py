@@ -32,7 +32,7 @@ from app.platform.errors import AppError
 from app.platform.pagination import Page
 from app.platform.timefmt import iso_ms
 from app.runs import service as runs_service
-from app.runs.graphql import JobLogPageType, SkippedFirePageType
+from app.runs.graphql import JobLogPageType, LogPageResult, SkippedFirePageType, SkippedFiresResult
 
 LogKey = tuple[str, int | None, int | None]
 
@@ -105,8 +105,15 @@ class JobType:
     def of(cls, state: JobState) -> JobType:
         return cls(**_nested(job_fields(state)))
 
-    @strawberry.field(description="This job's runs, newest first; batched across jobs.")
-    async def logs(self, info: strawberry.Info, limit: int | None = 50, offset: int | None = 0) -> JobLogPageType:
+    @strawberry.field(
+        description="This job's runs, newest first; batched across jobs. A bad argument: ValidationFailed."
+    )
+    async def logs(self, info: strawberry.Info, limit: int | None = 50, offset: int | None = 0) -> LogPageResult:
+        try:
+            # Checked before the batch: one job's bad arguments must not fail the others'.
+            runs_service.page_request(limit=limit, offset=offset)
+        except AppError as exc:
+            return cast(LogPageResult, outcome(exc, (ValidationFailed,)))
         # No cache: a websocket's context (and a shared stream's) outlives one execution, and every
         # subscription event or query over it must read the runs as they are now. Batching stays.
         loaders = info.context.loaders
@@ -118,14 +125,30 @@ class JobType:
     @strawberry.field(
         description="Its pending fire, then its schedule's next ones (count at most 100); empty while stopped."
     )
-    async def next_fires(self, info: strawberry.Info, count: int | None = 10) -> list[str]:
+    async def next_fires(self, info: strawberry.Info, count: int | None = 10) -> NextFiresResult:
         ctx = info.context
-        state = await jobs_service.get(ctx.runtime, job_id=str(self.id))
-        return [iso_ms(f) or "" for f in jobs_service.next_fires(ctx.runtime, state, count)]
+        try:
+            state = await jobs_service.get(ctx.runtime, job_id=str(self.id))
+            fires = jobs_service.next_fires(ctx.runtime, state, count)
+        except AppError as exc:
+            return cast(NextFiresResult, outcome(exc, (ValidationFailed,)))
+        return NextFiresType(fires=[iso_ms(f) or "" for f in fires])
 
     @strawberry.field(description="This job's scheduled fires that did not run, with the reason; newest first.")
-    async def skipped_fires(self, limit: int | None = 50, offset: int | None = 0) -> SkippedFirePageType:
-        return SkippedFirePageType.of(await runs_service.list_skipped(job_id=str(self.id), limit=limit, offset=offset))
+    async def skipped_fires(self, limit: int | None = 50, offset: int | None = 0) -> SkippedFiresResult:
+        try:
+            page = await runs_service.list_skipped(job_id=str(self.id), limit=limit, offset=offset)
+        except AppError as exc:
+            return cast(SkippedFiresResult, outcome(exc, (ValidationFailed,)))
+        return SkippedFirePageType.of(page)
+
+
+@strawberry.type(name="NextFires", description="A job's next fires: its pending one first.")
+class NextFiresType:
+    fires: list[str]
+
+
+NextFiresResult = Annotated[NextFiresType | ValidationFailed, strawberry.union("NextFiresResult")]
 
 
 async def _load_logs(keys: list[LogKey]) -> list[Page[Run]]:
@@ -217,6 +240,9 @@ class SchedulePreviewType:
     fires: list[str]
 
 
+SchedulePreviewResult = Annotated[SchedulePreviewType | ValidationFailed, strawberry.union("SchedulePreviewResult")]
+
+
 @strawberry.type
 class JobQuery:
     @strawberry.field(
@@ -230,10 +256,14 @@ class JobQuery:
         interval: str | None = strawberry.UNSET,
         timezone: str | None = strawberry.UNSET,
         count: int | None = strawberry.UNSET,
-    ) -> SchedulePreviewType:
+    ) -> SchedulePreviewResult:
         sent = {"schedule": schedule, "interval": interval, "timezone": timezone, "count": count}
-        data = {k: v for k, v in sent.items() if v is not strawberry.UNSET}
-        preview = jobs_service.preview(info.context.runtime, data=data)
+        # An explicit null is left out, as REST's JSON null of an optional field (count: the default).
+        data = {k: v for k, v in sent.items() if v is not strawberry.UNSET and v is not None}
+        try:
+            preview = jobs_service.preview(info.context.runtime, data=data)
+        except AppError as exc:
+            return cast(SchedulePreviewResult, outcome(exc, (ValidationFailed,)))
         return SchedulePreviewType(
             schedule=preview.schedule, timezone=preview.timezone, fires=[iso_ms(f) or "" for f in preview.fires]
         )
@@ -242,8 +272,10 @@ class JobQuery:
     async def jobs(self, info: strawberry.Info) -> list[JobType]:
         return [JobType.of(s) for s in await jobs_service.list_jobs(info.context.runtime)]
 
-    @strawberry.field(description="One job, or null when there is none with this id.")
+    @strawberry.field(description="One job, or null when there is none with this id (or no job could have it).")
     async def job(self, info: strawberry.Info, id: strawberry.ID) -> JobType | None:
+        if not jobs_service.is_job_id(str(id)):
+            return None  # no job can have this id
         state = await jobs_service.find(info.context.runtime, job_id=str(id))
         return JobType.of(state) if state else None
 

@@ -178,6 +178,15 @@ async def find_many(rt: Runtime, job_ids: list[str]) -> dict[str, JobState]:
     return {j.id: _state(rt, j, running) for j in jobs}
 
 
+def is_job_id(job_id: str) -> bool:
+    """Whether a job could have this id (the rule of app.data.jobs.validate_job_id)."""
+    try:
+        validate_job_id(job_id)
+    except Invalid:
+        return False
+    return True
+
+
 async def find(rt: Runtime, *, job_id: str) -> JobState | None:
     """The job's current state, or None when it does not exist (a live stream ends then)."""
     job = await jobs_table.get_or_none(validate_job_id(job_id))

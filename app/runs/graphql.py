@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated, cast
+
 import strawberry
 from strawberry.scalars import JSON
 
+from app.api.graphql_outcomes import JobNotFound, ValidationFailed, outcome
 from app.data.runs import Run
 from app.data.skipped_fires import SkippedFire
+from app.platform.errors import AppError
 from app.platform.pagination import Page
 from app.runs import service as runs_service
 from app.runs.schemas import run_fields, skipped_fields
@@ -85,10 +89,16 @@ class SkippedFirePageType:
         return cls(fires=fires, total=page.total, limit=page.limit, offset=page.offset)
 
 
+JobLogsResult = Annotated[JobLogPageType | JobNotFound | ValidationFailed, strawberry.union("JobLogsResult")]
+LogPageResult = Annotated[JobLogPageType | ValidationFailed, strawberry.union("LogPageResult")]
+SkippedFiresResult = Annotated[SkippedFirePageType | ValidationFailed, strawberry.union("SkippedFiresResult")]
+
+
 @strawberry.type
 class RunQuery:
     @strawberry.field(
-        description="Runs of one job, newest first (limit at most 100); `before` an id (keyset), filters as REST's."
+        description="Runs of one job, newest first (limit at most 100); `before` an id (keyset), filters as REST's. "
+        "An unknown job or a bad argument is an answer: JobNotFound, ValidationFailed."
     )
     async def job_logs(
         self,
@@ -100,15 +110,19 @@ class RunQuery:
         triggered_by: str | None = None,
         since: str | None = None,
         until: str | None = None,
-    ) -> JobLogPageType:
+    ) -> JobLogsResult:
         filters = RunFilter(result=result, triggered_by=triggered_by, since=since, until=until)
-        page = await runs_service.list_for_job(
-            job_id=str(job_id), limit=limit, offset=offset, before=before, filters=filters
-        )
+        try:
+            page = await runs_service.list_for_job(
+                job_id=str(job_id), limit=limit, offset=offset, before=before, filters=filters
+            )
+        except AppError as exc:
+            return cast(JobLogsResult, outcome(exc, (JobNotFound, ValidationFailed), job_id))
         return JobLogPageType.of(page)
 
     @strawberry.field(
-        description="Runs of every job, newest first (limit at most 200); `before` an id (keyset), filters as REST's."
+        description="Runs of every job, newest first (limit at most 200); `before` an id (keyset), filters as REST's. "
+        "A bad argument is an answer: ValidationFailed."
     )
     async def all_job_logs(
         self,
@@ -119,8 +133,10 @@ class RunQuery:
         triggered_by: str | None = None,
         since: str | None = None,
         until: str | None = None,
-    ) -> JobLogPageType:
+    ) -> LogPageResult:
         filters = RunFilter(result=result, triggered_by=triggered_by, since=since, until=until)
-        return JobLogPageType.of(
-            await runs_service.list_all(limit=limit, offset=offset, before=before, filters=filters)
-        )
+        try:
+            page = await runs_service.list_all(limit=limit, offset=offset, before=before, filters=filters)
+        except AppError as exc:
+            return cast(LogPageResult, outcome(exc, (ValidationFailed,)))
+        return JobLogPageType.of(page)

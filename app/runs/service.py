@@ -102,6 +102,11 @@ async def run_totals(job_ids: list[str] | None) -> int:
     return int(totals or 0)  # type: ignore[arg-type]
 
 
+def page_request(*, limit: int | str | None, offset: int | str | None) -> PageRequest:
+    """A job's log page bounds, checked (Invalid) before any read."""
+    return PageRequest.build(limit, offset, default=JOB_LOGS_DEFAULT, maximum=JOB_LOGS_MAX)
+
+
 async def pages_for_jobs(
     *, job_ids: list[str], limit: int | str | None, offset: int | str | None
 ) -> dict[str, Page[Run]]:

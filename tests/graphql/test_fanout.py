@@ -24,7 +24,10 @@ from tests.support.subscriptions import JOB, STATUS, next_raw, served, set_runni
 
 OTHER = 'subscription { jobStatus(id: "metadata-sync") { id running } }'
 DEFAULTED = 'subscription S($id: ID = "metadata-sync") { jobStatus(id: $id) { id running } }'
-WITH_LOGS = "subscription S($id: ID) { jobStatus(id: $id) { id running logs(limit: 5) { total logs { id } } } }"
+WITH_LOGS = (
+    "subscription S($id: ID) { jobStatus(id: $id) { id running "
+    "logs(limit: 5) { ... on JobLogPage { total logs { id } } } } }"
+)
 
 
 async def test_identical_subscriptions_share_one_execution_and_one_payload(settings: Settings) -> None:

@@ -239,7 +239,8 @@ async def test_skipped_fires_page_newest_first_over_rest_and_graphql(
     assert (default["limit"], len(default["fires"])) == (50, 5)
     fields = "id jobId fireAt lastFireAt count reason recordedAt"
     query = (
-        f'{{ job(id: "ticker") {{ skippedFires(limit: 2, offset: 1) {{ total limit offset fires {{ {fields} }} }} }} }}'
+        f'{{ job(id: "ticker") {{ skippedFires(limit: 2, offset: 1) '
+        f"{{ ... on SkippedFirePage {{ total limit offset fires {{ {fields} }} }} }} }} }}"
     )
     graphql = await gql(client, auth, query)
     assert graphql["data"]["job"]["skippedFires"] == body

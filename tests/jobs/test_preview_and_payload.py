@@ -12,7 +12,7 @@ import pytest
 from app.jobs import service as jobs_service
 from app.platform.runtime import Runtime
 from tests.factories import make_job, wait_for_logs
-from tests.graphql.test_api import codes, gql
+from tests.graphql.test_api import gql
 
 pytestmark = pytest.mark.postgres
 HOURLY = {"id": "hourly", "name": "H", "type": "test_sleep", "interval": "1h"}
@@ -111,8 +111,9 @@ async def test_graphql_preview_and_next_fires_match_rest(client: httpx.AsyncClie
     body = await gql(
         client,
         auth,
-        '{ schedulePreview(schedule: "0 3 * * *", timezone: "Europe/Paris", count: 2) { schedule timezone fires } '
-        'job(id: "hourly") { nextFires(count: 3) } }',
+        '{ schedulePreview(schedule: "0 3 * * *", timezone: "Europe/Paris", count: 2) '
+        "{ ... on SchedulePreview { schedule timezone fires } } "
+        'job(id: "hourly") { nextFires(count: 3) { ... on NextFires { fires } } } }',
     )
     assert not body.get("errors"), body
     rest = await client.post(
@@ -120,9 +121,13 @@ async def test_graphql_preview_and_next_fires_match_rest(client: httpx.AsyncClie
     )
     assert body["data"]["schedulePreview"] == rest.json()
     nxt = await client.get("/api/jobs/hourly/fires/next?count=3", headers=auth)
-    assert body["data"]["job"]["nextFires"] == nxt.json()["fires"]
-    bad = await gql(client, auth, '{ schedulePreview(schedule: "nope") { fires } }')
-    assert codes(bad) == ["BAD_USER_INPUT"] and bad["errors"][0]["extensions"]["error"] == "invalid_schedule"
+    assert body["data"]["job"]["nextFires"]["fires"] == nxt.json()["fires"]
+    outcome = "{ __typename ... on UserError { code message } }"
+    bad = await gql(client, auth, '{ schedulePreview(schedule: "nope") ' + outcome + " }")
+    assert bad["data"]["schedulePreview"]["__typename"] == "ValidationFailed"
+    assert bad["data"]["schedulePreview"]["code"] == "invalid_schedule"
+    count = await gql(client, auth, '{ job(id: "hourly") { nextFires(count: 0) ' + outcome + " } }")
+    assert count["data"]["job"]["nextFires"]["code"] == "invalid_count"
 
 
 async def test_a_trigger_with_a_payload_runs_with_it_and_keeps_it(
@@ -173,7 +178,7 @@ async def test_graphql_trigger_with_a_payload(client: httpx.AsyncClient, auth: d
     assert body["data"]["triggerJob"]["success"] is True, body
     [entry] = await wait_for_logs(client, "greet", auth)
     assert entry["details"] == "via graphql"
-    logs = await gql(client, auth, '{ jobLogs(jobId: "greet") { logs { payload } } }')
+    logs = await gql(client, auth, '{ jobLogs(jobId: "greet") { ... on JobLogPage { logs { payload } } } }')
     assert logs["data"]["jobLogs"]["logs"][0]["payload"] == {"seconds": 0.0, "summary": "via graphql"}
     bad = await gql(
         client,

@@ -48,7 +48,7 @@ async def test_totals_follow_inserts_and_deletes_of_any_kind(client: httpx.Async
 async def test_graphql_job_logs_totals_come_from_the_counters(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     await make_job(id="a")
     await add_runs("a", 4, "a")
-    query = '{ job(id: "a") { logs(limit: 2) { total logs { jobId } } } }'
+    query = '{ job(id: "a") { logs(limit: 2) { ... on JobLogPage { total logs { jobId } } } } }'
     body = (await client.post("/graphql", json={"query": query}, headers=auth)).json()
     assert body["data"]["job"]["logs"]["total"] == 4
     assert len(body["data"]["job"]["logs"]["logs"]) == 2

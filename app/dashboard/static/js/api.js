@@ -50,8 +50,9 @@ export class Api {
   }
 }
 
-// A mutation answers its expected failures as data (a UserError member of its union): the same ApiError as
-// a top-level error, so that callers handle both alike. A refused permission is not a failed sign-in.
+// A mutation (and a query with arguments) answers its expected failures as data, a UserError member of its
+// union: the same ApiError as a top-level error, so that callers handle both alike. A refused permission is
+// not a failed sign-in.
 const USER_ERROR_CODES = {
   JobNotFound: "NOT_FOUND",
   ValidationFailed: "BAD_USER_INPUT",
@@ -69,7 +70,7 @@ function userError(answer) {
   return new ApiError(answer.message, { code, error: answer.code, details: answer.fields ?? null });
 }
 
-// Asked of every mutation: which member of its union it answered, and a UserError's code, message and fields.
+// Asked of every union answer: which member it is, and a UserError's code, message and fields.
 const OUTCOME = "__typename ... on UserError { code message } ... on ValidationFailed { fields { field message } }";
 
 export const JOB_FIELDS = `id name description enabled running schedule lastRun nextRun lastResult lastDuration
@@ -81,11 +82,17 @@ export const Q = {
   job: `query Job($id: ID!) { job(id: $id) { ${JOB_FIELDS} } }`,
   jobTypes: "query JobTypes { jobTypes { name description payloadSchema } }",
   runs: `query JobRuns($jobId: ID!, $limit: Int!, $offset: Int!, $chart: Int!) {
-    page: jobLogs(jobId: $jobId, limit: $limit, offset: $offset) { total limit offset logs { ${RUN_FIELDS} } }
-    recent: jobLogs(jobId: $jobId, limit: $chart, offset: 0) { logs { id startedAt duration result } }
+    page: jobLogs(jobId: $jobId, limit: $limit, offset: $offset) {
+      ${OUTCOME} ... on JobLogPage { total limit offset logs { ${RUN_FIELDS} } }
+    }
+    recent: jobLogs(jobId: $jobId, limit: $chart, offset: 0) {
+      ${OUTCOME} ... on JobLogPage { logs { id startedAt duration result } }
+    }
   }`,
   activity: `query Activity($limit: Int!, $offset: Int!) {
-    activity(limit: $limit, offset: $offset) { total limit offset logs { id event jobId actor details createdAt } }
+    activity(limit: $limit, offset: $offset) {
+      ${OUTCOME} ... on ActivityPage { total limit offset logs { id event jobId actor details createdAt } }
+    }
   }`,
   updateJob: `mutation UpdateJob($id: ID!, $enabled: Boolean!) {
     updateJob(id: $id, enabled: $enabled) { ${OUTCOME} ... on Job { ${JOB_FIELDS} } }
