@@ -22,6 +22,7 @@ from app.job_types import registry
 from app.jobs.builtin import BUILTIN_JOBS
 from app.jobs.inputs import (
     DEFAULT_PREVIEW,
+    EDITABLE,
     MAX_PREVIEW,
     EnabledEdit,
     JobCreate,
@@ -326,20 +327,8 @@ async def _after_edit(rt: Runtime, job: Job, edit: _Edit) -> None:
 
 
 JOB_UPDATED = "job.updated"
-# The row columns an edit writes, by the creation body's names.
-_WIRE_FIELDS = (
-    "name",
-    "description",
-    "schedule",
-    "timezone",
-    "payload",
-    "timeout",
-    "enabled",
-    "retry",
-    "overlap",
-    "catchUp",
-    "pauseAfterFailures",
-)
+# The settings an edit writes and audits, by the creation body's names (an interval is written as its schedule).
+_WIRE_FIELDS = tuple(name for name in EDITABLE if name != "interval")
 
 
 def _row_of(rt: Runtime, spec: JobCreate, job: Job, *, payload_sent: bool) -> dict[str, Any]:
