@@ -5,6 +5,7 @@ requests with one key run once, across two API processes."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,6 +103,11 @@ async def test_graphql_idempotency_key(client: httpx.AsyncClient, auth: dict[str
     assert await Job.filter(id="gq").count() == 1 and await Activity.filter(event="jobs.create").count() == 1
     other = await gql(client, auth, create.replace('name: "G"', 'name: "H"'), key="g-1")
     assert other["data"]["createJob"] == {"code": "idempotency_key_reused"}
+    # A replay whose job was deleted since: the outcome says so (REST replays its 201 as it was).
+    await client.delete("/api/jobs/gq", headers=auth)
+    gone = await gql(client, auth, create.replace("{ code }", "{ __typename code }"), key="g-1")
+    assert gone["data"]["createJob"] == {"__typename": "JobNotFound", "code": "job_not_found"}
+    await gql(client, auth, create, key="g-1b")  # made again for what follows
     # A key is one request, whichever transport carried it first.
     rest = await client.post("/api/jobs", headers=keyed(auth, "g-1"), json={**JOB, "id": "gq"})
     assert (rest.status_code, rest.json()["error"]) == (422, "idempotency_key_reused")
@@ -147,3 +153,71 @@ async def test_concurrent_requests_with_one_key_run_once_across_two_instances(
             assert sorted(e["event"] for e in activity["logs"]) == ["jobs.create", "jobs.trigger"]
             logs = (await on_b.get("/api/jobs/once/logs", headers={"Authorization": f"Bearer {token}"})).json()
             assert logs["total"] == 1
+
+
+async def test_a_request_that_outlived_its_claim_leaves_the_next_claim_alone(orm: Runtime) -> None:
+    first_may_end, second_may_end = asyncio.Event(), asyncio.Event()
+    runs: list[str] = []
+
+    async def slow(name: str, gate: asyncio.Event) -> str:
+        runs.append(name)
+        await gate.wait()
+        return name
+
+    def once(name: str, gate: asyncio.Event) -> asyncio.Task[idempotency.Outcome]:
+        return asyncio.ensure_future(
+            idempotency.run_once(
+                orm.redis, subject="5", key="lapse", request="same", operation=lambda: slow(name, gate)
+            )
+        )
+
+    first = once("first", first_may_end)
+    await wait_until(lambda: _ran(runs, 1))
+    [key] = [k async for k in orm.redis.scan_iter(match="jg:idem:*")]
+    await orm.redis.delete(key)  # its claim lapsed (CLAIM_SECONDS) while it still ran
+    second = once("second", second_may_end)
+    await wait_until(lambda: _ran(runs, 2))
+    first_may_end.set()
+    assert (await first).answer == "first"
+    # The first neither stored its answer over the second's claim nor released it.
+    record = json.loads(await orm.redis.get(key))
+    assert record["state"] == "pending"
+    second_may_end.set()
+    assert (await second).answer == "second"
+    third = await idempotency.run_once(orm.redis, subject="5", key="lapse", request="same", operation=_never)
+    assert (third.answer, third.replayed, runs) == ("second", True, ["first", "second"])
+
+
+async def test_a_cancelled_request_runs_on_and_its_answer_is_replayed(orm: Runtime) -> None:
+    gate = asyncio.Event()
+
+    async def work() -> str:
+        await gate.wait()
+        return "done"
+
+    request = asyncio.ensure_future(
+        idempotency.run_once(orm.redis, subject="5", key="gone", request="r", operation=work)
+    )
+    await asyncio.sleep(0.05)
+    request.cancel()  # the client went away mid-request
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    gate.set()
+
+    [key] = [k async for k in orm.redis.scan_iter(match="jg:idem:*")]
+
+    async def stored() -> bool:
+        raw = await orm.redis.get(key)
+        return raw is not None and json.loads(raw)["state"] == "done"
+
+    await wait_until(stored)
+    retry = await idempotency.run_once(orm.redis, subject="5", key="gone", request="r", operation=_never)
+    assert (retry.answer, retry.replayed) == ("done", True)
+
+
+async def _ran(runs: list[str], count: int) -> bool:
+    return len(runs) >= count
+
+
+async def _never() -> str:
+    raise AssertionError("a replay must not run the operation")

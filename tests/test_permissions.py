@@ -123,6 +123,29 @@ async def test_rest_and_graphql_enforce_the_one_table(
             assert document.startswith("mutation") == (errors == []), body
 
 
+async def test_a_job_a_mutation_answers_shows_its_runs_only_to_a_reader(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """A jobs.write caller gets the job it changed, not its runs, skipped or next fires (those need jobs.read)."""
+    nested = (
+        "{ __typename ... on JobActionResult { job { id logs { __typename } skippedFires { __typename } "
+        "nextFires { __typename ... on PermissionDenied { permission } } } } }"
+    )
+    for granted, typename in [([permissions.WRITE], "PermissionDenied"), ([permissions.WRITE, permissions.READ], None)]:
+        headers = {"Authorization": f"Bearer {make_token(settings, permissions=granted)}"}
+        body = (
+            await client.post(
+                "/graphql", headers=headers, json={"query": f'mutation {{ startJob(id: "metadata-sync") {nested} }}'}
+            )
+        ).json()
+        job = body["data"]["startJob"]["job"]
+        shown = {job["logs"]["__typename"], job["skippedFires"]["__typename"], job["nextFires"]["__typename"]}
+        if typename is None:
+            assert "PermissionDenied" not in shown, body
+        else:
+            assert shown == {typename} and job["nextFires"]["permission"] == permissions.READ, body
+
+
 @pytest.mark.slow
 async def test_subscriptions_enforce_the_one_table(settings: Settings) -> None:
     async with served(settings) as (_, url):

@@ -12,22 +12,24 @@ import re
 from app.platform.errors import PreconditionFailed
 
 _TAG = re.compile(r'\s*"(\d{1,18})"\s*')
+_ANY_TAG = re.compile(r'\s*(?:W/)?"[^"]*"\s*')
 
 
 def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def expected_version(if_match: str | None) -> int | None:
-    """The version an `If-Match` header requires; None when there is none, or it is `*` (any version).
+def expected_versions(if_match: str | None) -> frozenset[int] | None:
+    """The versions an `If-Match` header accepts (a list of ETags: any of them); None when there is none, or it
+    is `*` (any version).
 
-    One strong ETag is what a client that read the job sends. Anything else (a weak tag, a list, a malformed
-    value) cannot match a strong tag under RFC 9110's strong comparison: 412."""
+    Only strong ETags of ours can match (RFC 9110's strong comparison): a weak tag, or a tag of another form,
+    in the list matches nothing; a header that is not a list of entity tags at all is refused with 412 too."""
     if if_match is None or if_match.strip() == "*":
         return None
-    match = _TAG.fullmatch(if_match)
-    if match is None:
+    tags = if_match.split(",")
+    if not all(_ANY_TAG.fullmatch(tag) for tag in tags):
         raise PreconditionFailed(
-            f'If-Match must be one ETag as GET /api/jobs/{{jobId}} answers it (such as "3"), got {if_match[:80]!r}'
+            f'If-Match must be ETags as GET /api/jobs/{{jobId}} answers them (such as "3"), got {if_match[:80]!r}'
         )
-    return int(match.group(1))
+    return frozenset(int(m.group(1)) for tag in tags if (m := _TAG.fullmatch(tag)) is not None)

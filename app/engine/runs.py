@@ -382,6 +382,7 @@ async def _count_failure(conn: BaseDBAsyncClient, run: Run) -> int:
         "consecutiveFailures": failures,
         "pauseAfterFailures": limit,
         "runId": run.id,
+        "changes": {"enabled": [True, False]},
     }
     await Activity.create(event=AUTO_PAUSE, actor=SYSTEM, job_id=run.job_id, details=details, using_db=conn)
     return failures

@@ -141,7 +141,10 @@ async def reconcile_job(rt: Runtime, job: Job) -> datetime | None:
 
 
 async def _move(job: Job, fire: datetime) -> bool:
-    moved = await Job.filter(id=job.id, enabled=True, next_run_at=job.next_run_at).update(next_run_at=fire)
+    # The version too: the fire was computed from this row's schedule, and an edit since (another schedule,
+    # its own next fire still to come) must not get this one.
+    query = Job.filter(id=job.id, enabled=True, next_run_at=job.next_run_at, version=job.version)
+    moved = await query.update(next_run_at=fire)
     if moved:
         job.next_run_at = fire
     return bool(moved)
@@ -345,10 +348,14 @@ async def _move_many(moves: list[tuple[Job, datetime]]) -> set[str]:
     def mark(i: int) -> str:
         return f"${i}" if postgres else "?"
 
-    fresh = [[fire, job.id] for job, fire in moves if job.next_run_at is None]
-    moved = [[fire, job.id, job.next_run_at] for job, fire in moves if job.next_run_at is not None]
+    fresh = [[fire, job.id, job.version] for job, fire in moves if job.next_run_at is None]
+    moved = [[fire, job.id, job.version, job.next_run_at] for job, fire in moves if job.next_run_at is not None]
     ids = [job.id for job, _ in moves]
-    sql = f"UPDATE job SET next_run_at = {mark(1)} WHERE id = {mark(2)} AND enabled AND next_run_at"
+    # As `_move`: only a row still at the version its fire was computed from.
+    sql = (
+        f"UPDATE job SET next_run_at = {mark(1)} WHERE id = {mark(2)} AND version = {mark(3)} "
+        "AND enabled AND next_run_at"
+    )
     async with in_transaction() as tx:
         if postgres:
             # The two statements below lock the fresh rows, then the moved ones; every other batch locks job
@@ -357,7 +364,7 @@ async def _move_many(moves: list[tuple[Job, datetime]]) -> set[str]:
         if fresh:
             await tx.execute_many(f"{sql} IS NULL", fresh)
         if moved:
-            await tx.execute_many(f"{sql} = {mark(3)}", moved)
+            await tx.execute_many(f"{sql} = {mark(4)}", moved)
     # executemany reports no per-row counts: the rows that now hold the wanted fire are the ones that moved.
     held = dict(await Job.filter(id__in=ids).values_list("id", "next_run_at"))
     lost = {job.id for job, fire in moves if held.get(job.id) != fire}

@@ -110,10 +110,12 @@ class JobType:
     )
     async def logs(self, info: strawberry.Info, limit: int | None = 50, offset: int | None = 0) -> LogPageResult:
         try:
+            # A job reached from a mutation's answer is read by a caller who may only change it: runs need jobs.read.
+            info.context.require("jobLogs")
             # Checked before the batch: one job's bad arguments must not fail the others'.
             runs_service.page_request(limit=limit, offset=offset)
         except AppError as exc:
-            return cast(LogPageResult, outcome(exc, (ValidationFailed,)))
+            return cast(LogPageResult, outcome(exc, (ValidationFailed, PermissionDenied)))
         # No cache: a websocket's context (and a shared stream's) outlives one execution, and every
         # subscription event or query over it must read the runs as they are now. Batching stays.
         loaders = info.context.loaders
@@ -128,18 +130,22 @@ class JobType:
     async def next_fires(self, info: strawberry.Info, count: int | None = 10) -> NextFiresResult:
         ctx = info.context
         try:
+            ctx.require("nextFires")
             state = await jobs_service.get(ctx.runtime, job_id=str(self.id))
             fires = jobs_service.next_fires(ctx.runtime, state, count)
         except AppError as exc:
-            return cast(NextFiresResult, outcome(exc, (ValidationFailed,)))
+            return cast(NextFiresResult, outcome(exc, (ValidationFailed, PermissionDenied)))
         return NextFiresType(fires=[iso_ms(f) or "" for f in fires])
 
     @strawberry.field(description="This job's scheduled fires that did not run, with the reason; newest first.")
-    async def skipped_fires(self, limit: int | None = 50, offset: int | None = 0) -> SkippedFiresResult:
+    async def skipped_fires(
+        self, info: strawberry.Info, limit: int | None = 50, offset: int | None = 0
+    ) -> SkippedFiresResult:
         try:
+            info.context.require("skippedFires")
             page = await runs_service.list_skipped(job_id=str(self.id), limit=limit, offset=offset)
         except AppError as exc:
-            return cast(SkippedFiresResult, outcome(exc, (ValidationFailed,)))
+            return cast(SkippedFiresResult, outcome(exc, (ValidationFailed, PermissionDenied)))
         return SkippedFirePageType.of(page)
 
 
@@ -148,7 +154,7 @@ class NextFiresType:
     fires: list[str]
 
 
-NextFiresResult = Annotated[NextFiresType | ValidationFailed, strawberry.union("NextFiresResult")]
+NextFiresResult = Annotated[NextFiresType | ValidationFailed | PermissionDenied, strawberry.union("NextFiresResult")]
 
 
 async def _load_logs(keys: list[LogKey]) -> list[Page[Run]]:
@@ -290,7 +296,8 @@ UpdateJobResult = Annotated[
     strawberry.union("UpdateJobResult"),
 ]
 CreateJobResult = Annotated[
-    JobType | ValidationFailed | PermissionDenied | JobConflict | IdempotencyConflict,
+    # JobNotFound: a replayed create whose job was deleted since.
+    JobType | ValidationFailed | PermissionDenied | JobConflict | IdempotencyConflict | JobNotFound,
     strawberry.union("CreateJobResult"),
 ]
 DeleteJobResult = Annotated[
@@ -364,9 +371,8 @@ class JobMutation:
             job_id = await idempotent.once(ctx.runtime, user, idempotency_key, ("createJob", data), create)
             state = await jobs_service.get(ctx.runtime, job_id=job_id)
         except AppError as exc:
-            return cast(
-                CreateJobResult, outcome(exc, (ValidationFailed, PermissionDenied, JobConflict, IdempotencyConflict))
-            )
+            allowed = (ValidationFailed, PermissionDenied, JobConflict, IdempotencyConflict, JobNotFound)
+            return cast(CreateJobResult, outcome(exc, allowed, data["id"]))
         return JobType.of(state)
 
     @strawberry.mutation(description="Delete a job (not a built-in one, not while it runs); its runs stay.")

@@ -127,7 +127,7 @@ class SchedulePreviewInput(BaseModel):
     interval: str | None = Field(default=None, max_length=64)
     schedule: str | None = Field(default=None, max_length=200)
     timezone: str | None = Field(default=None, max_length=64)
-    count: int = Field(default=DEFAULT_PREVIEW, ge=1, le=MAX_PREVIEW)
+    count: int | None = Field(default=None, ge=1, le=MAX_PREVIEW)  # null: the default, as in GraphQL
 
 
 class EnabledEdit(BaseModel):

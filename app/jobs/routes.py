@@ -12,7 +12,7 @@ from app.api import idempotency as idempotent
 from app.api import openapi_docs as docs
 from app.api.auth import Principal
 from app.api.deps import RuntimeDep, may
-from app.api.etags import etag, expected_version
+from app.api.etags import etag, expected_versions
 from app.api.schemas import ActionResult
 from app.jobs import service as jobs_service
 from app.jobs.schemas import JobOut, NextFiresOut, SchedulePreviewOut, job_wire
@@ -145,7 +145,7 @@ async def update_job(
     user: Annotated[Principal, may("updateJob")],
     if_match: Annotated[str | None, Header(alias="If-Match")] = None,
 ) -> JobJSON:
-    expected = expected_version(if_match)
+    expected = expected_versions(if_match)
     return _with_etag(
         await jobs_service.update(rt, job_id=jobId, data=body, actor=user.actor, expected_version=expected)
     )

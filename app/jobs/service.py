@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -203,7 +203,7 @@ async def set_enabled(
     enabled: bool,
     actor: str,
     event: str = "jobs.update",
-    expected_version: int | None = None,
+    expected_version: Expected = None,
 ) -> JobState:
     """Enable (schedule the next fire) or disable (remove the pending fire). Idempotent; always audited.
     Enabling starts the count of failed runs in a row (pauseAfterFailures) afresh."""
@@ -218,7 +218,7 @@ async def set_enabled(
     async with in_transaction() as conn:
         query = Job.filter(id=job.id)
         if expected_version is not None:
-            query = query.filter(version=expected_version)
+            query = query.filter(version=job.version)  # the version _check_version found expected
         if not await query.using_db(conn).update(**changes):
             raise await _lost_race(job.id)
         details: dict[str, Any] = {"enabled": enabled, "previous": was_enabled}
@@ -226,14 +226,22 @@ async def set_enabled(
             details["changes"] = {"enabled": [was_enabled, enabled]}
         await activity_service.record(event=event, actor=actor, job_id=job.id, details=details, using_db=conn)
     job.enabled = enabled
+    if was_enabled != enabled:
+        job.version += 1  # as written: the reschedule's compare-and-set checks it
     await engine.schedule(rt, job)
     if was_enabled != enabled:
         await engine.publish(rt, "job.enabled" if enabled else "job.disabled", job.id, enabled=enabled)
     return await get(rt, job_id=job.id)
 
 
-def _check_version(job: Job, expected: int | None) -> None:
-    if expected is not None and job.version != expected:
+# The versions a caller expects the job at (one, or any of several: an If-Match list); None: any.
+Expected = int | Collection[int] | None
+
+
+def _check_version(job: Job, expected: Expected) -> None:
+    if expected is None:
+        return
+    if job.version not in ({expected} if isinstance(expected, int) else set(expected)):
         raise _stale(job.id, job.version)
 
 
@@ -256,9 +264,7 @@ EDIT_ATTEMPTS = 5
 _TIMING = ("schedule", "timezone")
 
 
-async def update(
-    rt: Runtime, *, job_id: str, data: object, actor: str, expected_version: int | None = None
-) -> JobState:
+async def update(rt: Runtime, *, job_id: str, data: object, actor: str, expected_version: Expected = None) -> JobState:
     """Change any editable fields of a job (`inputs.EDITABLE`), validated as on creation. The change and its
     audit entry (each field's before and after) commit together, under a compare-and-set on the job's version:
     with `expected_version`, a job changed since gets PreconditionFailed; without, the edit is applied to the
@@ -286,7 +292,7 @@ async def update(
 class _Edit:
     row: dict[str, Any]  # the columns to write
     changes: dict[str, list[Any]]  # per field that changes (creation body's names): [before, after]
-    moves_fire: bool  # the pending fire goes (a new schedule or timezone, or disabled)
+    moves_fire: bool  # the pending fire goes (a new schedule or timezone, enabled or disabled)
 
 
 def _plan_edit(rt: Runtime, job: Job, edits: dict[str, Any]) -> _Edit:
@@ -295,7 +301,8 @@ def _plan_edit(rt: Runtime, job: Job, edits: dict[str, Any]) -> _Edit:
     row = _row_of(rt, merged(before, edits), job, payload_sent="payload" in edits)
     after = {**before, **_wire_of(row)}
     changes = {k: [before[k], after[k]] for k in _WIRE_FIELDS if before[k] != after[k]}
-    moves = any(k in changes for k in _TIMING) or ("enabled" in changes and not row["enabled"])
+    # Enabled or disabled, or another schedule: the pending fire is dropped and the row's next one enqueued.
+    moves = any(k in changes for k in _TIMING) or "enabled" in changes
     if moves:
         row["next_run_at"] = None
     if row["enabled"] and not job.enabled:
@@ -318,6 +325,7 @@ async def _after_edit(rt: Runtime, job: Job, edit: _Edit) -> None:
     previous_fire = job.next_run_at
     for name, value in edit.row.items():
         setattr(job, name, value)
+    job.version += 1  # as written: the reschedule's compare-and-set checks it
     if edit.moves_fire:
         await engine.reschedule(rt, job, previous_fire)
     if "enabled" in edit.changes:
@@ -491,7 +499,8 @@ def preview(rt: Runtime, *, data: object) -> Preview:
     now = rt.now()
     expression = _schedule_of(spec, rt.settings.scheduler_timezone, now)
     tz = spec.timezone or rt.settings.scheduler_timezone
-    return Preview(expression, tz, _following(validate_schedule(expression, tz), now, spec.count))
+    count = DEFAULT_PREVIEW if spec.count is None else spec.count
+    return Preview(expression, tz, _following(validate_schedule(expression, tz), now, count))
 
 
 def next_fires(rt: Runtime, state: JobState, count: int | str | None) -> list[datetime]:

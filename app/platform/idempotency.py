@@ -10,7 +10,9 @@ fingerprinted, is the transport's: this module stores JSON.
 
 An operation that fails before doing anything (the store it needs is out: `Unavailable`), or that crashes, keeps
 no answer: the key is released and a retry runs afresh. A claim whose process died mid-request lapses after
-`CLAIM_SECONDS`.
+`CLAIM_SECONDS`. A claim names its owner, and only the owner stores the answer or releases it (one Lua call), so a
+request that outlived its claim cannot overwrite or delete the claim of the retry that took over. A request whose
+client goes away runs on to its answer (shielded from the cancellation), so that a retry replays it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +38,7 @@ WAIT_SECONDS = 10.0  # a concurrent retry waits this long for the first request'
 POLL_SECONDS = 0.02
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces, as Stripe's keys and UUIDs are
 _PREFIX = "jg:idem:"
+_running: set[asyncio.Task[Any]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +80,16 @@ async def run_once(
     fingerprint of what is asked. `kept(answer)` says whether an answer is stored for replay (False: the key is
     released, as for an operation that raised)."""
     name = _redis_key(subject, validate_key(key))
-    pending = json.dumps({"state": "pending", "request": request})
+    owner = secrets.token_hex(8)
+    pending = json.dumps({"state": "pending", "request": request, "owner": owner})
     deadline = time.monotonic() + WAIT_SECONDS
     try:
         while True:
             if await redis.set(name, pending, nx=True, ex=CLAIM_SECONDS):
-                return Outcome(await _run(redis, name, request, operation, kept), replayed=False)
+                run = asyncio.ensure_future(_run(redis, name, owner, request, operation, kept))
+                _running.add(run)  # the loop keeps only weak references: a shielded task must be held
+                run.add_done_callback(_running.discard)
+                return Outcome(await asyncio.shield(run), replayed=False)
             raw = await redis.get(name)
             if raw is None:
                 continue  # released or lapsed meanwhile: claim it again
@@ -104,28 +112,39 @@ async def run_once(
 
 
 async def _run(
-    redis: Redis, name: str, request: str, operation: Callable[[], Awaitable[Any]], kept: Callable[[Any], bool]
+    redis: Redis,
+    name: str,
+    owner: str,
+    request: str,
+    operation: Callable[[], Awaitable[Any]],
+    kept: Callable[[Any], bool],
 ) -> Any:
     try:
         answer = await operation()
     except BaseException:
-        await _release(redis, name)
+        await _finish(redis, name, owner, None)
         raise
     if not kept(answer):
-        await _release(redis, name)
+        await _finish(redis, name, owner, None)
         return answer
-    done = json.dumps({"state": "done", "request": request, "answer": answer})
-    try:
-        await redis.set(name, done, ex=TTL_SECONDS)
-    except RedisError:
-        # Done, but not recorded: the claim lapses within CLAIM_SECONDS and a retry then runs again. Answering
-        # an error here would make the client retry what did happen.
-        await _release(redis, name)
+    # Done but not recorded (Redis out now): the claim lapses within CLAIM_SECONDS and a retry then runs again.
+    # Answering an error here would make the client retry what did happen.
+    await _finish(redis, name, owner, json.dumps({"state": "done", "request": request, "answer": answer}))
     return answer
 
 
-async def _release(redis: Redis, name: str) -> None:
+# Store the answer (ARGV[2]; empty: release the key) only while the claim is still this owner's.
+_FINISH = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+if cjson.decode(raw)['owner'] ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
+return 1
+"""
+
+
+async def _finish(redis: Redis, name: str, owner: str, done: str | None) -> None:
     try:
-        await redis.delete(name)
+        await redis.eval(_FINISH, 1, name, owner, done or "", str(TTL_SECONDS))  # type: ignore[misc]
     except RedisError:
         pass  # the claim lapses within CLAIM_SECONDS

@@ -65,16 +65,16 @@ MAX_ID = 2**63 - 1
 
 
 def parse_instant(value: datetime | str | None, name: str) -> datetime | None:
-    """An ISO 8601 instant of a filter (`since`, `until`); one without an offset is UTC."""
-    if value is None or isinstance(value, datetime):
-        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+    """An ISO 8601 instant of a filter (`since`, `until`), in UTC (the stores compare UTC); one without an offset
+    is UTC."""
+    if value is None:
+        return None
+    message = f"{name} must be an ISO 8601 instant such as 2024-01-15T06:00:00Z"
     try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise Invalid(
-            f"{name} must be an ISO 8601 instant such as 2024-01-15T06:00:00Z", code=f"invalid_{name}"
-        ) from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment = value if isinstance(value, datetime) else datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # OverflowError: an offset that moves it past year 9999
+        raise Invalid(message, code=f"invalid_{name}") from exc
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,12 @@ class Page(Generic[T]):
     total: int
     limit: int
     offset: int
+    more: bool = False  # entries follow this page (fetch_page reads one more than it answers to know)
 
     @property
     def next_before(self) -> int | None:
         """The `before` of the next page (the last entry's id), or None when this page is the last."""
-        if len(self.items) < self.limit or not self.items:
+        if not self.more or not self.items:
             return None
         last: object = getattr(self.items[-1], "id", None)
         return last if isinstance(last, int) else None
@@ -103,6 +104,8 @@ async def fetch_page(
     `total` counts the rows when the table keeps a cheaper count than COUNT(*) over the query.
     """
     paged = query if page.before is None else query.filter(id__lt=page.before)
-    rows = await paged.order_by("-id").offset(page.offset).limit(page.limit)
+    rows = list(await paged.order_by("-id").offset(page.offset).limit(page.limit + 1))
     count = await total() if total is not None else await query.count()
-    return Page(items=list(rows), total=count, limit=page.limit, offset=page.offset)
+    return Page(
+        items=rows[: page.limit], total=count, limit=page.limit, offset=page.offset, more=len(rows) > page.limit
+    )

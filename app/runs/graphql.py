@@ -7,7 +7,7 @@ from typing import Annotated, cast
 import strawberry
 from strawberry.scalars import JSON
 
-from app.api.graphql_outcomes import JobNotFound, ValidationFailed, outcome
+from app.api.graphql_outcomes import JobNotFound, PermissionDenied, ValidationFailed, outcome
 from app.data.runs import Run
 from app.data.skipped_fires import SkippedFire
 from app.platform.errors import AppError
@@ -90,8 +90,11 @@ class SkippedFirePageType:
 
 
 JobLogsResult = Annotated[JobLogPageType | JobNotFound | ValidationFailed, strawberry.union("JobLogsResult")]
-LogPageResult = Annotated[JobLogPageType | ValidationFailed, strawberry.union("LogPageResult")]
-SkippedFiresResult = Annotated[SkippedFirePageType | ValidationFailed, strawberry.union("SkippedFiresResult")]
+# PermissionDenied: `Job.logs` and `Job.skippedFires` of a job a mutation answered, for a caller without jobs.read.
+LogPageResult = Annotated[JobLogPageType | ValidationFailed | PermissionDenied, strawberry.union("LogPageResult")]
+SkippedFiresResult = Annotated[
+    SkippedFirePageType | ValidationFailed | PermissionDenied, strawberry.union("SkippedFiresResult")
+]
 
 
 @strawberry.type

@@ -183,7 +183,7 @@ async def test_if_match_guards_an_edit(client: httpx.AsyncClient, auth: dict[str
     stale = await client.patch("/api/jobs/report", headers={**auth, "If-Match": etag}, json={"timeout": 20})
     assert stale.status_code == 412
     assert stale.json()["error"] == "precondition_failed"
-    for bad in ['W/"2"', '"2", "3"', "2", "garbage"]:  # only one strong ETag can match
+    for bad in ['W/"2"', '"1", "3"', "2", "garbage"]:  # weak, stale, not an entity tag: nothing matches
         refused = await client.patch("/api/jobs/report", headers={**auth, "If-Match": bad}, json={"timeout": 20})
         assert refused.status_code == 412, bad
     # The enable/disable body is guarded alike.
@@ -195,8 +195,22 @@ async def test_if_match_guards_an_edit(client: httpx.AsyncClient, auth: dict[str
     assert fresh.status_code == 200 and fresh.headers["etag"] == '"3"'
     anyone = await client.patch("/api/jobs/report", headers={**auth, "If-Match": "*"}, json={"timeout": 30})
     assert anyone.status_code == 200 and anyone.json()["version"] == 4
+    listed = {**auth, "If-Match": 'W/"4", "9", "4"'}  # a list matches when one strong tag is current
+    assert (await client.patch("/api/jobs/report", headers=listed, json={"timeout": 40})).json()["version"] == 5
     gone = await client.patch("/api/jobs/nope", headers={**auth, "If-Match": '"1"'}, json={"timeout": 30})
     assert gone.status_code == 404
+
+
+async def test_enabling_with_an_edit_schedules_the_next_fire(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    await _create(client, auth, enabled=False)
+    assert (await client.get("/api/jobs/report", headers=auth)).json()["nextRun"] is None
+    response = await client.patch("/api/jobs/report", headers=auth, json={"enabled": True, "timeout": 30})
+    job = response.json()
+    assert (job["enabled"], job["timeout"]) == (True, 30)
+    schedule = validate_schedule("0 6 * * *", "UTC")
+    assert job["nextRun"] is not None and _instant(job["nextRun"]) == schedule.next_after(datetime.now(UTC))
+    off = (await client.patch("/api/jobs/report", headers=auth, json={"enabled": False, "timeout": 31})).json()
+    assert off["nextRun"] is None
 
 
 async def test_a_run_does_not_change_the_version(client: httpx.AsyncClient, auth: dict[str, str]) -> None:

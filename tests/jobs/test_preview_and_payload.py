@@ -33,7 +33,7 @@ async def test_preview_lists_the_next_fires_as_the_engine_computes_them(
     fires = _instants(body["fires"])
     assert len(fires) == 3 and before < fires[0] <= before + timedelta(minutes=90)
     assert [b - a for a, b in pairwise(fires)] == [timedelta(minutes=90)] * 2
-    cron = await client.post("/api/schedules/preview", headers=auth, json={"schedule": "0 9 * * 1-5"})
+    cron = await client.post("/api/schedules/preview", headers=auth, json={"schedule": "0 9 * * 1-5", "count": None})
     fires = _instants(cron.json()["fires"])
     assert len(fires) == 10 and all(f.hour == 9 and f.minute == 0 and f.weekday() < 5 for f in fires)
     # The same as a created job's next fires.
@@ -79,6 +79,7 @@ async def test_preview_follows_daylight_saving_time(orm: Runtime) -> None:
         ({"schedule": "@daily", "timezone": "Nowhere/Land"}, "invalid_timezone"),
         ({"schedule": "@daily", "count": 101}, "validation_error"),
         ({"schedule": "@daily", "count": "3"}, "validation_error"),
+        ({"schedule": "@daily", "count": 0}, "validation_error"),
         ({"schedule": "@daily", "extra": 1}, "validation_error"),
         (["@daily"], "validation_error"),
     ],
