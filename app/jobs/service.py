@@ -225,9 +225,8 @@ async def set_enabled(
         if was_enabled != enabled:
             details["changes"] = {"enabled": [was_enabled, enabled]}
         await activity_service.record(event=event, actor=actor, job_id=job.id, details=details, using_db=conn)
-    job.enabled = enabled
-    if was_enabled != enabled:
-        job.version += 1  # as written: the reschedule's compare-and-set checks it
+    # The row as it is now (the reschedule's compare-and-set checks its version and next fire).
+    job = await jobs_table.get_or_raise(job_id=job.id)
     await engine.schedule(rt, job)
     if was_enabled != enabled:
         await engine.publish(rt, "job.enabled" if enabled else "job.disabled", job.id, enabled=enabled)
@@ -323,9 +322,8 @@ async def _write_edit(job: Job, edit: _Edit, actor: str) -> bool:
 
 async def _after_edit(rt: Runtime, job: Job, edit: _Edit) -> None:
     previous_fire = job.next_run_at
-    for name, value in edit.row.items():
-        setattr(job, name, value)
-    job.version += 1  # as written: the reschedule's compare-and-set checks it
+    # The row as it is now (the reschedule's compare-and-set checks its version and next fire).
+    job = await jobs_table.get_or_raise(job_id=job.id)
     if edit.moves_fire:
         await engine.reschedule(rt, job, previous_fire)
     if "enabled" in edit.changes:
