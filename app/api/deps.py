@@ -47,7 +47,7 @@ _bearer_scheme = HTTPBearer(
 async def current_user(
     request: Request, runtime: RuntimeDep, _: Annotated[object, Security(_bearer_scheme)] = None
 ) -> Principal:
-    """The caller of a verified bearer token (what it may do: `allowed`)."""
+    """The caller of a verified bearer token (what it may do: `may`)."""
     # async: it runs in the request's own context (not a thread), so the user bound here is on every
     # line logged for the request; verifying an HS256 token takes a fraction of a millisecond.
     principal = decode_token(bearer_token(request.headers.get("authorization")), runtime.settings)

@@ -32,8 +32,8 @@ class Context(BaseContext):
         """A context for one subscription stream shared by many sockets (app.api.fanout).
 
         Each socket authenticated itself and ends when its own token expires; the data does not depend
-        on who asks (every caller holds the admin permission), so the shared stream runs as the service
-        and never expires.
+        on who asks (every socket that joins one may watch jobs: jobs.read, checked as it joins), so the shared
+        stream runs as the service and never expires.
         """
         shared = Context(self.runtime, self.hub, None)
         shared._principal = Principal(sub="shared-subscription", permissions=frozenset({ADMIN_PERMISSION}))
