@@ -149,6 +149,12 @@ async def test_cancel_answers_the_spec_shape_and_409_when_nothing_runs(
     await wait_until(recorded, timeout=5)
     [run] = (await client.get("/api/jobs/endless/logs", headers=auth)).json()["logs"]
     assert (run["result"], run["details"], run["attempt"]) == ("error", "cancelled by user:5", 1)
+
+    # The run is closed in the database, then its lease released: a read between the two still sees it run.
+    async def released() -> bool:
+        return not (await client.get("/api/jobs/endless", headers=auth)).json()["running"]
+
+    await wait_until(released, timeout=5)
     job = (await client.get("/api/jobs/endless", headers=auth)).json()
     assert (job["running"], job["cancelling"], job["lastResult"]) == (False, False, "error")
     activity = (await client.get("/api/activity?event=jobs.cancel", headers=auth)).json()["logs"]
