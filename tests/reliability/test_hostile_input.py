@@ -91,7 +91,7 @@ TOKENS: list[tuple[str, Any, int, str | None]] = [
     ("missing-aud", lambda: _rs256(aud=None), 401, "invalid_token"),
     ("wrong-iss", lambda: _rs256(iss="https://evil.example"), 401, "invalid_token"),
     ("10kB", lambda: _rs256(pad="x" * 10_000), 401, "invalid_token"),
-    ("other-permission", lambda: _rs256(permissions=["jobs.read"]), 403, "forbidden"),
+    ("other-permission", lambda: _rs256(permissions=["billing.read"]), 403, "forbidden"),
 ]
 
 
