@@ -114,17 +114,3 @@ def outcome(exc: AppError, allowed: tuple[type[UserError], ...], job_id: str | N
     if member is None or not isinstance(member, allowed):
         raise exc
     return member
-
-
-# The members each kind of mutation can answer besides its success.
-ON_A_JOB = (JobNotFound, ValidationFailed, PermissionDenied)
-ALL = (
-    JobNotFound,
-    AlreadyRunning,
-    NotRunning,
-    ValidationFailed,
-    PermissionDenied,
-    VersionConflict,
-    JobConflict,
-    IdempotencyConflict,
-)

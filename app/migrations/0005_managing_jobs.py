@@ -8,14 +8,16 @@ from tortoise import fields
 from tortoise.indexes import Index
 
 
+_TABLES = {"Activity": "activity", "Job": "job", "Run": "job_run"}
+
+
 class _AddColumn(ops.AddField):
     # Rolled back on SQLite, tortoise rebuilds the table from the model, which loses what the model does not say:
     # job_run's (job_id, fire_at, attempt) key as migration 0004 named it and the run-count triggers of 0003.
     # SQLite (3.35 and later) drops a plain column in place.
     async def database_backward(self, app_label, old_state, new_state, state_editor=None) -> None:
         if state_editor is not None and state_editor.client.capabilities.dialect == "sqlite":
-            model = new_state.apps.get_model(f"{app_label}.{self.model_name}")
-            table = model._meta.db_table
+            table = _TABLES[self.model_name]
             await state_editor.client.execute_query(f'ALTER TABLE "{table}" DROP COLUMN "{self.name}"')
             return
         await super().database_backward(app_label, old_state, new_state, state_editor)
