@@ -29,8 +29,9 @@ from app.platform.config import Settings, get_settings
 from app.platform.logs import configure_logging
 from app.platform.redis_pool import connect_redis
 from app.platform.runtime import Runtime
-from app.runs.graphql import RunQuery
+from app.runs.graphql import RunQuery, RunSubscription
 from app.runs.routes import router as runs_router
+from app.runs.routes import run_router
 from workers import settings as worker_definition
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 schema = graphql.build_schema(
     merge_types("Query", (JobQuery, RunQuery, ActivityQuery, JobTypeQuery)),
     merge_types("Mutation", (JobMutation,)),
-    merge_types("Subscription", (JobSubscription, ActivitySubscription)),
+    merge_types("Subscription", (JobSubscription, ActivitySubscription, RunSubscription)),
 )
 
 
@@ -65,6 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             hub.start()
             app.state.hub = hub
+            log_feed = engine.LogFeed(redis)
+            log_feed.start()
+            app.state.log_feed = log_feed
             run_handler = await worker_definition.prepare(rt)
             jobs_engine = await engine.start(rt, run_handler=run_handler, embedded_worker=s.embedded_worker)
             app.state.engine = jobs_engine  # /readyz checks its worker
@@ -75,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 gc_tuning.restore(gc_thresholds)
                 await app.state.fanout.aclose()  # its streams close their hub mailboxes: before the hub stops
                 await hub.stop()
+                await log_feed.stop()
                 await jobs_engine.stop(s.shutdown_grace_seconds)
                 await redis.aclose()
 
@@ -92,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContext)
     app.include_router(ops_routes.router)
     app.include_router(runs_router)
+    app.include_router(run_router)
     app.include_router(jobs_router)
     app.include_router(schedules_router)
     app.include_router(activity_router)

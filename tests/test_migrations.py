@@ -1,5 +1,5 @@
-"""Migrations 0004 (run lifecycle) and 0005 (managing jobs) on a database that holds data, forward and back, on
-the backend under test."""
+"""Migrations 0004 (run lifecycle), 0005 (managing jobs) and 0006 (run output) on a database that holds data, forward
+and back, on the backend under test."""
 
 from __future__ import annotations
 
@@ -124,3 +124,37 @@ async def test_managing_jobs_columns_come_with_defaults_and_go_back(settings: Se
     assert "version" not in (await sql(settings, "SELECT * FROM job"))[0]
     assert "payload" not in (await sql(settings, "SELECT * FROM job_run"))[0]
     assert "request_id" not in (await sql(settings, "SELECT * FROM activity"))[0]
+
+
+async def test_run_output_columns_and_log_table_come_and_go_back(settings: Settings) -> None:
+    await migrate_to(settings, f"{db.APP_LABEL}.0005_managing_jobs")
+    await insert_run(settings, "t1", FIRE)
+    await migrate_to(settings, LATEST)
+    assert await sql(settings, "SELECT output, progress, error_type, traceback FROM job_run") == [
+        {"output": None, "progress": None, "error_type": None, "traceback": None}
+    ]
+    [run] = await sql(settings, "SELECT id FROM job_run")
+    await sql(
+        settings,
+        "INSERT INTO run_log (run_id, seq, at, level, message) VALUES (?, 1, ?, 'info', 'hello')",
+        run["id"],
+        FIRE,
+    )
+    with pytest.raises(IntegrityError):  # one line per (run, seq)
+        await sql(
+            settings,
+            "INSERT INTO run_log (run_id, seq, at, level, message) VALUES (?, 1, ?, 'info', 'again')",
+            run["id"],
+            FIRE,
+        )
+    await migrate_to(settings, f"{db.APP_LABEL}.0005_managing_jobs")
+    row = (await sql(settings, "SELECT * FROM job_run"))[0]
+    assert row["token"] == "t1"
+    assert not {"output", "progress", "error_type", "traceback"} & set(row)
+    tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    if settings.database_url.startswith("postgres"):
+        tables = "SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema()"
+    assert "run_log" not in {t["name"] for t in await sql(settings, tables)}
+    # The run-count triggers of 0003 survived the rollback: a new run still counts.
+    await insert_run(settings, "t2", None)
+    assert await sql(settings, "SELECT runs FROM job_run_count WHERE job_id = 'a'") == [{"runs": 2}]

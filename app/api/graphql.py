@@ -80,7 +80,7 @@ def build_schema(query: type, mutation: type, subscription: type) -> JobsSchema:
 
 async def get_context(connection: HTTPConnection) -> Context:
     state = connection.app.state
-    return Context(state.runtime, state.hub, connection.headers.get("authorization"))
+    return Context(state.runtime, state.hub, connection.headers.get("authorization"), state.log_feed)
 
 
 def _frame_sender(websocket: WebSocket, send: Send | None) -> Sender:

@@ -7,6 +7,7 @@ from typing import Any
 import structlog
 from strawberry.fastapi import BaseContext
 
+from app import engine
 from app.api.auth import ADMIN_PERMISSION, Principal, decode_token
 from app.api.deps import bearer_token
 from app.api.graphql_errors import to_graphql
@@ -17,10 +18,13 @@ from app.platform.runtime import Runtime
 
 
 class Context(BaseContext):
-    def __init__(self, runtime: Runtime, hub: Hub, authorization: str | None) -> None:
+    def __init__(
+        self, runtime: Runtime, hub: Hub, authorization: str | None, log_feed: engine.LogFeed | None = None
+    ) -> None:
         super().__init__()
         self.runtime = runtime
         self.hub = hub
+        self.log_feed = log_feed  # run log lines as they are written (`runLog`)
         self.authorization = authorization
         self._principal: Principal | None = None
         self.loaders: dict[str, Any] = {}
@@ -35,7 +39,7 @@ class Context(BaseContext):
         on who asks (every socket that joins one may watch jobs: jobs.read, checked as it joins), so the shared
         stream runs as the service and never expires.
         """
-        shared = Context(self.runtime, self.hub, None)
+        shared = Context(self.runtime, self.hub, None, self.log_feed)
         shared._principal = Principal(sub="shared-subscription", permissions=frozenset({ADMIN_PERMISSION}))
         return shared
 

@@ -126,6 +126,28 @@ RUN_PAGE = {
     "limit": 50,
     "offset": 0,
 }
+RUN_DETAIL = {
+    **RUN_PAGE["logs"][0],  # type: ignore[index]
+    "output": {"summary": "Synced 150 games", "fetched": 150, "created": 3, "updated": 147},
+    "progress": {"done": 150, "total": 150, "note": "upserted", "at": "2024-01-15T06:00:45.100Z"},
+    "errorType": None,
+    "traceback": None,
+}
+RUN_LOG_PAGE = {
+    "runId": 123,
+    "lines": [
+        {
+            "seq": 1,
+            "at": "2024-01-15T06:00:00.120Z",
+            "level": "info",
+            "message": "fetched the catalogue",
+            "fields": {"games": 150},
+        }
+    ],
+    "after": 1,
+    "more": False,
+    "ended": True,
+}
 ACTIVITY_PAGE = {
     "logs": [
         {

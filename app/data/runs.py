@@ -29,6 +29,12 @@ class Run(Model):
     # The payload the handler was given: the job's, or a trigger's own. Null on the records of runs that never
     # started and of runs from before this column.
     payload: fields.Field[dict[str, object] | None] = fields.JSONField(null=True)
+    # What the run said and did (app.engine.runlog): the JSON object its handler returned, its last progress
+    # report ({done, total, note, at}), and for a failed run the exception's type and the handler's traceback.
+    output: fields.Field[dict[str, object] | None] = fields.JSONField(null=True)
+    progress: fields.Field[dict[str, object] | None] = fields.JSONField(null=True)
+    error_type = fields.CharField(max_length=200, null=True)
+    traceback = fields.TextField(null=True)
 
     class Meta:
         table = "job_run"
@@ -48,3 +54,22 @@ class RunCount(Model):
 
     class Meta:
         table = "job_run_count"
+
+
+class RunLogLine(Model):
+    """One line a run's handler logged (`ctx.log`), numbered from 1 within its run by `seq`.
+
+    Written in batches while the run goes (app.engine.runlog), bounded per run, deleted with the run. `run_id` is a
+    plain column like job_run's `job_id`: the lines are read by run and pruned with it."""
+
+    id = fields.BigIntField(primary_key=True)
+    run_id = fields.BigIntField()
+    seq = fields.IntField()
+    at = DatetimeField()
+    level = fields.CharField(max_length=8)
+    message = fields.TextField()
+    extra: fields.Field[dict[str, object] | None] = fields.JSONField(null=True)  # the line's `fields` on the wire
+
+    class Meta:
+        table = "run_log"
+        unique_together = (("run_id", "seq"),)

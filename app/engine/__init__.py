@@ -14,6 +14,8 @@ Inside, one module per concept:
 - later / later_runs: a retry after its backoff or a buffered fire, queued in arq, and `start_later` that starts it;
 - starts: the one start path (lease, run record, `run.started`), for triggers, fires and later starts alike;
 - runner: one handler under its lease, timeout and record; threads: the calls it left running in threads;
+- runlog: what a run says while it goes (ctx.log lines, ctx.progress), kept bounded and published live; logfeed: an
+  API process's one subscription to those lines; outcomes: details, output, exception type and traceback of a run;
 - cancels: cancel a job's current run wherever it executes;
 - runs: the run records (insert, complete and what follows: the next attempt, the failure count, auto-pause;
   record runs that never started, reap the lost); leases: the running lease;
@@ -37,8 +39,10 @@ from app.data.jobs import Job
 from app.data.runs import Run
 from app.engine import cancels, depth, events, leases, loops, scheduler, threads, triggers
 from app.engine.events import CHANNEL as EVENTS_CHANNEL
-from app.engine.events import JOB_DELETED, RUN_CANCELLING
+from app.engine.events import JOB_DELETED, RUN_CANCELLING, RUN_PROGRESS
 from app.engine.fires import spec_of
+from app.engine.logfeed import STALE as LOG_STALE
+from app.engine.logfeed import LogFeed
 from app.engine.metrics_server import MetricsPortUnavailable
 from app.engine.policy import (
     BUFFER_ONE,
@@ -56,6 +60,7 @@ from app.engine.policy import (
     catch_up_of,
     retry_of,
 )
+from app.engine.runlog import LOG_CHANNEL, Line, RunLog
 from app.engine.runner import HandlerCall, RunHandler
 from app.engine.runs import AUTO_PAUSE, CANCELLED_BY, SYSTEM
 from app.engine.skips import REASONS as SKIP_REASONS
@@ -74,23 +79,29 @@ __all__ = [
     "EVENTS_CHANNEL",
     "JOB_DELETED",
     "LATEST",
+    "LOG_CHANNEL",
+    "LOG_STALE",
     "MAX_ATTEMPTS",
     "MAX_BACKOFF_SECONDS",
     "MAX_MULTIPLIER",
     "NONE",
     "OVERLAPS",
     "RUN_CANCELLING",
+    "RUN_PROGRESS",
     "SKIP",
     "SKIP_REASONS",
     "SYSTEM",
     "CatchUp",
     "Engine",
     "HandlerCall",
+    "Line",
+    "LogFeed",
     "MetricsPortUnavailable",
     "Prepare",
     "QueueUnavailable",
     "Retry",
     "RunHandler",
+    "RunLog",
     "cancel",
     "catch_up_of",
     "publish",

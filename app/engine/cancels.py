@@ -102,7 +102,7 @@ async def withdraw(rt: Runtime, job_id: str, token: str, details: str) -> bool:
 class Watch:
     """A run's handler in this process, which a cancel request reaches."""
 
-    handler: asyncio.Task[str]
+    handler: asyncio.Task[object]
     details: str | None = None  # set once a cancel was asked
 
     def cancel(self, details: str) -> None:
@@ -127,7 +127,7 @@ class _Watches:
 _watches = per_loop(_Watches)
 
 
-def watch(token: str, handler: asyncio.Task[str]) -> Watch:
+def watch(token: str, handler: asyncio.Task[object]) -> Watch:
     watches = _watches()
     found = watches.by_token[token] = Watch(handler)
     early = watches.early.pop(token, None)

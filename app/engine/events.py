@@ -23,6 +23,7 @@ JOB_DELETED = "job.deleted"
 JOB_DISABLED = "job.disabled"
 FIRE_BUFFERED = "fire.buffered"
 RUN_CANCELLING = "run.cancelling"
+RUN_PROGRESS = "run.progress"  # a running run's latest ctx.progress report (app.engine.runlog)
 RUN_QUEUED, RUN_STARTED, RUN_FINISHED, FIRE_SKIPPED = "run.queued", "run.started", "run.finished", "fire.skipped"
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,15 @@ async def publish(redis: Redis, event: str, job_id: str, **data: Any) -> None:
     metrics.event_published(event)
 
 
-async def publish_all(redis: Redis, events: Sequence[Event]) -> None:
-    """Publish events in order, in one round trip."""
-    if not events:
+async def publish_all(redis: Redis, events: Sequence[Event], also: Sequence[tuple[str, str]] = ()) -> None:
+    """Publish events in order, in one round trip; `also`: (channel, message) pairs published after them."""
+    if not events and not also:
         return
     try:
         async with redis.pipeline(transaction=False) as pipe:
             add_to(pipe, events)
+            for channel, message in also:
+                pipe.publish(channel, message)
             await pipe.execute()
     except RedisError:
         log.warning("could not publish %d events", len(events), exc_info=True)

@@ -21,7 +21,9 @@ import structlog
 from redis.exceptions import RedisError
 
 from app.data.runs import Run
-from app.engine import cancels, leases, runs, threads
+from app.engine import cancels, leases, outcomes, runs, threads
+from app.engine.outcomes import Outcome
+from app.engine.runlog import RunLog
 from app.platform import metrics
 from app.platform.aio import run_to_the_end
 from app.platform.config import Settings
@@ -43,10 +45,12 @@ class HandlerCall:
     type: str
     payload: dict[str, Any]
     settings: Settings
+    log: RunLog  # the handler's ctx.log and ctx.progress
     attempt: int = 1  # retries of a failed run count up (app.engine.policy)
 
 
-RunHandler = Callable[[HandlerCall], Awaitable[str]]
+# What the handler returns: its run's details (a string) or output (a JSON object; app.engine.outcomes).
+RunHandler = Callable[[HandlerCall], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +87,18 @@ async def execute(
     # Each run has its own task: what is bound here names the job and run on every line logged by this run, its
     # handler and its heartbeat (tasks created below copy the context).
     structlog.contextvars.bind_contextvars(job_id=job.id, run_id=run.id)
+    run_log = RunLog(rt, job_id=job.id, run_id=run.id)
     call = HandlerCall(
-        job_id=job.id, run_id=run.id, type=job.type, payload=job.payload, settings=rt.settings, attempt=run.attempt
+        job_id=job.id,
+        run_id=run.id,
+        type=job.type,
+        payload=job.payload,
+        settings=rt.settings,
+        log=run_log,
+        attempt=run.attempt,
     )
     context, calls_in_threads = threads.handler_context()
-    handler: asyncio.Task[str] = asyncio.create_task(_call(run_handler, call), context=context)
+    handler: asyncio.Task[object] = asyncio.create_task(_call(run_handler, call), context=context)
     # Cancel requests for this run reach its handler through this (app.engine.cancels).
     watch = cancels.watch(run.token, handler)
     keeper = asyncio.create_task(_keep_lease(rt, run, watch, lost, confirming))
@@ -95,33 +106,41 @@ async def execute(
         launched.set_result(None)
     try:
         try:
-            result, details = await _outcome(handler, timeout, run, lost, watch)
+            outcome = await _outcome(rt, handler, timeout, run, lost, watch)
             await _threads_ended(calls_in_threads, run)
+            # Its lines are all written before the run is closed: a follower that sees it closed has them all.
+            await run_log.close()
         except asyncio.CancelledError:
             # Shutting down: stop the handler and record the run before the cancellation goes on, whatever further
             # cancellations arrive meanwhile (a shutdown repeats them); the lease is renewed until then.
-            await run_to_the_end(_shut_down(rt, watch, calls_in_threads, run, started))
+            await run_to_the_end(_shut_down(rt, watch, calls_in_threads, run, run_log, started))
             raise
     finally:
         keeper.cancel()
         cancels.unwatch(run.token)
     await _settle(started)
-    await _complete(rt, run, result, details, final=watch.details is not None)
+    await _complete(rt, run, outcome, final=watch.details is not None)
 
 
 async def _shut_down(
-    rt: Runtime, watch: cancels.Watch, calls: set[Any], run: Run, started: asyncio.Task[None] | None
+    rt: Runtime,
+    watch: cancels.Watch,
+    calls: set[Any],
+    run: Run,
+    run_log: RunLog,
+    started: asyncio.Task[None] | None,
 ) -> None:
     await _stop(watch.handler, run, rt.settings.heartbeat_seconds)
     await _threads_ended(calls, run)
+    await run_log.close()
     await _settle(started)
     if watch.details is not None:
-        await _complete(rt, run, runs.ERROR, watch.details, final=True)
+        await _complete(rt, run, Outcome(runs.ERROR, watch.details), final=True)
     else:
-        await _complete(rt, run, runs.ERROR, runs.WORKER_SHUT_DOWN)
+        await _complete(rt, run, Outcome(runs.ERROR, runs.WORKER_SHUT_DOWN))
 
 
-async def _call(run_handler: RunHandler, call: HandlerCall) -> str:
+async def _call(run_handler: RunHandler, call: HandlerCall) -> object:
     return await run_handler(call)
 
 
@@ -197,30 +216,30 @@ async def _settle(started: asyncio.Task[None] | None) -> None:
 
 
 async def _outcome(
-    handler: asyncio.Task[str], timeout: float, run: Run, lost: asyncio.Event, watch: cancels.Watch
-) -> tuple[str, str]:
+    rt: Runtime, handler: asyncio.Task[object], timeout: float, run: Run, lost: asyncio.Event, watch: cancels.Watch
+) -> Outcome:
     done, _ = await asyncio.wait({handler}, timeout=timeout)
     if watch.details is not None:
         # Cancelled on request: whatever the handler made of it, the run was cancelled (once it has stopped).
         if not done:
             await _stop(handler, run, timeout)
-        return runs.ERROR, watch.details
+        return Outcome(runs.ERROR, watch.details)
     if not done:
         await _stop(handler, run, timeout)
-        return runs.ERROR, f"Timed out after {timeout:g} s"
+        return Outcome(runs.ERROR, f"Timed out after {timeout:g} s")
     if handler.cancelled():
         if lost.is_set():
             metrics.lease_lost(run.job_id, "lease_lost")
-            return runs.ERROR, LEASE_LOST
-        return runs.ERROR, "cancelled"
+            return Outcome(runs.ERROR, LEASE_LOST)
+        return Outcome(runs.ERROR, "cancelled")
     error = handler.exception()
     if error is not None:
         log.error("run %s of %s failed", run.id, run.job_id, exc_info=error)
-        return runs.ERROR, str(error) or type(error).__name__
-    return runs.SUCCESS, str(handler.result())
+        return outcomes.of_error(error)
+    return outcomes.of_return(handler.result(), rt.settings)
 
 
-async def _stop(handler: asyncio.Task[str], run: Run, patience: float) -> None:
+async def _stop(handler: asyncio.Task[object], run: Run, patience: float) -> None:
     """Cancel the handler and wait until it has really ended, its clean-up included (the keeper renews the lease
     meanwhile): the lease is never released while the handler could still overlap the job's next run. One that
     ignores the cancellation holds its job until it ends."""
@@ -237,11 +256,20 @@ async def _stop(handler: asyncio.Task[str], run: Run, patience: float) -> None:
         await asyncio.wait({handler})
 
 
-async def _complete(rt: Runtime, run: Run, result: str, details: str, *, final: bool = False) -> None:
+async def _complete(rt: Runtime, run: Run, outcome: Outcome, *, final: bool = False) -> None:
     """A failed write must not turn a real outcome into `worker lost`: retry with backoff."""
     for attempt in range(1, COMPLETE_ATTEMPTS + 1):
         try:
-            await runs.complete(rt, run=run, result=result, details=details, final=final)
+            await runs.complete(
+                rt,
+                run=run,
+                result=outcome.result,
+                details=outcome.details,
+                final=final,
+                output=outcome.output,
+                error_type=outcome.error_type,
+                traceback=outcome.traceback,
+            )
             return
         except Exception:
             if attempt == COMPLETE_ATTEMPTS:

@@ -30,7 +30,7 @@ from app.adapters.tortoise.rows import loaded
 from app.data.activity import Activity
 from app.data.jobs import Job
 from app.data.runs import Run
-from app.engine import events, later, leases, scheduler
+from app.engine import events, later, leases, runlog, scheduler
 from app.engine.groupcommit import GroupCommit, per_loop
 from app.engine.later import Later
 from app.engine.policy import Retry
@@ -176,21 +176,40 @@ def is_cancel(details: str) -> bool:
     return details.startswith(CANCELLED_BY)
 
 
-async def complete(rt: Runtime, *, run: Run, result: str, details: str, final: bool = False) -> bool:
+async def complete(
+    rt: Runtime,
+    *,
+    run: Run,
+    result: str,
+    details: str,
+    final: bool = False,
+    output: dict[str, Any] | None = None,
+    error_type: str | None = None,
+    traceback: str | None = None,
+) -> bool:
     """Close the run and the job's last-run fields, then hand its lease on. False if it was already closed.
 
     A failed run (`error`) is retried when the job's retry policy allows another attempt, unless `final` (it was
     cancelled) or a cancel was asked for it: the next attempt is queued for after its backoff (app.engine.later)
     and takes the lease over, so that the job stays running. A failed run that is not retried counts towards the
     job's pauseAfterFailures; a success resets the count. With no next attempt the lease is released, and a fire
-    buffered behind the run (overlap buffer_one) takes it at once.
+    buffered behind the run (overlap buffer_one) takes it at once. `output`, `error_type` and `traceback` are
+    written with the outcome, in the same statement (app.engine.outcomes).
 
     Runs that finish at the same moment (a burst of scheduled fires) are closed together: one transaction,
     one Lua call for their leases, one pipeline for their events (app.engine.groupcommit). Each keeps its own
     fenced update, so the outcome is the same as closing them one by one."""
     done_at = rt.now()
     duration = min(MAX_DURATION_MS, max(0, int((done_at - run.started_at).total_seconds() * 1000)))
-    return await _completions().submit(_Completion(rt, run, result, details, done_at, duration, final))
+    said = _Said(output, error_type, traceback)
+    return await _completions().submit(_Completion(rt, run, result, details, done_at, duration, final, said))
+
+
+@dataclass(frozen=True, slots=True)
+class _Said:
+    output: dict[str, Any] | None
+    error_type: str | None
+    traceback: str | None
 
 
 @dataclass(slots=True)
@@ -202,6 +221,7 @@ class _Completion:
     done_at: datetime
     duration: int
     final: bool
+    said: _Said
     following: Later | None = None  # its next attempt, when the retry policy allows one
     paused: int = 0  # > 0: this failure paused the job, after this many failed runs in a row
 
@@ -233,7 +253,11 @@ async def _complete_many(batch: list[_Completion]) -> list[bool]:
             unretried.append(c)
     if unretried:
         await _count_failures(unretried)
-    await events.publish_all(rt.redis, _finished_events(batch, closed, finished))
+    # A run's log followers learn here that its log is complete (app.engine.runlog: closed before the run).
+    ends = [
+        (runlog.LOG_CHANNEL, runlog.log_message(c.run.id, end=True)) for c, ok in zip(batch, closed, strict=True) if ok
+    ]
+    await events.publish_all(rt.redis, _finished_events(batch, closed, finished), also=ends)
     await _paused(rt, [c for c in batch if c.paused])
     return closed
 
@@ -251,7 +275,10 @@ async def _close(batch: list[_Completion]) -> list[bool]:
         for i in sorted(range(len(batch)), key=lambda i: (batch[i].run.job_id, batch[i].run.id)):
             c = batch[i]
             run = c.run
-            n, _ = await conn.execute_query(run_sql, [c.done_at, c.duration, c.result, c.details, run.id])
+            said = c.said
+            output = None if said.output is None else json.dumps(said.output, separators=(",", ":"))
+            values = [c.done_at, c.duration, c.result, c.details, output, said.error_type, said.traceback, run.id]
+            n, _ = await conn.execute_query(run_sql, values)
             closed[i] = bool(n)
             if not n:
                 continue
@@ -422,8 +449,8 @@ _JOB_LAST_RUN = (
 )
 _COMPLETE_SQL = {
     postgres: (
-        "UPDATE job_run SET completed_at = {}, duration_ms = {}, result = {}, details = {} "
-        "WHERE id = {} AND completed_at IS NULL".format(*_marks(postgres, 5)),
+        "UPDATE job_run SET completed_at = {}, duration_ms = {}, result = {}, details = {}, output = {}, "
+        "error_type = {}, traceback = {} WHERE id = {} AND completed_at IS NULL".format(*_marks(postgres, 8)),
         _JOB_LAST_RUN.format(*_marks(postgres, 3), "", *_marks(postgres, 5)[3:]),
         # A success ends any run of failures (pauseAfterFailures counts failures in a row).
         _JOB_LAST_RUN.format(*_marks(postgres, 3), ", consecutive_failures = 0", *_marks(postgres, 5)[3:]),

@@ -8,7 +8,6 @@ hands it.
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
@@ -16,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from app.engine import HandlerCall
+from app.engine import HandlerCall, RunLog
 from app.platform.config import Settings
 from app.platform.errors import Invalid
 from app.platform.validation import validated
@@ -31,15 +30,25 @@ class Payload(BaseModel):
 
 @dataclass(frozen=True)
 class RunContext:
+    """What a handler is called with. `log` keeps lines with the run (`ctx.log.info("fetched %d", n, page=3)`:
+    the message, then its fields), also written to the process log; `progress(done, total, note)` reports how far
+    it is. Both are read live by the dashboard, the `runLog` subscription and `jobs-gateway jobs logs -f`."""
+
     job_id: str
     run_id: int
     payload: Any
     settings: Settings
-    log: logging.Logger
+    log: RunLog
     attempt: int = 1  # 1, then 2, 3… for the retries of a failed run (the job's `retry` policy)
 
+    def progress(self, done: float, total: float | None = None, note: str | None = None) -> None:
+        """`done` of `total` (None: not known), with an optional note; the latest report is the run's `progress`."""
+        self.log.progress(done, total, note)
 
-Handler = Callable[[RunContext], Awaitable[str]]
+
+# A handler returns its run's one-line details (a string), or a JSON object: the run's `output`, whose `summary`
+# (a string) is then the details.
+Handler = Callable[[RunContext], Awaitable[str | dict[str, Any]]]
 # Extra checks at job creation that need settings (e.g. an allow-list); raise ValueError to refuse.
 Check = Callable[[Any, Settings], None]
 
@@ -99,7 +108,7 @@ def load(modules: Iterable[str]) -> None:
             loaded()
 
 
-async def run(call: HandlerCall) -> str:
+async def run(call: HandlerCall) -> object:
     """Run a job's handler for the engine (app.engine hands every run here): its payload validated by the type's
     model, in the RunContext the handler expects."""
     job_type = get(call.type)
@@ -108,7 +117,7 @@ async def run(call: HandlerCall) -> str:
         run_id=call.run_id,
         payload=job_type.payload_model.model_validate(call.payload),
         settings=call.settings,
-        log=logging.getLogger(f"jobs.{call.job_id}"),
+        log=call.log,
         attempt=call.attempt,
     )
     return await job_type.handler(ctx)

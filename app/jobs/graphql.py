@@ -32,7 +32,7 @@ from app.platform.errors import AppError
 from app.platform.pagination import Page
 from app.platform.timefmt import iso_ms
 from app.runs import service as runs_service
-from app.runs.graphql import JobLogPageType, LogPageResult, SkippedFirePageType, SkippedFiresResult
+from app.runs.graphql import JobLogPageType, LogPageResult, RunProgressType, SkippedFirePageType, SkippedFiresResult
 
 LogKey = tuple[str, int | None, int | None]
 
@@ -100,10 +100,28 @@ class JobType:
     version: int = strawberry.field(
         description="Bumped by every change of the job's settings (not by its runs); updateJob's expectedVersion."
     )
+    # The running run's progress as the live event that produced this state reported it (else read when asked).
+    reported_progress: strawberry.Private[dict[str, Any] | None] = None
 
     @classmethod
     def of(cls, state: JobState) -> JobType:
-        return cls(**_nested(job_fields(state)))
+        return cls(**_nested(job_fields(state)), reported_progress=state.progress)
+
+    @strawberry.field(
+        description="The running run's latest ctx.progress report; null while nothing runs or it reported none."
+    )
+    async def progress(self, info: strawberry.Info) -> RunProgressType | None:
+        if not self.running:
+            return None
+        report = self.reported_progress
+        if report is None:
+            loaders = info.context.loaders
+            loader: DataLoader[str, dict[str, Any] | None] | None = loaders.get("run_progress")
+            if loader is None:
+                # No cache, as for `logs`: a subscription's context outlives one execution.
+                loader = loaders["run_progress"] = DataLoader(runs_service.progress_of_running, cache=False)
+            report = await loader.load(str(self.id))
+        return None if report is None else RunProgressType(**report)
 
     @strawberry.field(
         description="This job's runs, newest first; batched across jobs. A bad argument: ValidationFailed."

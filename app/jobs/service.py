@@ -49,6 +49,7 @@ class JobState:
     running: bool
     cancelling: bool
     catch_up: engine.CatchUp
+    progress: dict[str, Any] | None = None  # the running run's progress, as the live event handled reported it
 
     @property
     def next_run(self) -> datetime | None:
@@ -76,6 +77,10 @@ def as_of_event(state: JobState, event: dict[str, Any]) -> JobState:
     for the fields it carries, so that subscribers are shown every run's start and end, and every skipped fire
     with its reason, in order."""
     kind = event.get("event")
+    if kind == engine.RUN_PROGRESS:
+        # A report that arrives after its run ended (the read says nothing runs) is not shown.
+        progress = event.get("progress")
+        return dataclasses.replace(state, progress=progress if state.running and isinstance(progress, dict) else None)
     last_fire, reason = event.get("lastFireAt"), event.get("reason")
     if kind == "fire.skipped" and isinstance(last_fire, str) and isinstance(reason, str):
         job = copy.copy(state.job)  # the read may be shared by other events of the same batch

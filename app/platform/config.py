@@ -79,6 +79,14 @@ class Settings(BaseSettings):
     worker_redis_retry_seconds: float = Field(default=30.0, ge=1)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     run_retention_days: int = Field(default=30, ge=1)
+    # What a run says (app.engine.runlog): each run keeps its first RUN_LOG_MAX_LINES lines and RUN_LOG_MAX_BYTES
+    # of them, then one line saying how much it dropped. Lines are written in batches, every
+    # RUN_LOG_FLUSH_SECONDS while the run goes (live subscribers see them that much later, at most).
+    run_log_max_lines: int = Field(default=1000, ge=1, le=100_000)
+    run_log_max_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    run_log_flush_seconds: float = Field(default=0.05, gt=0, le=10)
+    # The largest JSON object a handler may return as its run's output (a larger one fails the run, saying so).
+    run_output_max_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # `http_request` may only call these: "https://api.example.com", "http://127.0.0.1:8080" or a bare
     # host (any scheme, any port). Empty: nothing, until an admin allows it.
     http_request_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -92,6 +92,16 @@ EVENTS_DROPPED = Counter(
     "jobs_gateway_events_dropped_total",
     "Job state changes dropped for a slow subscriber because a newer state of the same job replaced them.",
 )
+RUN_LOG_LINES = Counter(
+    "jobs_gateway_run_log_lines_total",
+    "Lines handlers logged through ctx.log, by what became of them: kept with the run, or dropped past the run's "
+    "RUN_LOG_MAX_LINES / RUN_LOG_MAX_BYTES.",
+    ["outcome"],
+)
+RUN_LOG_WRITES = Counter(
+    "jobs_gateway_run_log_writes_total",
+    "Transactions that wrote run log lines or progress (each carries the batches of every run flushing then).",
+)
 
 SCHEDULER = "scheduler"
 

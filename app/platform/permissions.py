@@ -21,6 +21,8 @@ REQUIRED: dict[str, str] = {
     "job": READ,
     "jobLogs": READ,
     "allJobLogs": READ,
+    "run": READ,
+    "runLog": READ,
     "skippedFires": READ,
     "nextFires": READ,
     "schedulePreview": READ,

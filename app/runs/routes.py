@@ -13,10 +13,11 @@ from app.api.auth import Principal
 from app.api.deps import RuntimeDep, may
 from app.api.schemas import ActionResult
 from app.runs import service as runs_service
-from app.runs.schemas import RunPage, SkippedFirePage
+from app.runs.schemas import RunDetail, RunLogPage, RunPage, SkippedFirePage
 from app.runs.service import RunFilter
 
 router = APIRouter(prefix="/api/jobs", tags=["runs"])
+run_router = APIRouter(prefix="/api/runs", tags=["runs"])
 FILTERS = (
     "`before=<id>` pages by keyset (each page's `nextBefore`: the same cost at any depth) next to `offset`; "
     "filters `result` (success, error, running), `triggeredBy`, `since` and `until` (ISO 8601, on `startedAt`)."
@@ -122,3 +123,35 @@ async def skipped_fires(
 ) -> SkippedFirePage:
     page = await runs_service.list_skipped(job_id=jobId, limit=limit, offset=offset)
     return SkippedFirePage.of(page)
+
+
+@run_router.get(
+    "/{runId}",
+    response_model=RunDetail,
+    summary="Get one run",
+    description="The run's log entry, then `output` (the JSON object its handler returned), `progress` (its latest "
+    "report: done, total, note, at) and, for a failed run, `errorType` and the handler's `traceback`. 404 "
+    "`run_not_found`.",
+    responses=docs.example(docs.RUN_DETAIL, docs.errors(400, 404)),
+)
+async def get_run(runId: str, _: Annotated[Principal, may("run")]) -> RunDetail:  # noqa: N803 - the wire's name
+    return RunDetail.of(await runs_service.get_run(run_id=runId))
+
+
+@run_router.get(
+    "/{runId}/log",
+    response_model=RunLogPage,
+    summary="Get a run's log lines",
+    description="The lines the run's handler logged, in order, numbered from 1 (`seq`): those past `after` "
+    "(default 0), `limit` of them (default 100, max 1,000). The next page's `after` is the answer's; `more`: more "
+    "lines are stored; `ended`: the run has ended, so no line will follow. A run keeps its first RUN_LOG_MAX_LINES "
+    "lines and RUN_LOG_MAX_BYTES, then one line saying what was dropped.",
+    responses=docs.example(docs.RUN_LOG_PAGE, docs.errors(400, 404)),
+)
+async def run_log(
+    runId: str,  # noqa: N803 - the wire's name
+    _: Annotated[Principal, may("runLog")],
+    after: str | None = None,
+    limit: str | None = None,
+) -> RunLogPage:
+    return RunLogPage.of(await runs_service.log_page(run_id=runId, after=after, limit=limit))

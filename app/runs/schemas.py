@@ -5,8 +5,10 @@ from typing import Any
 from app.api.schemas import CamelModel
 from app.data.runs import Run
 from app.data.skipped_fires import SkippedFire
+from app.engine import Line
 from app.platform.pagination import Page
 from app.platform.timefmt import iso_ms
+from app.runs.service import LogPage
 
 
 def run_fields(run: Run) -> dict[str, Any]:
@@ -90,3 +92,62 @@ class SkippedFirePage(CamelModel):
     def of(cls, page: Page[SkippedFire]) -> SkippedFirePage:
         fires = [SkippedFireOut(**skipped_fields(s)) for s in page.items]
         return cls(fires=fires, total=page.total, limit=page.limit, offset=page.offset)
+
+
+def detail_fields(run: Run) -> dict[str, Any]:
+    """One run as `GET /api/runs/{runId}` and GraphQL's `run` show it: its log entry, then what it said."""
+    return {
+        **run_fields(run),
+        "output": None if run.output is None else dict(run.output),
+        "progress": None if run.progress is None else dict(run.progress),
+        "error_type": run.error_type,
+        "traceback": run.traceback,
+    }
+
+
+class RunProgressOut(CamelModel):
+    """A run's latest `ctx.progress(done, total, note)` report, and when it was made."""
+
+    done: float
+    total: float | None
+    note: str | None
+    at: str
+
+
+class RunDetail(RunOut):
+    """A run's log entry, then its `output` (the JSON object its handler returned), its latest `progress`, and for a
+    failed run the exception's type and the handler's traceback."""
+
+    output: dict[str, Any] | None
+    progress: RunProgressOut | None
+    error_type: str | None
+    traceback: str | None
+
+    @classmethod
+    def of(cls, run: Run) -> RunDetail:
+        return cls(**detail_fields(run))
+
+
+def line_fields(line: Line) -> dict[str, Any]:
+    return {"seq": line.seq, "at": iso_ms(line.at), "level": line.level, "message": line.message, "fields": line.fields}
+
+
+class LogLineOut(CamelModel):
+    seq: int
+    at: str
+    level: str
+    message: str
+    fields: dict[str, Any] | None
+
+
+class RunLogPage(CamelModel):
+    run_id: int
+    lines: list[LogLineOut]
+    after: int  # the next page's `after`
+    more: bool  # more lines are stored past this page
+    ended: bool  # the run has ended: no line will follow the stored ones
+
+    @classmethod
+    def of(cls, page: LogPage) -> RunLogPage:
+        lines = [LogLineOut(**line_fields(line)) for line in page.lines]
+        return cls(run_id=page.run_id, lines=lines, after=page.after, more=page.more, ended=page.ended)

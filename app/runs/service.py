@@ -1,7 +1,10 @@
-"""Runs: triggering a job now, and the run logs. How a run starts, runs and ends is the engine's (app.engine)."""
+"""Runs: triggering a job now, the run logs, one run with what it said (output, progress, traceback) and its log
+lines, read or followed live. How a run starts, runs and ends is the engine's (app.engine)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,17 +18,22 @@ from app import engine
 from app.activity import service as activity_service
 from app.data import jobs as jobs_table
 from app.data.jobs import Job
-from app.data.runs import Run, RunCount
+from app.data.runs import Run, RunCount, RunLogLine
 from app.data.skipped_fires import SkippedFire
 from app.job_types import registry
-from app.platform.errors import Conflict, Invalid, Unavailable
-from app.platform.pagination import Page, PageRequest, fetch_page, parse_instant
+from app.platform.errors import Conflict, Invalid, NotFound, Unavailable
+from app.platform.pagination import Page, PageRequest, as_int, fetch_page, parse_instant
 from app.platform.runtime import Runtime
 from app.platform.validation import validated
 
 JOB_LOGS_DEFAULT, JOB_LOGS_MAX = 50, 100
 ALL_LOGS_DEFAULT, ALL_LOGS_MAX = 100, 200
 SKIPPED_DEFAULT, SKIPPED_MAX = 50, 100
+LOG_DEFAULT, LOG_MAX = 100, 1000
+# A follower that hears nothing for this long reads the run again: a run whose worker was lost ends without a word
+# on the log channel (the reaper closes it), and a message can be lost.
+FOLLOW_CHECK_SECONDS = 5.0
+MAX_RUN_ID = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,3 +191,108 @@ async def cancel(rt: Runtime, *, job_id: str, actor: str) -> None:
     if not cancelled:
         raise Conflict("No run of this job is in progress", code="not_running")
     await activity_service.record(event="jobs.cancel", actor=actor, job_id=job.id, details={})
+
+
+async def progress_of_running(job_ids: list[str]) -> list[dict[str, Any] | None]:
+    """Each job's open run's latest progress report (None: no open run, or it reported none), in one query."""
+    rows = await Run.filter(job_id__in=job_ids, completed_at__isnull=True).order_by("id").values("job_id", "progress")
+    latest = {str(r["job_id"]): r["progress"] for r in rows}  # the newest open run of each job wins
+    return [latest.get(job_id) for job_id in job_ids]
+
+
+def _run_id(value: int | str) -> int:
+    message = "Run id must be a positive integer"
+    run_id = as_int(value, message, "invalid_run_id")
+    if not 0 < run_id <= MAX_RUN_ID:
+        raise Invalid(message, code="invalid_run_id")
+    return run_id
+
+
+async def get_run(*, run_id: int | str) -> Run:
+    """One run, with its output, progress and traceback. Invalid for a malformed id, NotFound for an unknown one."""
+    run = await Run.get_or_none(id=_run_id(run_id))
+    if run is None:
+        raise NotFound(f"Run '{run_id}' not found", code="run_not_found")
+    return run
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    run_id: int
+    lines: list[engine.Line]
+    after: int  # the `after` of the next page: the last line's seq (the request's own when it is empty)
+    more: bool  # more lines are stored past this page
+    ended: bool  # the run had ended when the page was read: no line will follow the stored ones
+
+
+def _line(row: RunLogLine) -> engine.Line:
+    return engine.Line(seq=row.seq, at=row.at, level=row.level, message=row.message, fields=row.extra)
+
+
+async def _lines(run_id: int, after: int, limit: int) -> list[engine.Line]:
+    rows = await RunLogLine.filter(run_id=run_id, seq__gt=after).order_by("seq").limit(limit)
+    return [_line(r) for r in rows]
+
+
+def _after(value: int | str | None) -> int:
+    if value is None:
+        return 0
+    after = as_int(value, "after must be an integer >= 0 (the seq of the last line read)", "invalid_after")
+    if not 0 <= after <= 2**31 - 1:
+        raise Invalid("after must be an integer >= 0 (the seq of the last line read)", code="invalid_after")
+    return after
+
+
+async def log_page(*, run_id: int | str, after: int | str | None, limit: int | str | None) -> LogPage:
+    """The run's log lines numbered past `after`, in order, `limit` of them (default 100, at most 1,000)."""
+    start = _after(after)
+    count = LOG_DEFAULT if limit is None else as_int(limit, f"limit must be 1..{LOG_MAX}", "invalid_limit")
+    if not 1 <= count <= LOG_MAX:
+        raise Invalid(f"limit must be 1..{LOG_MAX}", code="invalid_limit")
+    run = await get_run(run_id=run_id)
+    # Ended is read first: a run closed by then has every line it kept stored (its log is closed before it).
+    ended = run.completed_at is not None
+    lines = await _lines(run.id, start, count + 1)
+    more = len(lines) > count
+    lines = lines[:count]
+    return LogPage(run.id, lines, lines[-1].seq if lines else start, more, ended)
+
+
+async def follow_log(
+    feed: engine.LogFeed, *, run_id: int | str, after: int | str | None, until: float | None = None
+) -> AsyncGenerator[list[engine.Line], None]:
+    """The run's lines past `after` as they are written, each once and in order, across instances; ends once the
+    run has ended and its last line was given (or at `until`, a time.time(): the caller's token expiry).
+
+    Subscribed before the first read: a line written after that read reaches the inbox, one written before is
+    in the read. The inbox's lines are taken while they follow on from the last one given; anything else (a
+    gap, lost messages, the run's end, a quiet spell) sends the follower back to the database."""
+    start = _after(after)
+    run = await get_run(run_id=run_id)
+    inbox = feed.open(run.id)
+    last = start
+    try:
+        while True:
+            ended = await Run.filter(id=run.id, completed_at__isnull=False).exists()
+            while lines := await _lines(run.id, last, LOG_MAX):
+                last = lines[-1].seq
+                yield lines
+            if ended:
+                return
+            while True:
+                wait = FOLLOW_CHECK_SECONDS if until is None else min(FOLLOW_CHECK_SECONDS, until - time.time())
+                if wait <= 0:
+                    return
+                news = await inbox.next(wait)
+                if news is None or news.ended or news is engine.LOG_STALE:
+                    break
+                fresh = [engine.Line.from_wire(w) for w in news.lines]
+                fresh = [line for line in fresh if line.seq > last]
+                if not fresh:
+                    continue
+                if fresh[0].seq != last + 1:
+                    break  # a gap: the database has what is missing
+                last = fresh[-1].seq
+                yield fresh
+    finally:
+        feed.close(inbox)

@@ -92,3 +92,50 @@ async def stubborn_handler(ctx: RunContext) -> str:
                 await asyncio.sleep(left)
         raise
     return "unreachable"
+
+
+class ChattyPayload(Payload):
+    lines: int = Field(default=10, ge=0)
+    pause: float = Field(default=0.0, ge=0)  # seconds slept after each line
+    progress: bool = True  # report progress (i of lines) with every line
+    output: dict[str, object] | None = None  # returned as the run's output
+    fail: str | None = None  # raise RuntimeError(fail) at the end, from a helper function
+
+
+def _explode(message: str) -> None:
+    raise RuntimeError(message)
+
+
+@job_type(
+    "test_chatty", "Logs `lines` lines (fields i), pausing `pause` s after each, then returns or fails", ChattyPayload
+)
+async def chatty_handler(ctx: RunContext) -> str | dict[str, object]:
+    payload: ChattyPayload = ctx.payload
+    for i in range(1, payload.lines + 1):
+        ctx.log.info("line %d of %d", i, payload.lines, i=i)
+        if payload.progress:
+            ctx.progress(i, payload.lines, note=f"line {i}")
+        if payload.pause:
+            await asyncio.sleep(payload.pause)
+    if payload.fail is not None:
+        _explode(payload.fail)
+    if payload.output is not None:
+        return payload.output
+    return f"logged {payload.lines} lines"
+
+
+class ThreadLogPayload(Payload):
+    lines: int = Field(default=50, ge=0)
+
+
+@job_type("test_thread_log", "Logs `lines` lines from a thread, then one from the handler's task", ThreadLogPayload)
+async def thread_log_handler(ctx: RunContext) -> str:
+    payload: ThreadLogPayload = ctx.payload
+
+    def work() -> None:
+        for i in range(payload.lines):
+            ctx.log.info("from a thread %d", i)
+
+    await asyncio.to_thread(work)
+    ctx.log.info("back")
+    return "logged from a thread"

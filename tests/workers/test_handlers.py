@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 import time
@@ -17,6 +16,7 @@ import pytest
 from app.data.app_tables import Game, RefreshToken, StoredFile
 from app.data.runs import Run
 from app.data.skipped_fires import SkippedFire
+from app.engine import RunLog
 from app.job_types import registry
 from app.job_types.registry import RunContext
 from app.platform.runtime import Runtime
@@ -25,13 +25,17 @@ from app.platform.timefmt import utcnow
 pytestmark = pytest.mark.postgres
 
 
+# The run id these handlers' lines are written under: no real run has it.
+HANDLER_TEST_RUN = 10**12
+
+
 def context(rt: Runtime, **settings: object) -> RunContext:
     return RunContext(
         job_id="x",
         run_id=1,
         payload=registry.Payload(),
         settings=rt.settings.model_copy(update=settings),
-        log=logging.getLogger("test"),
+        log=RunLog(rt, job_id="x", run_id=HANDLER_TEST_RUN),
     )
 
 
@@ -56,8 +60,13 @@ async def test_cleanup_job_logs_prunes_completed_runs_and_skipped_fires_past_ret
     await Run.create(job_id="a", token="t3", triggered_by="scheduler", started_at=old)  # still open: kept
     for at in (old, old + timedelta(minutes=1), recent):
         await SkippedFire.create(job_id="a", fire_at=at, last_fire_at=at, reason="overlap", recorded_at=at)
-    summary = await run("cleanup_job_logs", context(orm, run_retention_days=30))
-    assert summary == "Deleted 1 run logs and 2 skipped-fire records older than 30 days"
+    output = await run("cleanup_job_logs", context(orm, run_retention_days=30))
+    assert output == {
+        "summary": "Deleted 1 run logs and 2 skipped-fire records older than 30 days",
+        "runsDeleted": 1,
+        "skippedFiresDeleted": 2,
+        "retentionDays": 30,
+    }
     assert sorted(await Run.all().values_list("token", flat=True)) == ["t2", "t3"]
     assert await SkippedFire.all().values_list("recorded_at", flat=True) == [recent]
 

@@ -4,7 +4,6 @@ and a real loopback HTTP server."""
 from __future__ import annotations
 
 import json
-import logging
 import re
 import socket
 import threading
@@ -18,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.data.app_tables import Listing, Notification, SearchIndexEntry
+from app.engine import RunLog
 from app.job_types import registry
 from app.job_types.registry import RunContext
 from app.platform.runtime import Runtime
@@ -28,6 +28,10 @@ from workers.handlers.http_request import check_allowed
 pytestmark = pytest.mark.postgres
 
 
+# The run id these handlers' lines are written under: no real run has it.
+HANDLER_TEST_RUN = 10**12
+
+
 def context(rt: Runtime, payload: dict[str, Any] | None = None, type_name: str = "", **settings: object) -> RunContext:
     """What the runner builds: the payload validated by the type's model, settings with overrides."""
     model = registry.get(type_name).payload_model if type_name else registry.Payload
@@ -36,7 +40,7 @@ def context(rt: Runtime, payload: dict[str, Any] | None = None, type_name: str =
         run_id=1,
         payload=model.model_validate(payload or {}),
         settings=rt.settings.model_copy(update=settings),
-        log=logging.getLogger("test"),
+        log=RunLog(rt, job_id="x", run_id=HANDLER_TEST_RUN),
     )
 
 

@@ -1,0 +1,311 @@
+"""What a run says while it goes: `ctx.log` lines and `ctx.progress` reports, kept with the run and streamed live.
+
+A handler's lines are numbered from 1 (`seq`) and buffered; every RUN_LOG_FLUSH_SECONDS the buffer is written in one
+INSERT (the buffers of every run flushing at that moment in one transaction: app.engine.groupcommit) and then
+published on LOG_CHANNEL, where each API instance's LogFeed (app.engine.logfeed) hands them to its followers. A
+run that logs nothing and reports no progress writes nothing here.
+
+A run keeps its first RUN_LOG_MAX_LINES lines and RUN_LOG_MAX_BYTES of them; past either bound every further line is
+dropped, counted, and one last line says how many lines and bytes went. Lines keep their order and their numbers
+have no holes, so a follower that has seen line n knows that the next one it needs is n + 1.
+
+The runner closes a run's log (the last flush) before it closes the run record: once a run is complete, every line
+it kept is in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from redis.exceptions import RedisError
+from tortoise import connections
+from tortoise.transactions import in_transaction
+
+from app.engine import events
+from app.engine.groupcommit import GroupCommit, per_loop
+from app.platform import metrics
+from app.platform.runtime import Runtime
+from app.platform.timefmt import iso_ms
+
+log = logging.getLogger(__name__)
+
+LOG_CHANNEL = "jg:runlog"
+LEVELS: dict[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+# Rows per INSERT: 6 parameters each stays far below SQLite's and PostgreSQL's parameter limits.
+INSERT_BATCH = 500
+# A flush that failed (the database out for a moment) keeps its lines and is tried again this much later.
+RETRY_SECONDS = 1.0
+CLOSE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One log line of a run, as stored and as followers receive it."""
+
+    seq: int
+    at: datetime
+    level: str
+    message: str
+    fields: dict[str, Any] | None
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": iso_ms(self.at),
+            "level": self.level,
+            "message": self.message,
+            "fields": self.fields,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Line:
+        fields = data.get("fields")
+        return cls(
+            seq=int(data["seq"]),
+            at=datetime.fromisoformat(str(data["at"]).replace("Z", "+00:00")),
+            level=str(data["level"]),
+            message=str(data["message"]),
+            fields=dict(fields) if isinstance(fields, dict) else None,
+        )
+
+
+def _jsonable(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields as JSON can hold them: a value JSON cannot say is kept as its str()."""
+    loaded: dict[str, Any] = json.loads(json.dumps(dict(fields), default=str))
+    return loaded
+
+
+def _number(name: str, value: object) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value < 0:
+        raise TypeError(f"progress {name} must be a number >= 0, got {value!r}")
+    return value
+
+
+class RunLog:
+    """A run's `ctx.log` and `ctx.progress`. Its methods may be called from the handler's task and from threads the
+    handler started (app.engine.threads); a line is stamped when it is logged, whenever it is written."""
+
+    def __init__(self, rt: Runtime, *, job_id: str, run_id: int, process_log: logging.Logger | None = None) -> None:
+        self._rt = rt
+        self.job_id = job_id
+        self.run_id = run_id
+        settings = rt.settings
+        self._max_lines = settings.run_log_max_lines
+        self._max_bytes = settings.run_log_max_bytes
+        self._flush_after = settings.run_log_flush_seconds
+        self._process_log = process_log or logging.getLogger(f"jobs.{job_id}")
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._pending: list[Line] = []
+        self._progress: dict[str, Any] | None = None  # the last report, until it is written
+        self._seq = 0
+        self._kept_bytes = 0
+        self._dropped_lines = 0
+        self._dropped_bytes = 0
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # The logging.Logger methods a handler calls: `ctx.log.info("fetched %d games", n, source=url)`.
+    def debug(self, message: str, *args: object, exc_info: bool = False, **fields: Any) -> None:
+        self.log("debug", message, *args, exc_info=exc_info, **fields)
+
+    def info(self, message: str, *args: object, exc_info: bool = False, **fields: Any) -> None:
+        self.log("info", message, *args, exc_info=exc_info, **fields)
+
+    def warning(self, message: str, *args: object, exc_info: bool = False, **fields: Any) -> None:
+        self.log("warning", message, *args, exc_info=exc_info, **fields)
+
+    def error(self, message: str, *args: object, exc_info: bool = False, **fields: Any) -> None:
+        self.log("error", message, *args, exc_info=exc_info, **fields)
+
+    def exception(self, message: str, *args: object, **fields: Any) -> None:
+        """`error` with the exception being handled appended, as logging's `exception`."""
+        self.log("error", message, *args, exc_info=True, **fields)
+
+    def log(self, level: str, message: str, *args: object, exc_info: bool = False, **fields: Any) -> None:
+        """One line at `level` (debug, info, warning, error): `message % args`, with `fields` (JSON values) beside
+        it. The process log gets it too, as before run logs were kept."""
+        if level not in LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
+        text = str(message) % args if args else str(message)
+        if exc_info:
+            text = f"{text}\n{traceback.format_exc().rstrip()}"
+        self._process_log.log(LEVELS[level], "%s", text, extra={"run_fields": fields} if fields else None)
+        line = (self._rt.now(), level, text, _jsonable(fields) if fields else None)
+        if threading.get_ident() == self._loop_thread:
+            self._keep(*line)
+        else:
+            self._loop.call_soon_threadsafe(self._keep, *line)
+
+    def progress(self, done: float, total: float | None = None, note: str | None = None) -> None:
+        """How far the run is: `done` of `total` (None: unknown), with an optional note. Only the latest report
+        is kept: reports between two flushes cost nothing more than one."""
+        report = {
+            "done": _number("done", done),
+            "total": None if total is None else _number("total", total),
+            "note": None if note is None else str(note)[:500],
+            "at": iso_ms(self._rt.now()),
+        }
+        if threading.get_ident() == self._loop_thread:
+            self._report(report)
+        else:
+            self._loop.call_soon_threadsafe(self._report, report)
+
+    @property
+    def dropped(self) -> tuple[int, int]:
+        """(lines, bytes) dropped past the bounds so far."""
+        return self._dropped_lines, self._dropped_bytes
+
+    def _keep(self, at: datetime, level: str, text: str, fields: dict[str, Any] | None) -> None:
+        if self._closed:
+            return  # a thread the handler left behind, still logging after its run ended
+        size = len(text.encode()) + (len(json.dumps(fields)) if fields else 0)
+        if self._dropped_lines or self._seq >= self._max_lines or self._kept_bytes + size > self._max_bytes:
+            # Once one line is dropped, every later one is: the log kept is the run's beginning, without holes.
+            self._dropped_lines += 1
+            self._dropped_bytes += size
+            metrics.RUN_LOG_LINES.labels("dropped").inc()
+            return
+        self._seq += 1
+        self._kept_bytes += size
+        self._pending.append(Line(self._seq, at, level, text, fields))
+        metrics.RUN_LOG_LINES.labels("kept").inc()
+        self._schedule()
+
+    def _report(self, report: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        self._progress = report
+        self._schedule()
+
+    def _schedule(self, delay: float | None = None) -> None:
+        if self._flusher is None:
+            self._flusher = self._loop.create_task(self._flush_later(self._flush_after if delay is None else delay))
+
+    async def _flush_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._flusher = None
+        if not await self._flush():
+            self._schedule(RETRY_SECONDS)
+
+    async def _flush(self) -> bool:
+        """Write and publish what is pending; False (and everything kept for the next try) when it cannot."""
+        lines, progress = self._pending, self._progress
+        if not lines and progress is None:
+            return True
+        self._pending, self._progress = [], None
+        try:
+            await _writes().submit(_Batch(self.run_id, lines, progress))
+        except Exception:
+            log.warning("could not write %d log lines of run %s; trying again", len(lines), self.run_id, exc_info=True)
+            self._pending = lines + self._pending
+            if self._progress is None:
+                self._progress = progress
+            return False
+        await _publish(self._rt, self.job_id, self.run_id, lines, progress)
+        return True
+
+    async def close(self) -> None:
+        """The last flush, with the line saying what was dropped: called once the handler has ended, before the
+        run record is closed. A log that cannot be written after a few tries is given up (the run's outcome
+        matters more than its lines)."""
+        if self._closed:
+            return
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        if self._dropped_lines:
+            self._seq += 1
+            text = (
+                f"log truncated: {self._dropped_lines} more lines ({self._dropped_bytes} bytes) were dropped; a run "
+                f"keeps its first {self._max_lines} lines and {self._max_bytes} bytes (RUN_LOG_MAX_LINES, "
+                "RUN_LOG_MAX_BYTES)"
+            )
+            fields = {"droppedLines": self._dropped_lines, "droppedBytes": self._dropped_bytes}
+            self._pending.append(Line(self._seq, self._rt.now(), "warning", text, fields))
+        self._closed = True
+        for attempt in range(1, CLOSE_ATTEMPTS + 1):
+            if await self._flush():
+                return
+            if attempt < CLOSE_ATTEMPTS:
+                await asyncio.sleep(RETRY_SECONDS * attempt)
+        log.error("gave up writing the last %d log lines of run %s", len(self._pending), self.run_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    run_id: int
+    lines: list[Line]
+    progress: dict[str, Any] | None
+
+
+async def _write_many(batches: list[_Batch]) -> list[None]:
+    """Every batch's lines in as few INSERTs as their number allows, and each last progress report, in one
+    transaction. A line already written (a retried flush whose commit went through) is left as it is."""
+    conn = connections.get("default")
+    postgres = conn.capabilities.dialect == "postgres"
+    rows = [(b.run_id, line) for b in batches for line in b.lines]
+    async with in_transaction() as tx:
+        for start in range(0, len(rows), INSERT_BATCH):
+            chunk = rows[start : start + INSERT_BATCH]
+            values: list[object] = []
+            marks: list[str] = []
+            for run_id, line in chunk:
+                first = len(values) + 1
+                marks.append("(" + ", ".join(f"${first + i}" if postgres else "?" for i in range(6)) + ")")
+                extra = None if line.fields is None else json.dumps(line.fields, separators=(",", ":"))
+                values += [run_id, line.seq, line.at, line.level, line.message, extra]
+            await tx.execute_query(
+                "INSERT INTO run_log (run_id, seq, at, level, message, extra) "
+                f"VALUES {', '.join(marks)} ON CONFLICT DO NOTHING",
+                values,
+            )
+        sql = (
+            "UPDATE job_run SET progress = $1 WHERE id = $2 AND completed_at IS NULL"
+            if postgres
+            else "UPDATE job_run SET progress = ? WHERE id = ? AND completed_at IS NULL"
+        )
+        for b in batches:
+            if b.progress is not None:
+                await tx.execute_query(sql, [json.dumps(b.progress, separators=(",", ":")), b.run_id])
+    metrics.RUN_LOG_WRITES.inc()
+    return [None] * len(batches)
+
+
+_writes = per_loop(lambda: GroupCommit(_write_many, "run-log"))
+
+
+async def _publish(rt: Runtime, job_id: str, run_id: int, lines: list[Line], progress: dict[str, Any] | None) -> None:
+    """Best effort, like every event: a follower that misses a message reads the lines from the database."""
+    try:
+        async with rt.redis.pipeline(transaction=False) as pipe:
+            if lines:
+                pipe.publish(LOG_CHANNEL, log_message(run_id, lines=[line.wire() for line in lines]))
+            if progress is not None:
+                events.add_to(pipe, [(events.RUN_PROGRESS, job_id, {"runId": run_id, "progress": progress})])
+            await pipe.execute()
+    except RedisError:
+        log.warning("could not publish the log of run %s", run_id, exc_info=True)
+
+
+def log_message(run_id: int, *, lines: list[dict[str, Any]] | None = None, end: bool = False) -> str:
+    """A message on LOG_CHANNEL: a run's new lines, or that it ended (its log is complete in the database)."""
+    body: dict[str, Any] = {"runId": run_id}
+    if lines is not None:
+        body["lines"] = lines
+    if end:
+        body["end"] = True
+    return json.dumps(body, separators=(",", ":"))
