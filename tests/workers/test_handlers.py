@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from app.data.app_tables import Game, RefreshToken, StoredFile
-from app.data.runs import Run
+from app.data.runs import Run, RunLogLine
 from app.data.skipped_fires import SkippedFire
 from app.engine import RunLog
 from app.job_types import registry
@@ -40,7 +40,9 @@ def context(rt: Runtime, **settings: object) -> RunContext:
 
 
 async def run(type_name: str, ctx: RunContext) -> str:
-    return await registry.get(type_name).handler(ctx)
+    """The run's details: the handler's string, or its output's summary."""
+    result = await registry.get(type_name).handler(ctx)
+    return result["summary"] if isinstance(result, dict) else result
 
 
 async def test_cleanup_expired_tokens_deletes_only_expired_ones(orm: Runtime) -> None:
@@ -60,7 +62,7 @@ async def test_cleanup_job_logs_prunes_completed_runs_and_skipped_fires_past_ret
     await Run.create(job_id="a", token="t3", triggered_by="scheduler", started_at=old)  # still open: kept
     for at in (old, old + timedelta(minutes=1), recent):
         await SkippedFire.create(job_id="a", fire_at=at, last_fire_at=at, reason="overlap", recorded_at=at)
-    output = await run("cleanup_job_logs", context(orm, run_retention_days=30))
+    output = await registry.get("cleanup_job_logs").handler(context(orm, run_retention_days=30))
     assert output == {
         "summary": "Deleted 1 run logs and 2 skipped-fire records older than 30 days",
         "runsDeleted": 1,
@@ -95,6 +97,27 @@ async def test_cleanup_orphaned_files_with_no_folder_deletes_nothing(orm: Runtim
     assert await run("cleanup_orphaned_files", context(orm, files_dir=tmp_path / "nope")) == (
         "Deleted 0 orphaned files (0 bytes)"
     )
+
+
+async def test_metadata_sync_reports_its_counts_progress_and_lines(orm: Runtime) -> None:
+    ctx = context(orm)
+    await Game.create(external_id="g-1002", title="old title", synced_at=utcnow())
+    output = await registry.get("metadata_sync").handler(ctx)
+    assert output == {"summary": "Synced 5 games (4 new)", "fetched": 5, "created": 4, "updated": 1}
+    await ctx.log.close()  # what the runner does once the handler has returned
+    lines = await RunLogLine.filter(run_id=HANDLER_TEST_RUN).order_by("seq").values_list("message", "extra")
+    assert lines == [
+        ("fetching the catalogue", {"source": orm.settings.metadata_source_url}),
+        ("fetched 5 games", {"games": 5}),
+        ("upserted 5 games: 4 new, 1 updated", None),
+    ]
+    run = await Run.create(id=HANDLER_TEST_RUN, job_id="x", token="t", triggered_by="user:1", started_at=utcnow())
+    ctx = context(orm)
+    await registry.get("metadata_sync").handler(ctx)
+    await ctx.log.close()
+    await run.refresh_from_db()
+    assert run.progress is not None
+    assert (run.progress["done"], run.progress["total"], run.progress["note"]) == (5, 5, "games upserted")
 
 
 async def test_metadata_sync_upserts_the_bundled_sample_catalogue(orm: Runtime) -> None:

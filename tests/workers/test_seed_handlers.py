@@ -45,7 +45,9 @@ def context(rt: Runtime, payload: dict[str, Any] | None = None, type_name: str =
 
 
 async def run(type_name: str, rt: Runtime, payload: dict[str, Any] | None = None, **settings: object) -> str:
-    return await registry.get(type_name).handler(context(rt, payload, type_name, **settings))
+    """The run's details: the handler's string, or its output's summary."""
+    result = await registry.get(type_name).handler(context(rt, payload, type_name, **settings))
+    return result["summary"] if isinstance(result, dict) else result
 
 
 def validate(type_name: str, payload: dict[str, Any]) -> Any:

@@ -39,11 +39,11 @@ async def _prune(model: type[Run] | type[SkippedFire], older: dict[str, Any], ct
         if not ids:
             return deleted
         if model is Run:
-            await _prune_lines(ids)
+            await _prune_lines([int(i) for i in ids])  # type: ignore[call-overload]
         await model.filter(id__in=ids).delete()
         # Not delete()'s count: on SQLite tortoise reports more rows than the statement removed.
         deleted += len(ids)
-        ctx.progress(deleted, note=f"{model.Meta.table} rows deleted")  # type: ignore[attr-defined]
+        ctx.progress(deleted, note=f"{'runs' if model is Run else 'skipped fires'} deleted")
         await asyncio.sleep(0)  # let waiting queries in before the next batch
 
 

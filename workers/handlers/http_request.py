@@ -16,7 +16,7 @@ import contextlib
 import ipaddress
 import time
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 from pydantic import ConfigDict, Field, field_validator
@@ -186,7 +186,7 @@ def allowed_at_creation(payload: HttpRequestPayload, settings: Settings) -> None
     HttpRequestPayload,
     check=allowed_at_creation,
 )
-async def http_request(ctx: RunContext) -> str:
+async def http_request(ctx: RunContext) -> dict[str, Any]:
     payload: HttpRequestPayload = ctx.payload
     url = parse_url(payload.url)
     _check(url, ctx.settings.http_request_allowed_hosts)
@@ -209,4 +209,10 @@ async def http_request(ctx: RunContext) -> str:
         elif snippet:
             message += f": {snippet}"
         raise ValueError(message)
-    return f"HTTP {status} from {what} in {elapsed_ms} ms"
+    return {
+        "summary": f"HTTP {status} from {what} in {elapsed_ms} ms",
+        "status": status,
+        "elapsedMs": elapsed_ms,
+        "url": shown(url),
+        "method": payload.method,
+    }

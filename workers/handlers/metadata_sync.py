@@ -37,16 +37,20 @@ async def _fetch(source: str) -> Any:
 
 
 @job_type("metadata_sync", "Pulls the JSON game catalogue from METADATA_SOURCE_URL and upserts it")
-async def metadata_sync(ctx: RunContext) -> str:
+async def metadata_sync(ctx: RunContext) -> dict[str, Any]:
+    source = ctx.settings.metadata_source_url
+    ctx.log.info("fetching the catalogue", source=source)
     try:
-        catalogue = Catalogue.model_validate(await _fetch(ctx.settings.metadata_source_url))
+        catalogue = Catalogue.model_validate(await _fetch(source))
     except ValidationError as exc:
         raise ValueError(
             f"catalogue is malformed: {exc.error_count()} errors, first: {exc.errors()[0]['msg']}"
         ) from exc
+    total = len(catalogue.games)
+    ctx.log.info("fetched %d games", total, games=total)
     now = utcnow()
     created = 0
-    for item in catalogue.games:
+    for done, item in enumerate(catalogue.games, 1):
         extra = item.model_extra or {}
         _, was_created = await Game.update_or_create(
             defaults={
@@ -59,4 +63,11 @@ async def metadata_sync(ctx: RunContext) -> str:
             external_id=item.id,
         )
         created += was_created
-    return f"Synced {len(catalogue.games)} games ({created} new)"
+        ctx.progress(done, total, note="games upserted")
+    ctx.log.info("upserted %d games: %d new, %d updated", total, created, total - created)
+    return {
+        "summary": f"Synced {total} games ({created} new)",
+        "fetched": total,
+        "created": created,
+        "updated": total - created,
+    }

@@ -15,6 +15,7 @@ import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import ConfigDict, Field
 from tortoise.expressions import F
@@ -101,7 +102,7 @@ def _one_line(exc: BaseException) -> str:
     "Sends the pending notifications of the outbox, oldest first, in batches of `batchSize`",
     SendNotificationsPayload,
 )
-async def send_notifications(ctx: RunContext) -> str:
+async def send_notifications(ctx: RunContext) -> dict[str, Any]:
     payload: SendNotificationsPayload = ctx.payload
     sender = resolve_sender(ctx.settings)
     sent = failed = 0
@@ -124,6 +125,7 @@ async def send_notifications(ctx: RunContext) -> str:
                 continue
             await Notification.filter(id=notification.id).update(sent_at=utcnow())
             sent += 1
+        ctx.progress(sent + failed, note=f"{sent} sent, {failed} failed")
         if len(batch) < payload.batch_size:
             break
     if failed and not sent:
@@ -131,4 +133,4 @@ async def send_notifications(ctx: RunContext) -> str:
     summary = f"Sent {sent} notifications with template '{payload.template}'"
     if failed:
         summary += f", {failed} failed (first: {first_error})"
-    return summary
+    return {"summary": summary, "sent": sent, "failed": failed, "template": payload.template}

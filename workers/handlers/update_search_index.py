@@ -9,6 +9,7 @@ since (updated_at > indexed_at) or never indexed. Both then drop entries whose l
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import ConfigDict, Field
 from tortoise.expressions import Subquery
@@ -57,7 +58,7 @@ async def _reindex(listings: list[Listing], indexed_at: datetime) -> None:
     "Updates the listings' search index: changed listings only, or everything with `fullReindex`",
     UpdateSearchIndexPayload,
 )
-async def update_search_index(ctx: RunContext) -> str:
+async def update_search_index(ctx: RunContext) -> dict[str, Any]:
     payload: UpdateSearchIndexPayload = ctx.payload
     # The run's start, not each write's time: a listing changed while this run reads it is newer than
     # this and so is picked up by the next run.
@@ -73,8 +74,14 @@ async def update_search_index(ctx: RunContext) -> str:
         if todo:
             await _reindex(todo, started)
             indexed += len(todo)
+        ctx.progress(indexed, note=f"listings indexed, up to id {last_id}")
         if len(listings) < CHUNK:
             break
     removed = await SearchIndexEntry.filter(listing_id__not_in=Subquery(Listing.all().values("id"))).delete()
     mode = "full" if payload.full_reindex else "incremental"
-    return f"Indexed {indexed} listings ({mode}), removed {removed}"
+    ctx.log.info("indexed %d listings, removed %d entries of deleted listings", indexed, removed, mode=mode)
+    return {
+        "summary": f"Indexed {indexed} listings ({mode}), removed {removed}",
+        "indexed": indexed,
+        "removed": removed,
+    }
