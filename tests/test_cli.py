@@ -123,16 +123,14 @@ def _sigint_as_from_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-async def test_logs_follow_prints_each_run_as_it_finishes(api: ApiProcess, settings: Settings) -> None:
-    await make_job(id="followed", schedule="0 0 1 1 *", payload={"seconds": 0.2, "summary": "tick"})
-    token = make_token(settings)
+async def follower_of(api: ApiProcess, settings: Settings, token: str, *args: str) -> asyncio.subprocess.Process:
     environment = env_for(settings)
     environment["JOBS_GATEWAY_TOKEN"] = token
     follower = await asyncio.create_subprocess_exec(
         CLI,
         "jobs",
         "logs",
-        "followed",
+        *args,
         "--follow",
         "--url",
         api.url,
@@ -143,23 +141,105 @@ async def test_logs_follow_prints_each_run_as_it_finishes(api: ApiProcess, setti
         # passes SIGINT down ignored, and Python then installs no Ctrl-C handler at all.
         preexec_fn=_sigint_as_from_a_terminal,
     )
-    assert follower.stderr is not None and follower.stdout is not None
-    try:
-        assert b"following followed" in await asyncio.wait_for(follower.stderr.readline(), 20)
-        lines = []
-        for n in range(2):
-            await asyncio.sleep(0.3)  # the subscription is set up just after the banner
-            done = await asyncio.to_thread(cli, settings, "jobs", "trigger", "followed", "--url", api.url, token=token)
-            assert done.returncode == 0, done.stderr
-            lines.append((await asyncio.wait_for(follower.stdout.readline(), 20)).decode())
-            assert "success" in lines[-1] and lines[-1].rstrip().endswith("tick"), (n, lines)
-        assert lines[0] != lines[1]
+    assert follower.stderr is not None
+    assert b"following " in await asyncio.wait_for(follower.stderr.readline(), 20)
+    await asyncio.sleep(0.3)  # the subscription is set up just after the banner
+    return follower
+
+
+async def read_until(follower: asyncio.subprocess.Process, ending: str) -> list[str]:
+    """The follower's lines up to and including the first one that ends with `ending`."""
+    assert follower.stdout is not None
+    lines: list[str] = []
+    while not (lines and lines[-1].endswith(ending)):
+        lines.append((await asyncio.wait_for(follower.stdout.readline(), 20)).decode().rstrip("\n"))
+    return lines
+
+
+async def stop(follower: asyncio.subprocess.Process) -> None:
+    if follower.returncode is None:
         follower.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(follower.wait(), 10) == 130
+
+
+async def test_logs_follow_prints_the_running_runs_lines_then_the_run_as_it_finishes(
+    api: ApiProcess, settings: Settings
+) -> None:
+    await make_job(id="followed", type="test_chatty", schedule="0 0 1 1 *", payload={"lines": 3, "pause": 0.2})
+    token = make_token(settings)
+    follower = await follower_of(api, settings, token, "followed")
+    try:
+        for n in range(2):
+            done = await asyncio.to_thread(cli, settings, "jobs", "trigger", "followed", "--url", api.url, token=token)
+            assert done.returncode == 0, done.stderr
+            lines = await read_until(follower, "logged 3 lines")
+            running, *logged, finished = lines
+            assert "running" in running, (n, lines)
+            run_id = running.split("#")[1].split()[0]
+            assert [line.split("info")[1].strip() for line in logged] == [
+                f'line {i} of 3  {{"i":{i}}}' for i in range(1, 4)
+            ], lines
+            assert all(line.startswith(f"  #{run_id} ") for line in logged)
+            assert f"#{run_id}" in finished and "success" in finished, lines
+        await stop(follower)
     finally:
         if follower.returncode is None:
             follower.kill()
             await follower.wait()
+
+
+async def test_logs_follow_with_a_limit_prints_only_runs_newer_than_those_listed(
+    api: ApiProcess, settings: Settings
+) -> None:
+    await make_job(id="older", schedule="0 0 1 1 *", payload={"seconds": 0, "summary": "tick"})
+    token = make_token(settings)
+    for _ in range(4):
+        assert cli(settings, "jobs", "trigger", "older", "--url", api.url, token=token).returncode == 0
+        deadline = time.monotonic() + 20
+        while (await _idle(api, token, "older")) is False:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    follower = await follower_of(api, settings, token, "older", "--limit", "2")
+    try:
+        first = [await read_until(follower, "tick") for _ in range(2)]  # the listing: runs #3 and #4
+        assert ["#3 " in first[0][0], "#4 " in first[1][0]] == [True, True], first
+        assert cli(settings, "jobs", "trigger", "older", "--url", api.url, token=token).returncode == 0
+        listed = await read_until(follower, "tick")
+        assert len(listed) == 1 or "running" in listed[0], listed  # the new run only: #5, never #1 or #2 again
+        assert "#5 " in listed[-1] and "success" in listed[-1], listed
+        await stop(follower)
+    finally:
+        if follower.returncode is None:
+            follower.kill()
+            await follower.wait()
+
+
+async def _idle(api: ApiProcess, token: str, job_id: str) -> bool:
+    async with api.client(headers={"Authorization": f"Bearer {token}"}) as client:
+        return (await client.get(f"/api/jobs/{job_id}")).json()["running"] is False
+
+
+async def test_runs_show_prints_the_run_with_what_it_said(api: ApiProcess, settings: Settings) -> None:
+    await make_job(id="shown", type="test_chatty", schedule="0 0 1 1 *", payload={"lines": 2, "fail": "kaput"})
+    token = make_token(settings)
+    assert cli(settings, "jobs", "trigger", "shown", "--url", api.url, token=token).returncode == 0
+    deadline = time.monotonic() + 20
+    while "error" not in (logs := cli(settings, "jobs", "logs", "shown", "--url", api.url, token=token)).stdout:
+        assert time.monotonic() < deadline, logs.stdout + logs.stderr
+        await asyncio.sleep(0.3)
+    run_id = logs.stdout.split("#")[1].split()[0]
+    shown = cli(settings, "runs", "show", run_id, "--url", api.url, token=token)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert f"#{run_id}" in out.splitlines()[0] and "error" in out.splitlines()[0]
+    assert "progress: 2 of 2  line 2" in out
+    assert "error:    RuntimeError" in out and "RuntimeError: kaput" in out and "in _explode" in out
+    assert "log:      2 lines" in out
+    assert f"  #{run_id} " in out and 'line 2 of 2  {"i":2}' in out
+    as_json = json.loads(cli(settings, "runs", "show", run_id, "--json", "--url", api.url, token=token).stdout)
+    assert [line["seq"] for line in as_json["log"]] == [1, 2] and as_json["errorType"] == "RuntimeError"
+    missing = cli(settings, "runs", "show", "987654", "--url", api.url, token=token)
+    assert (missing.returncode, missing.stderr.strip()) == (1, "jobs-gateway: 404 Run '987654' not found")
 
 
 @pytest.mark.parametrize("command", ["run", "uvicorn with --ws-per-message-deflate false"])

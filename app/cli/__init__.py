@@ -142,16 +142,24 @@ async def _jobs_trigger(api: cli_client.Api, args: argparse.Namespace) -> None:
 
 
 async def _jobs_logs(api: cli_client.Api, args: argparse.Namespace) -> None:
-    printed: set[int] = set()
+    seen = cli_client.Seen()
     for run in await cli_client.recent_runs(api, args.job_id, args.limit):
         print(cli_client.run_line(run), flush=True)
+        seen.newest = max(seen.newest, run["id"])
         if run["completedAt"]:
-            printed.add(run["id"])
+            seen.printed.add(run["id"])
     if args.follow:
         print(
-            f"following {args.job_id}: each run is printed as it finishes (Ctrl-C to stop)", file=sys.stderr, flush=True
+            f"following {args.job_id}: the running run's lines as they are written, each run as it finishes "
+            "(Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
         )
-        await cli_client.follow(api, args.job_id, printed, lambda line: print(line, flush=True))
+        await cli_client.follow(api, args.job_id, seen, lambda line: print(line, flush=True))
+
+
+async def _runs_show(api: cli_client.Api, args: argparse.Namespace) -> None:
+    print(await cli_client.show_run(api, args.run_id, as_json=args.json))
 
 
 def _add_jobs_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -172,8 +180,18 @@ def _add_jobs_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     logs = actions.add_parser("logs", parents=[common], help="a job's latest runs, oldest first")
     logs.add_argument("job_id", metavar="ID")
     logs.add_argument("--limit", type=int, default=20, help="how many past runs to print (default 20, max 100)")
-    logs.add_argument("--follow", "-f", action="store_true", help="then print each new run as it finishes")
+    logs.add_argument(
+        "--follow", "-f", action="store_true", help="then print the running run's lines, and each run as it finishes"
+    )
     logs.set_defaults(func=_drive, action=_jobs_logs)
+    runs = sub.add_parser("runs", help="look at one run on a running API")
+    run_actions = runs.add_subparsers(dest="action_name", required=True)
+    show = run_actions.add_parser(
+        "show", parents=[common], help="a run with its output, progress, traceback and log lines"
+    )
+    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("--json", action="store_true", help="print the API's JSON (the run, with `log`: its lines)")
+    show.set_defaults(func=_drive, action=_runs_show)
 
 
 def main(argv: list[str] | None = None) -> None:

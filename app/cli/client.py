@@ -31,6 +31,10 @@ HTTP_TIMEOUT_SECONDS = 10.0
 CLOSE_TIMEOUT_SECONDS = 1.0
 FOLLOW_PAGE = 100
 STATUS_QUERY = "subscription Follow($id: ID) { jobStatus(id: $id) { id running lastRun lastResult } }"
+RUN_LOG_QUERY = (
+    "subscription Tail($run: ID!, $after: Int) { runLog(runId: $run, after: $after) { at level message fields } }"
+)
+LOG_PAGE = 1000
 # graphql-transport-ws closes a refused or expired connection with 4403.
 FORBIDDEN_CLOSE = 4403
 
@@ -132,28 +136,55 @@ async def recent_runs(api: Api, job_id: str, limit: int) -> list[dict[str, Any]]
     return list(reversed(page["logs"]))
 
 
-async def follow(api: Api, job_id: str, printed: set[int], emit: Any) -> None:
-    """Print each run of the job as it finishes, until the job is deleted or the connection ends.
+def log_line(line: dict[str, Any], run_id: int) -> str:
+    """One log line of a run, as `jobs logs -f` and `runs show` print it."""
+    fields = f"  {json.dumps(line['fields'], separators=(',', ':'))}" if line.get("fields") else ""
+    return f"  #{run_id} {line['at']}  {line['level']:<7}  {line['message']}{fields}"
 
-    The subscription says when the job's state changes; the finished runs themselves come from the
-    REST logs, so nothing is missed when several changes are coalesced into one message."""
+
+@dataclass
+class Seen:
+    """What `jobs logs` printed before following: finished runs are printed once, and only runs newer than the
+    listing (or the ones it showed still running) are news."""
+
+    newest: int = 0
+    printed: set[int] = field(default_factory=set)
+    tailed: set[int] = field(default_factory=set)
+
+    def is_news(self, run: dict[str, Any]) -> bool:
+        return (
+            bool(run["completedAt"])
+            and run["id"] not in self.printed
+            and (run["id"] > self.newest or run["id"] in self.tailed)
+        )
+
+
+async def follow(api: Api, job_id: str, seen: Seen, emit: Any) -> None:
+    """Print the lines of the job's running run as they are written, and each run as it finishes, until the job is
+    deleted or the connection ends.
+
+    The `jobStatus` subscription says when the job's state changes; the runs themselves come from the REST logs,
+    so nothing is missed when several changes are coalesced into one message. A run in progress is tailed on
+    the same socket with `runLog` from its first line."""
     try:
         # Ctrl-C closes the socket on the way out: wait a second at most for the server's side of the close.
         async with connect(
             api.websocket_url(), subprotocols=[Subprotocol("graphql-transport-ws")], close_timeout=CLOSE_TIMEOUT_SECONDS
         ) as ws:
-            await _subscribe(ws, api.token, job_id)
+            await _subscribe(ws, api.token, STATUS_QUERY, {"id": job_id})
             while True:
                 message = json.loads(await ws.recv())
-                if message["type"] == "complete":
-                    return  # the job was deleted
+                operation = str(message.get("id", ""))
                 if message["type"] == "error" or message.get("payload", {}).get("errors"):
                     raise CliError(f"subscription refused: {message.get('payload')}")
+                if operation.startswith("run-"):
+                    if message["type"] == "next":
+                        emit(log_line(message["payload"]["data"]["runLog"], int(operation[4:])))
+                    continue
+                if message["type"] == "complete":
+                    return  # the job was deleted
                 if message["type"] == "next":
-                    for run in await recent_runs(api, job_id, FOLLOW_PAGE):
-                        if run["completedAt"] and run["id"] not in printed:
-                            printed.add(run["id"])
-                            emit(run_line(run))
+                    await _runs_changed(api, ws, job_id, seen, emit)
     except ConnectionClosed as exc:
         code = exc.rcvd.code if exc.rcvd is not None else None
         if code == FORBIDDEN_CLOSE:
@@ -163,10 +194,52 @@ async def follow(api: Api, job_id: str, printed: set[int], emit: Any) -> None:
         raise CliError(f"cannot reach {api.websocket_url()}: {exc}") from exc
 
 
-async def _subscribe(ws: ClientConnection, token: str, job_id: str) -> None:
+async def _runs_changed(api: Api, ws: ClientConnection, job_id: str, seen: Seen, emit: Any) -> None:
+    for run in await recent_runs(api, job_id, FOLLOW_PAGE):
+        if run["completedAt"] is None and run["id"] not in seen.tailed:
+            seen.tailed.add(run["id"])
+            emit(run_line(run))
+            payload = {"query": RUN_LOG_QUERY, "variables": {"run": run["id"], "after": 0}}
+            await ws.send(json.dumps({"id": f"run-{run['id']}", "type": "subscribe", "payload": payload}))
+        elif seen.is_news(run):
+            seen.printed.add(run["id"])
+            emit(run_line(run))
+
+
+async def show_run(api: Api, run_id: str, *, as_json: bool) -> str:
+    """One run: its log entry, what it said (output, progress, traceback) and every log line it kept."""
+    path = f"/api/runs/{quote(run_id, safe='')}"
+    run = await api.call("GET", path)
+    lines: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = await api.call("GET", f"{path}/log", after=after, limit=LOG_PAGE)
+        lines += page["lines"]
+        after = page["after"]
+        if not page["more"]:
+            break
+    if as_json:
+        return json.dumps({**run, "log": lines}, indent=2)
+    out = [run_line(run), f"  payload:  {json.dumps(run['payload'])}"]
+    if run["progress"] is not None:
+        p = run["progress"]
+        total = "?" if p["total"] is None else f"{p['total']:g}"
+        out.append(f"  progress: {p['done']:g} of {total}{'  ' + p['note'] if p['note'] else ''}  (at {p['at']})")
+    if run["output"] is not None:
+        out.append("  output:   " + json.dumps(run["output"], indent=2).replace("\n", "\n            "))
+    if run["errorType"] is not None:
+        out.append(f"  error:    {run['errorType']}")
+    if run["traceback"]:
+        out.append("  " + run["traceback"].rstrip().replace("\n", "\n  "))
+    out.append(f"  log:      {len(lines)} lines" if lines else "  log:      no lines")
+    out += [log_line(line, run["id"]) for line in lines]
+    return "\n".join(out)
+
+
+async def _subscribe(ws: ClientConnection, token: str, query: str, variables: dict[str, Any]) -> None:
     await ws.send(json.dumps({"type": "connection_init", "payload": {"token": token}}))
     ack = json.loads(await asyncio.wait_for(ws.recv(), HTTP_TIMEOUT_SECONDS))
     if ack.get("type") != "connection_ack":
         raise CliError(f"subscription refused: {ack}")
-    payload = {"query": STATUS_QUERY, "variables": {"id": job_id}}
+    payload = {"query": query, "variables": variables}
     await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
