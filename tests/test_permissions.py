@@ -13,9 +13,11 @@ from graphql import build_schema
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from app.data.runs import Run
 from app.main import schema
 from app.platform import permissions
 from app.platform.config import Settings
+from app.platform.timefmt import utcnow
 from tests.conftest import make_token
 from tests.support.subscriptions import served
 
@@ -34,6 +36,8 @@ REST: dict[str, tuple[str, str, object]] = {
     "job": ("GET", "/api/jobs/nope", None),
     "jobLogs": ("GET", "/api/jobs/nope/logs", None),
     "allJobLogs": ("GET", "/api/jobs/logs/all", None),
+    "run": ("GET", "/api/runs/1", None),
+    "runLog": ("GET", "/api/runs/1/log", None),
     "skippedFires": ("GET", "/api/jobs/nope/fires/skipped", None),
     "nextFires": ("GET", "/api/jobs/nope/fires/next", None),
     "schedulePreview": ("POST", "/api/schedules/preview", {"schedule": "@daily", "count": 1}),
@@ -52,6 +56,7 @@ GRAPHQL: dict[str, str] = {
     "job": '{ job(id: "nope") { id } }',
     "jobLogs": '{ jobLogs(jobId: "metadata-sync") { __typename } }',
     "allJobLogs": "{ allJobLogs { __typename } }",
+    "run": '{ run(id: "1") { id } }',
     "schedulePreview": '{ schedulePreview(schedule: "@daily", count: 1) { __typename } }',
     "activity": "{ activity { __typename } }",
     "jobTypes": "{ jobTypes { name } }",
@@ -68,6 +73,7 @@ SUBSCRIPTIONS: dict[str, str] = {
     "jobStatus": 'subscription { jobStatus(id: "metadata-sync") { id } }',
     "jobDeleted": "subscription { jobDeleted }",
     "activityAdded": "subscription { activityAdded { id } }",
+    "runLog": 'subscription { runLog(runId: "1") { seq } }',  # run 1 is open and quiet: made by the test
 }
 
 
@@ -150,6 +156,7 @@ async def test_a_job_a_mutation_answers_shows_its_runs_only_to_a_reader(
 @pytest.mark.slow
 async def test_subscriptions_enforce_the_one_table(settings: Settings) -> None:
     async with served(settings) as (_, url):
+        await Run.create(id=1, job_id="metadata-sync", token="t", triggered_by="user:1", started_at=utcnow())
         for token, granted in TOKENS.items():
             for operation, document in SUBSCRIPTIONS.items():
                 outcome = await _subscribe(url, make_token(settings, permissions=granted), document)

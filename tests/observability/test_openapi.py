@@ -27,6 +27,8 @@ EXPECTED_ERRORS = {
     ("get", "/api/job-types"): set(),
     ("get", "/api/jobs/{jobId}/fires/next"): {400, 404},
     ("post", "/api/schedules/preview"): {400, 413},
+    ("get", "/api/runs/{runId}"): {400, 404},
+    ("get", "/api/runs/{runId}/log"): {400, 404},
 }
 
 

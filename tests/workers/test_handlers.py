@@ -40,8 +40,12 @@ def context(rt: Runtime, **settings: object) -> RunContext:
 
 
 async def run(type_name: str, ctx: RunContext) -> str:
-    """The run's details: the handler's string, or its output's summary."""
-    result = await registry.get(type_name).handler(ctx)
+    """The run's details: the handler's string, or its output's summary. Its log is closed after it, as the runner
+    does: its last lines are written while the test's database is still there."""
+    try:
+        result = await registry.get(type_name).handler(ctx)
+    finally:
+        await ctx.log.close()
     return result["summary"] if isinstance(result, dict) else result
 
 
@@ -62,7 +66,9 @@ async def test_cleanup_job_logs_prunes_completed_runs_and_skipped_fires_past_ret
     await Run.create(job_id="a", token="t3", triggered_by="scheduler", started_at=old)  # still open: kept
     for at in (old, old + timedelta(minutes=1), recent):
         await SkippedFire.create(job_id="a", fire_at=at, last_fire_at=at, reason="overlap", recorded_at=at)
-    output = await registry.get("cleanup_job_logs").handler(context(orm, run_retention_days=30))
+    ctx = context(orm, run_retention_days=30)
+    output = await registry.get("cleanup_job_logs").handler(ctx)
+    await ctx.log.close()
     assert output == {
         "summary": "Deleted 1 run logs and 2 skipped-fire records older than 30 days",
         "runsDeleted": 1,

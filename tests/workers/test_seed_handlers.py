@@ -46,7 +46,11 @@ def context(rt: Runtime, payload: dict[str, Any] | None = None, type_name: str =
 
 async def run(type_name: str, rt: Runtime, payload: dict[str, Any] | None = None, **settings: object) -> str:
     """The run's details: the handler's string, or its output's summary."""
-    result = await registry.get(type_name).handler(context(rt, payload, type_name, **settings))
+    ctx = context(rt, payload, type_name, **settings)
+    try:
+        result = await registry.get(type_name).handler(ctx)
+    finally:
+        await ctx.log.close()  # as the runner does: its last lines are written while the database is there
     return result["summary"] if isinstance(result, dict) else result
 
 
