@@ -44,6 +44,9 @@ LEVELS: dict[str, int] = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+PROCESS_LEVELS = {**LEVELS, "none": logging.CRITICAL + 1}
+# A progress report: done, total, note, when.
+Progress = tuple[float, float | None, str | None, datetime]
 # Rows per INSERT: 6 parameters each stays far below SQLite's and PostgreSQL's parameter limits.
 INSERT_BATCH = 500
 # A flush that failed (the database out for a moment) keeps its lines and is tried again this much later.
@@ -82,10 +85,19 @@ class Line:
         )
 
 
-def _jsonable(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields as JSON can hold them: a value JSON cannot say is kept as its str()."""
-    loaded: dict[str, Any] = json.loads(json.dumps(dict(fields), default=str))
-    return loaded
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """A line waiting to be written: its fields already as the JSON text stored and published."""
+
+    seq: int
+    at: datetime
+    level: str
+    message: str
+    fields_json: str | None
+
+    def wire_json(self) -> str:
+        head = f'{{"seq":{self.seq},"at":"{iso_ms(self.at)}","level":"{self.level}"'
+        return f'{head},"message":{json.dumps(self.message)},"fields":{self.fields_json or "null"}}}'
 
 
 def _number(name: str, value: object) -> float | int:
@@ -107,10 +119,11 @@ class RunLog:
         self._max_bytes = settings.run_log_max_bytes
         self._flush_after = settings.run_log_flush_seconds
         self._process_log = process_log or logging.getLogger(f"jobs.{job_id}")
+        self._process_level = PROCESS_LEVELS[settings.run_log_process_level]
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._pending: list[Line] = []
-        self._progress: dict[str, Any] | None = None  # the last report, until it is written
+        self._pending: list[_Kept] = []
+        self._progress: Progress | None = None  # the last report, until it is written
         self._seq = 0
         self._kept_bytes = 0
         self._dropped_lines = 0
@@ -136,15 +149,19 @@ class RunLog:
         self.log("error", message, *args, exc_info=True, **fields)
 
     def log(self, level: str, message: str, *args: object, exc_info: bool = False, **fields: Any) -> None:
-        """One line at `level` (debug, info, warning, error): `message % args`, with `fields` (JSON values) beside
-        it. The process log gets it too, as before run logs were kept."""
-        if level not in LEVELS:
+        """One line at `level` (debug, info, warning, error): `message % args`, with `fields` (JSON values; one JSON
+        cannot say is kept as its str()) beside it. Lines at RUN_LOG_PROCESS_LEVEL or above go to the process log
+        too."""
+        number = LEVELS.get(level)
+        if number is None:
             raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
         text = str(message) % args if args else str(message)
         if exc_info:
             text = f"{text}\n{traceback.format_exc().rstrip()}"
-        self._process_log.log(LEVELS[level], "%s", text, extra={"run_fields": fields} if fields else None)
-        line = (self._rt.now(), level, text, _jsonable(fields) if fields else None)
+        if number >= self._process_level:
+            self._process_log.log(number, "%s", text, extra={"run_fields": fields} if fields else None)
+        fields_json = json.dumps(fields, default=str, separators=(",", ":")) if fields else None
+        line = (self._rt.now(), level, text, fields_json)
         if threading.get_ident() == self._loop_thread:
             self._keep(*line)
         else:
@@ -153,12 +170,12 @@ class RunLog:
     def progress(self, done: float, total: float | None = None, note: str | None = None) -> None:
         """How far the run is: `done` of `total` (None: unknown), with an optional note. Only the latest report
         is kept: reports between two flushes cost nothing more than one."""
-        report = {
-            "done": _number("done", done),
-            "total": None if total is None else _number("total", total),
-            "note": None if note is None else str(note)[:500],
-            "at": iso_ms(self._rt.now()),
-        }
+        report = (
+            _number("done", done),
+            None if total is None else _number("total", total),
+            None if note is None else str(note)[:500],
+            self._rt.now(),
+        )
         if threading.get_ident() == self._loop_thread:
             self._report(report)
         else:
@@ -169,23 +186,22 @@ class RunLog:
         """(lines, bytes) dropped past the bounds so far."""
         return self._dropped_lines, self._dropped_bytes
 
-    def _keep(self, at: datetime, level: str, text: str, fields: dict[str, Any] | None) -> None:
+    def _keep(self, at: datetime, level: str, text: str, fields_json: str | None) -> None:
         if self._closed:
             return  # a thread the handler left behind, still logging after its run ended
-        size = len(text.encode()) + (len(json.dumps(fields)) if fields else 0)
+        size = len(text.encode()) + (len(fields_json) if fields_json else 0)
         if self._dropped_lines or self._seq >= self._max_lines or self._kept_bytes + size > self._max_bytes:
             # Once one line is dropped, every later one is: the log kept is the run's beginning, without holes.
             self._dropped_lines += 1
             self._dropped_bytes += size
-            metrics.RUN_LOG_LINES.labels("dropped").inc()
             return
         self._seq += 1
         self._kept_bytes += size
-        self._pending.append(Line(self._seq, at, level, text, fields))
-        metrics.RUN_LOG_LINES.labels("kept").inc()
-        self._schedule()
+        self._pending.append(_Kept(self._seq, at, level, text, fields_json))
+        if self._flusher is None:
+            self._schedule()
 
-    def _report(self, report: dict[str, Any]) -> None:
+    def _report(self, report: Progress) -> None:
         if self._closed:
             return
         self._progress = report
@@ -207,6 +223,7 @@ class RunLog:
         if not lines and progress is None:
             return True
         self._pending, self._progress = [], None
+        metrics.RUN_LOG_LINES.labels("kept").inc(len(lines))
         try:
             await _writes().submit(_Batch(self.run_id, lines, progress))
         except Exception:
@@ -234,8 +251,9 @@ class RunLog:
                 f"keeps its first {self._max_lines} lines and {self._max_bytes} bytes (RUN_LOG_MAX_LINES, "
                 "RUN_LOG_MAX_BYTES)"
             )
-            fields = {"droppedLines": self._dropped_lines, "droppedBytes": self._dropped_bytes}
-            self._pending.append(Line(self._seq, self._rt.now(), "warning", text, fields))
+            fields = json.dumps({"droppedLines": self._dropped_lines, "droppedBytes": self._dropped_bytes})
+            self._pending.append(_Kept(self._seq, self._rt.now(), "warning", text, fields))
+            metrics.RUN_LOG_LINES.labels("dropped").inc(self._dropped_lines)
         self._closed = True
         for attempt in range(1, CLOSE_ATTEMPTS + 1):
             if await self._flush():
@@ -248,8 +266,8 @@ class RunLog:
 @dataclass(frozen=True, slots=True)
 class _Batch:
     run_id: int
-    lines: list[Line]
-    progress: dict[str, Any] | None
+    lines: list[_Kept]
+    progress: Progress | None
 
 
 async def _write_many(batches: list[_Batch]) -> list[None]:
@@ -266,8 +284,7 @@ async def _write_many(batches: list[_Batch]) -> list[None]:
             for run_id, line in chunk:
                 first = len(values) + 1
                 marks.append("(" + ", ".join(f"${first + i}" if postgres else "?" for i in range(6)) + ")")
-                extra = None if line.fields is None else json.dumps(line.fields, separators=(",", ":"))
-                values += [run_id, line.seq, line.at, line.level, line.message, extra]
+                values += [run_id, line.seq, line.at, line.level, line.message, line.fields_json]
             await tx.execute_query(
                 "INSERT INTO run_log (run_id, seq, at, level, message, extra) "
                 f"VALUES {', '.join(marks)} ON CONFLICT DO NOTHING",
@@ -280,7 +297,7 @@ async def _write_many(batches: list[_Batch]) -> list[None]:
         )
         for b in batches:
             if b.progress is not None:
-                await tx.execute_query(sql, [json.dumps(b.progress, separators=(",", ":")), b.run_id])
+                await tx.execute_query(sql, [json.dumps(progress_wire(b.progress), separators=(",", ":")), b.run_id])
     metrics.RUN_LOG_WRITES.inc()
     return [None] * len(batches)
 
@@ -288,24 +305,26 @@ async def _write_many(batches: list[_Batch]) -> list[None]:
 _writes = per_loop(lambda: GroupCommit(_write_many, "run-log"))
 
 
-async def _publish(rt: Runtime, job_id: str, run_id: int, lines: list[Line], progress: dict[str, Any] | None) -> None:
+def progress_wire(progress: Progress) -> dict[str, Any]:
+    done, total, note, at = progress
+    return {"done": done, "total": total, "note": note, "at": iso_ms(at)}
+
+
+async def _publish(rt: Runtime, job_id: str, run_id: int, lines: list[_Kept], progress: Progress | None) -> None:
     """Best effort, like every event: a follower that misses a message reads the lines from the database."""
     try:
         async with rt.redis.pipeline(transaction=False) as pipe:
             if lines:
-                pipe.publish(LOG_CHANNEL, log_message(run_id, lines=[line.wire() for line in lines]))
+                wire = ",".join(line.wire_json() for line in lines)
+                pipe.publish(LOG_CHANNEL, f'{{"runId":{run_id},"lines":[{wire}]}}')
             if progress is not None:
-                events.add_to(pipe, [(events.RUN_PROGRESS, job_id, {"runId": run_id, "progress": progress})])
+                report = progress_wire(progress)
+                events.add_to(pipe, [(events.RUN_PROGRESS, job_id, {"runId": run_id, "progress": report})])
             await pipe.execute()
     except RedisError:
         log.warning("could not publish the log of run %s", run_id, exc_info=True)
 
 
-def log_message(run_id: int, *, lines: list[dict[str, Any]] | None = None, end: bool = False) -> str:
-    """A message on LOG_CHANNEL: a run's new lines, or that it ended (its log is complete in the database)."""
-    body: dict[str, Any] = {"runId": run_id}
-    if lines is not None:
-        body["lines"] = lines
-    if end:
-        body["end"] = True
-    return json.dumps(body, separators=(",", ":"))
+def end_message(run_id: int) -> str:
+    """The message on LOG_CHANNEL saying that a run ended: its log is complete in the database."""
+    return f'{{"runId":{run_id},"end":true}}'

@@ -254,9 +254,7 @@ async def _complete_many(batch: list[_Completion]) -> list[bool]:
     if unretried:
         await _count_failures(unretried)
     # A run's log followers learn here that its log is complete (app.engine.runlog: closed before the run).
-    ends = [
-        (runlog.LOG_CHANNEL, runlog.log_message(c.run.id, end=True)) for c, ok in zip(batch, closed, strict=True) if ok
-    ]
+    ends = [(runlog.LOG_CHANNEL, runlog.end_message(c.run.id)) for c, ok in zip(batch, closed, strict=True) if ok]
     await events.publish_all(rt.redis, _finished_events(batch, closed, finished), also=ends)
     await _paused(rt, [c for c in batch if c.paused])
     return closed

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     run_log_max_lines: int = Field(default=1000, ge=1, le=100_000)
     run_log_max_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
     run_log_flush_seconds: float = Field(default=0.05, gt=0, le=10)
+    # Lines at this level or above also go to the process log; below it they are kept with the run only, where an
+    # admin reads them (bench/NOTES.md says what a line costs either way).
+    run_log_process_level: Literal["debug", "info", "warning", "error", "none"] = "warning"
     # The largest JSON object a handler may return as its run's output (a larger one fails the run, saying so).
     run_output_max_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # `http_request` may only call these: "https://api.example.com", "http://127.0.0.1:8080" or a bare

@@ -4,6 +4,7 @@ over REST and GraphQL, through the real embedded arq worker."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -67,7 +68,7 @@ async def test_ten_thousand_lines_keep_the_first_thousand_and_say_what_was_dropp
     assert [r.message for r in rows[:1000]] == [f"line {i} of 10000" for i in range(1, 1001)]
     mark = rows[-1]
     dropped = range(1001, 10_001)
-    dropped_bytes = sum(len(f"line {i} of 10000") + len(json.dumps({"i": i})) for i in dropped)
+    dropped_bytes = sum(len(f"line {i} of 10000") + len(json.dumps({"i": i}, separators=(",", ":"))) for i in dropped)
     assert mark.level == "warning"
     assert mark.extra == {"droppedLines": 9000, "droppedBytes": dropped_bytes}
     assert mark.message.startswith("log truncated: 9000 more lines")
@@ -80,7 +81,7 @@ async def test_the_byte_bound_holds_too(settings_factory: Callable[..., Settings
     async with running_app(settings) as (_, client):
         run = await run_once(client, auth, "wordy", {"lines": 200, "progress": False})
         rows = await RunLogLine.filter(run_id=run["id"]).order_by("seq")
-    sizes = [len(f"line {i} of 200") + len(json.dumps({"i": i})) for i in range(1, 201)]
+    sizes = [len(f"line {i} of 200") + len(json.dumps({"i": i}, separators=(",", ":"))) for i in range(1, 201)]
     kept = len(rows) - 1
     assert [r.message for r in rows[:kept]] == [f"line {i} of 200" for i in range(1, kept + 1)]
     # As many lines as fit in the bytes, not one more.
@@ -226,3 +227,18 @@ async def test_lines_logged_from_a_thread_are_kept_in_order(client: httpx.AsyncC
     [entry] = await wait_for_logs(client, "threads", auth)
     page = (await client.get(f"/api/runs/{entry['id']}/log", headers=auth)).json()
     assert [line["message"] for line in page["lines"]] == [f"from a thread {i}" for i in range(50)] + ["back"]
+
+
+@pytest.mark.parametrize(("level", "expected"), [(None, ["careful"]), ("info", ["line 1 of 1", "careful"])])
+async def test_lines_at_the_process_level_or_above_reach_the_process_log_too(
+    settings_factory: Callable[..., Settings], caplog: pytest.LogCaptureFixture, level: str | None, expected: list[str]
+) -> None:
+    settings = settings_factory() if level is None else settings_factory(run_log_process_level=level)
+    auth = {"Authorization": f"Bearer {make_token(settings)}"}
+    caplog.set_level(logging.DEBUG, logger="jobs.noisy")
+    async with running_app(settings) as (_, client):
+        run = await run_once(client, auth, "noisy", {"lines": 1, "warning": "careful"})
+        kept = await RunLogLine.filter(run_id=run["id"]).order_by("seq").values_list("level", "message", "extra")
+    # The run keeps every line, whatever reaches the process log (WARNING and above by default).
+    assert kept == [("info", "line 1 of 1", {"i": 1}), ("warning", "careful", {"attempt": 1})]
+    assert [r.getMessage() for r in caplog.records if r.name == "jobs.noisy"] == expected

@@ -100,6 +100,7 @@ class ChattyPayload(Payload):
     progress: bool = True  # report progress (i of lines) with every line
     output: dict[str, object] | None = None  # returned as the run's output
     fail: str | None = None  # raise RuntimeError(fail) at the end, from a helper function
+    warning: str | None = None  # logged at warning level after the lines
 
 
 def _explode(message: str) -> None:
@@ -117,6 +118,8 @@ async def chatty_handler(ctx: RunContext) -> str | dict[str, object]:
             ctx.progress(i, payload.lines, note=f"line {i}")
         if payload.pause:
             await asyncio.sleep(payload.pause)
+    if payload.warning is not None:
+        ctx.log.warning(payload.warning, attempt=ctx.attempt)
     if payload.fail is not None:
         _explode(payload.fail)
     if payload.output is not None:
