@@ -43,7 +43,7 @@ async def run_once(client: httpx.AsyncClient, job_id: str) -> float:
             run = logs[0]
             assert run["result"] == "success", run
             # The job is free again once its lease is released, a moment after the record is closed.
-            while (await client.get(f"/api/jobs/{job_id}")).json()["running"]:
+            while (await client.get(f"/api/jobs/{job_id}")).json()["running"]:  # noqa: ASYNC110 - polling the API
                 await asyncio.sleep(0.01)
             return float(run["duration"])
         await asyncio.sleep(0.02)
