@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ PROCESS_LEVELS = {**LEVELS, "none": logging.CRITICAL + 1}
 Progress = tuple[float, float | None, str | None, datetime]
 # Rows per INSERT: 6 parameters each stays far below SQLite's and PostgreSQL's parameter limits.
 INSERT_BATCH = 500
+# A run's `run.progress` events are at most this often (status subscribers get a frame each).
+PROGRESS_EVENT_SECONDS = 0.5
 # A flush that failed (the database out for a moment) keeps its lines and is tried again this much later.
 RETRY_SECONDS = 1.0
 CLOSE_ATTEMPTS = 3
@@ -124,6 +127,8 @@ class RunLog:
         self._loop_thread = threading.get_ident()
         self._pending: list[_Kept] = []
         self._progress: Progress | None = None  # the last report, until it is written
+        self._unannounced: Progress | None = None  # written, its `run.progress` event not sent yet
+        self._announced_at = -PROGRESS_EVENT_SECONDS
         self._seq = 0
         self._kept_bytes = 0
         self._dropped_lines = 0
@@ -221,6 +226,7 @@ class RunLog:
         """Write and publish what is pending; False (and everything kept for the next try) when it cannot."""
         lines, progress = self._pending, self._progress
         if not lines and progress is None:
+            await self._announce(None)
             return True
         self._pending, self._progress = [], None
         metrics.RUN_LOG_LINES.labels("kept").inc(len(lines))
@@ -232,8 +238,28 @@ class RunLog:
             if self._progress is None:
                 self._progress = progress
             return False
-        await _publish(self._rt, self.job_id, self.run_id, lines, progress)
+        await _publish(self._rt, self.run_id, lines)
+        await self._announce(progress)
         return True
+
+    async def _announce(self, progress: Progress | None) -> None:
+        """The `run.progress` event of the latest report, at most once per PROGRESS_EVENT_SECONDS: every status
+        subscriber of the job gets a frame per event. A report held back goes with a later flush. A closed run
+        announces nothing (its `run.finished` event follows)."""
+        report = progress or self._unannounced
+        if report is None or self._closed:
+            self._unannounced = None
+            return
+        wait = self._announced_at + PROGRESS_EVENT_SECONDS - time.monotonic()
+        if wait > 0:
+            self._unannounced = report
+            self._schedule(wait)
+            return
+        self._unannounced = None
+        self._announced_at = time.monotonic()
+        await events.publish(
+            self._rt.redis, events.RUN_PROGRESS, self.job_id, runId=self.run_id, progress=progress_wire(report)
+        )
 
     async def close(self) -> None:
         """The last flush, with the line saying what was dropped: called once the handler has ended, before the
@@ -310,17 +336,13 @@ def progress_wire(progress: Progress) -> dict[str, Any]:
     return {"done": done, "total": total, "note": note, "at": iso_ms(at)}
 
 
-async def _publish(rt: Runtime, job_id: str, run_id: int, lines: list[_Kept], progress: Progress | None) -> None:
+async def _publish(rt: Runtime, run_id: int, lines: list[_Kept]) -> None:
     """Best effort, like every event: a follower that misses a message reads the lines from the database."""
+    if not lines:
+        return
+    wire = ",".join(line.wire_json() for line in lines)
     try:
-        async with rt.redis.pipeline(transaction=False) as pipe:
-            if lines:
-                wire = ",".join(line.wire_json() for line in lines)
-                pipe.publish(LOG_CHANNEL, f'{{"runId":{run_id},"lines":[{wire}]}}')
-            if progress is not None:
-                report = progress_wire(progress)
-                events.add_to(pipe, [(events.RUN_PROGRESS, job_id, {"runId": run_id, "progress": report})])
-            await pipe.execute()
+        await rt.redis.publish(LOG_CHANNEL, f'{{"runId":{run_id},"lines":[{wire}]}}')
     except RedisError:
         log.warning("could not publish the log of run %s", run_id, exc_info=True)
 
