@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from pydantic import Field
 
@@ -20,7 +21,7 @@ class CleanupExpiredListingsPayload(Payload):
     "Removes listings created more than `days_old` days ago",
     CleanupExpiredListingsPayload,
 )
-async def cleanup_expired_listings(ctx: RunContext) -> str:
+async def cleanup_expired_listings(ctx: RunContext) -> dict[str, Any]:
     days = ctx.payload.days_old
     deleted = await Listing.filter(created_at__lt=utcnow() - timedelta(days=days)).delete()
-    return f"Deleted {deleted} listings older than {days} days"
+    return {"summary": f"Deleted {deleted} listings older than {days} days", "deleted": deleted, "daysOld": days}

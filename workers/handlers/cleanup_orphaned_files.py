@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from app.data.app_tables import StoredFile
 from app.job_types.registry import RunContext, job_type
@@ -23,13 +24,18 @@ def _orphans(root: Path, referenced: set[str], min_age: float) -> list[Path]:
 
 
 @job_type("cleanup_orphaned_files", "Removes files under FILES_DIR that no stored file record references")
-async def cleanup_orphaned_files(ctx: RunContext) -> str:
+async def cleanup_orphaned_files(ctx: RunContext) -> dict[str, Any]:
     root = ctx.settings.files_dir.resolve()
     referenced = {str(p) for p in await StoredFile.all().values_list("path", flat=True)}
     orphans = await asyncio.to_thread(_orphans, root, referenced, ctx.settings.orphan_min_age_seconds)
+    ctx.log.info("found %d orphaned files under %s", len(orphans), root, referenced=len(referenced))
     # File system work stays off the event loop: a long scan must not starve the lease heartbeat.
     freed = await asyncio.to_thread(_delete, orphans)
-    return f"Deleted {len(orphans)} orphaned files ({freed} bytes)"
+    return {
+        "summary": f"Deleted {len(orphans)} orphaned files ({freed} bytes)",
+        "filesDeleted": len(orphans),
+        "bytesFreed": freed,
+    }
 
 
 def _delete(paths: list[Path]) -> int:
