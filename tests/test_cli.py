@@ -188,6 +188,40 @@ async def test_logs_follow_prints_the_running_runs_lines_then_the_run_as_it_fini
             await follower.wait()
 
 
+async def test_logs_follow_started_mid_run_tails_that_run_and_prints_its_end_once(
+    api: ApiProcess, settings: Settings
+) -> None:
+    await make_job(id="midway", type="test_chatty", schedule="0 0 1 1 *", payload={"lines": 8, "pause": 0.25})
+    token = make_token(settings)
+    assert cli(settings, "jobs", "trigger", "midway", "--url", api.url, token=token).returncode == 0
+    async with api.client(headers={"Authorization": f"Bearer {token}"}) as client:
+
+        async def lines_written() -> int:
+            logs = (await client.get("/api/jobs/midway/logs")).json()["logs"]
+            return len((await client.get(f"/api/runs/{logs[0]['id']}/log")).json()["lines"]) if logs else 0
+
+        deadline = time.monotonic() + 20
+        while await lines_written() < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    follower = await follower_of(api, settings, token, "midway")
+    try:
+        lines = await read_until(follower, "logged 8 lines")
+        listed, *logged, finished = lines
+        assert "running" in listed, lines  # the listing shows it running, once
+        run_id = listed.split("#")[1].split()[0]
+        # Every line from the first, those written before the follower came included, each once.
+        assert [line.split("info")[1].strip().split("  ")[0] for line in logged] == [
+            f"line {i} of 8" for i in range(1, 9)
+        ], lines
+        assert f"#{run_id}" in finished and "success" in finished, lines
+        await stop(follower)
+    finally:
+        if follower.returncode is None:
+            follower.kill()
+            await follower.wait()
+
+
 async def test_logs_follow_with_a_limit_prints_only_runs_newer_than_those_listed(
     api: ApiProcess, settings: Settings
 ) -> None:

@@ -145,9 +145,7 @@ async def _jobs_logs(api: cli_client.Api, args: argparse.Namespace) -> None:
     seen = cli_client.Seen()
     for run in await cli_client.recent_runs(api, args.job_id, args.limit):
         print(cli_client.run_line(run), flush=True)
-        seen.newest = max(seen.newest, run["id"])
-        if run["completedAt"]:
-            seen.printed.add(run["id"])
+        seen.listing(run)
     if args.follow:
         print(
             f"following {args.job_id}: the running run's lines as they are written, each run as it finishes "

@@ -144,18 +144,26 @@ def log_line(line: dict[str, Any], run_id: int) -> str:
 
 @dataclass
 class Seen:
-    """What `jobs logs` printed before following: finished runs are printed once, and only runs newer than the
-    listing (or the ones it showed still running) are news."""
+    """What `jobs logs` printed: each finished run once, and only runs newer than the listing, or the ones it
+    showed still running (whose end is news)."""
 
     newest: int = 0
-    printed: set[int] = field(default_factory=set)
-    tailed: set[int] = field(default_factory=set)
+    listed: set[int] = field(default_factory=set)
+    printed: set[int] = field(default_factory=set)  # finished runs printed
+    tailed: set[int] = field(default_factory=set)  # runs whose lines are followed
+    last_state: object = None  # the job's last `jobStatus` frame
+
+    def listing(self, run: dict[str, Any]) -> None:
+        self.newest = max(self.newest, run["id"])
+        self.listed.add(run["id"])
+        if run["completedAt"]:
+            self.printed.add(run["id"])
 
     def is_news(self, run: dict[str, Any]) -> bool:
         return (
             bool(run["completedAt"])
             and run["id"] not in self.printed
-            and (run["id"] > self.newest or run["id"] in self.tailed)
+            and (run["id"] > self.newest or run["id"] in self.listed or run["id"] in self.tailed)
         )
 
 
@@ -172,19 +180,8 @@ async def follow(api: Api, job_id: str, seen: Seen, emit: Any) -> None:
             api.websocket_url(), subprotocols=[Subprotocol("graphql-transport-ws")], close_timeout=CLOSE_TIMEOUT_SECONDS
         ) as ws:
             await _subscribe(ws, api.token, STATUS_QUERY, {"id": job_id})
-            while True:
-                message = json.loads(await ws.recv())
-                operation = str(message.get("id", ""))
-                if message["type"] == "error" or message.get("payload", {}).get("errors"):
-                    raise CliError(f"subscription refused: {message.get('payload')}")
-                if operation.startswith("run-"):
-                    if message["type"] == "next":
-                        emit(log_line(message["payload"]["data"]["runLog"], int(operation[4:])))
-                    continue
-                if message["type"] == "complete":
-                    return  # the job was deleted
-                if message["type"] == "next":
-                    await _runs_changed(api, ws, job_id, seen, emit)
+            while await _on_message(api, ws, job_id, seen, emit, json.loads(await ws.recv())):
+                pass
     except ConnectionClosed as exc:
         code = exc.rcvd.code if exc.rcvd is not None else None
         if code == FORBIDDEN_CLOSE:
@@ -194,11 +191,34 @@ async def follow(api: Api, job_id: str, seen: Seen, emit: Any) -> None:
         raise CliError(f"cannot reach {api.websocket_url()}: {exc}") from exc
 
 
+async def _on_message(
+    api: Api, ws: ClientConnection, job_id: str, seen: Seen, emit: Any, message: dict[str, Any]
+) -> bool:
+    """Act on one message of the socket; False once the job's subscription has ended (the job was deleted)."""
+    operation = str(message.get("id", ""))
+    if message["type"] == "error" or message.get("payload", {}).get("errors"):
+        raise CliError(f"subscription refused: {message.get('payload')}")
+    if operation.startswith("run-"):
+        if message["type"] == "next":
+            emit(log_line(message["payload"]["data"]["runLog"], int(operation[4:])))
+        return True
+    if message["type"] == "complete":
+        return False
+    if message["type"] == "next":
+        # A frame that says nothing new of the runs (a progress report) needs no fetch of the logs.
+        state = message["payload"]["data"]["jobStatus"]
+        if state != seen.last_state:
+            seen.last_state = state
+            await _runs_changed(api, ws, job_id, seen, emit)
+    return True
+
+
 async def _runs_changed(api: Api, ws: ClientConnection, job_id: str, seen: Seen, emit: Any) -> None:
     for run in await recent_runs(api, job_id, FOLLOW_PAGE):
         if run["completedAt"] is None and run["id"] not in seen.tailed:
             seen.tailed.add(run["id"])
-            emit(run_line(run))
+            if run["id"] not in seen.listed:  # the listing printed it already
+                emit(run_line(run))
             payload = {"query": RUN_LOG_QUERY, "variables": {"run": run["id"], "after": 0}}
             await ws.send(json.dumps({"id": f"run-{run['id']}", "type": "subscribe", "payload": payload}))
         elif seen.is_news(run):

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.engine.runlog import json_text, storable
 from app.platform.config import Settings
 
 SUCCESS, ERROR = "success", "error"
 # `details` of a run that returned an object without a `summary`: its JSON, cut to this many characters.
 DETAILS_CHARS = 500
+# job_run.error_type's width.
+ERROR_TYPE_CHARS = 200
 # A traceback longer than this keeps its beginning and its end (where the failing line is).
 TRACEBACK_CHARS = 32 * 1024
 
@@ -51,7 +54,7 @@ def of_return(value: object, settings: Settings) -> Outcome:
     (a string) is the details, else the object's JSON cut short. An object that is not JSON, or larger than
     RUN_OUTPUT_MAX_BYTES, fails the run, saying why (its work is done, but what it reported is lost)."""
     if not isinstance(value, dict):
-        return Outcome(SUCCESS, str(value))
+        return Outcome(SUCCESS, storable(str(value)))
     try:
         text = json.dumps(value, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -60,6 +63,8 @@ def of_return(value: object, settings: Settings) -> Outcome:
     if size > settings.run_output_max_bytes:
         details = f"the handler's output is {size} bytes, over RUN_OUTPUT_MAX_BYTES ({settings.run_output_max_bytes})"
         return Outcome(ERROR, details, error_type="OutputRefused")
+    if "\\u0000" in text:  # PostgreSQL refuses NUL characters in JSON
+        text = json_text(json.loads(text))
     output: dict[str, Any] = json.loads(text)  # as stored: keys are strings, tuples lists
     summary = output.get("summary")
     details = summary if isinstance(summary, str) else text[:DETAILS_CHARS]
@@ -70,15 +75,17 @@ def of_error(error: BaseException) -> Outcome:
     """A handler's exception: details as before (its message, else its type), with its type and traceback."""
     return Outcome(
         ERROR,
-        str(error) or type(error).__name__,
+        storable(str(error) or type(error).__name__),
         error_type=type_name(error),
-        traceback=handler_traceback(error),
+        traceback=storable(handler_traceback(error)),
     )
 
 
 def type_name(error: BaseException) -> str:
+    """`module.QualName` (a builtin's without its module), cut to what the column holds."""
     cls = type(error)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return storable(name)[:ERROR_TYPE_CHARS]
 
 
 def handler_traceback(error: BaseException) -> str:

@@ -16,8 +16,11 @@ it kept is in the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
+import sys
 import threading
 import time
 import traceback
@@ -44,6 +47,7 @@ LEVELS: dict[str, int] = {
     "info": logging.INFO,
     "warning": logging.WARNING,
     "error": logging.ERROR,
+    "critical": logging.CRITICAL,
 }
 PROCESS_LEVELS = {**LEVELS, "none": logging.CRITICAL + 1}
 # A progress report: done, total, note, when.
@@ -54,7 +58,7 @@ INSERT_BATCH = 500
 PROGRESS_EVENT_SECONDS = 0.5
 # A flush that failed (the database out for a moment) keeps its lines and is tried again this much later.
 RETRY_SECONDS = 1.0
-CLOSE_ATTEMPTS = 3
+FLUSH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +108,68 @@ class _Kept:
 
 
 def _number(name: str, value: object) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value < 0:
-        raise TypeError(f"progress {name} must be a number >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise TypeError(f"progress {name} must be a finite number >= 0, got {value!r}")
     return value
+
+
+def storable(text: str) -> str:
+    """Text both databases store: PostgreSQL refuses NUL characters in text and JSON."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _clean(value: Any) -> Any:
+    """A JSON value as both databases store it: non-finite numbers as their text, NUL characters replaced."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """`value` as JSON both databases store (a value JSON cannot say is kept as its str())."""
+    try:
+        text = json.dumps(value, default=str, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(_clean(json.loads(json.dumps(value, default=str))), separators=(",", ":"))
+    if "\\u0000" in text:
+        text = json.dumps(_clean(json.loads(text)), separators=(",", ":"))
+    return text
+
+
+def _level_name(level: str | int) -> str | None:
+    if isinstance(level, int) and not isinstance(level, bool):
+        # A logging level number: the nearest of ours at or below it.
+        return next((name for name, number in reversed(LEVELS.items()) if level >= number), "debug")
+    return level.lower() if isinstance(level, str) and level.lower() in LEVELS else None
+
+
+def _exception_text(exc_info: object) -> str | None:
+    if exc_info is None or exc_info is False:
+        return None
+    if isinstance(exc_info, BaseException):
+        lines = traceback.format_exception(exc_info)
+    elif isinstance(exc_info, tuple) and len(exc_info) == 3:
+        lines = traceback.format_exception(*exc_info)
+    elif sys.exc_info()[0] is not None:
+        lines = traceback.format_exception(*sys.exc_info())
+    else:
+        return None
+    return "".join(lines).rstrip()
 
 
 class RunLog:
     """A run's `ctx.log` and `ctx.progress`. Its methods may be called from the handler's task and from threads the
-    handler started (app.engine.threads); a line is stamped when it is logged, whenever it is written."""
+    handler started (app.engine.threads); a line is stamped when it is logged, whenever it is written.
+
+    `ctx.log` answers what code written for a `logging.Logger` calls: `debug`…`critical`, `exception`, `log` with a
+    level name or number, `%` arguments, `exc_info` (True, an exception, or a sys.exc_info() tuple), `stack_info`,
+    `extra` (merged into the fields). A message its arguments do not fit is kept as it is, with them beside it."""
 
     def __init__(self, rt: Runtime, *, job_id: str, run_id: int, process_log: logging.Logger | None = None) -> None:
         self._rt = rt
@@ -133,44 +191,71 @@ class RunLog:
         self._kept_bytes = 0
         self._dropped_lines = 0
         self._dropped_bytes = 0
-        self._flusher: asyncio.Task[None] | None = None
+        self._failures = 0  # flushes failed in a row
+        self._flusher: asyncio.Task[None] | None = None  # a timer: cleared before its flush begins
+        self._announcer: asyncio.Task[None] | None = None
+        self._writing = asyncio.Lock()  # one flush at a time; close() waits for the one under way
         self._closed = False
 
     # The logging.Logger methods a handler calls: `ctx.log.info("fetched %d games", n, source=url)`.
-    def debug(self, message: str, *args: object, exc_info: bool = False, **fields: Any) -> None:
-        self.log("debug", message, *args, exc_info=exc_info, **fields)
+    def debug(self, message: object, *args: object, **fields: Any) -> None:
+        self.log("debug", message, *args, **fields)
 
-    def info(self, message: str, *args: object, exc_info: bool = False, **fields: Any) -> None:
-        self.log("info", message, *args, exc_info=exc_info, **fields)
+    def info(self, message: object, *args: object, **fields: Any) -> None:
+        self.log("info", message, *args, **fields)
 
-    def warning(self, message: str, *args: object, exc_info: bool = False, **fields: Any) -> None:
-        self.log("warning", message, *args, exc_info=exc_info, **fields)
+    def warning(self, message: object, *args: object, **fields: Any) -> None:
+        self.log("warning", message, *args, **fields)
 
-    def error(self, message: str, *args: object, exc_info: bool = False, **fields: Any) -> None:
+    def error(self, message: object, *args: object, **fields: Any) -> None:
+        self.log("error", message, *args, **fields)
+
+    def critical(self, message: object, *args: object, **fields: Any) -> None:
+        self.log("critical", message, *args, **fields)
+
+    def exception(self, message: object, *args: object, exc_info: object = True, **fields: Any) -> None:
+        """`error` with the exception being handled appended, as logging's `exception`."""
         self.log("error", message, *args, exc_info=exc_info, **fields)
 
-    def exception(self, message: str, *args: object, **fields: Any) -> None:
-        """`error` with the exception being handled appended, as logging's `exception`."""
-        self.log("error", message, *args, exc_info=True, **fields)
-
-    def log(self, level: str, message: str, *args: object, exc_info: bool = False, **fields: Any) -> None:
-        """One line at `level` (debug, info, warning, error): `message % args`, with `fields` (JSON values; one JSON
-        cannot say is kept as its str()) beside it. Lines at RUN_LOG_PROCESS_LEVEL or above go to the process log
-        too."""
-        number = LEVELS.get(level)
-        if number is None:
-            raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
-        text = str(message) % args if args else str(message)
-        if exc_info:
-            text = f"{text}\n{traceback.format_exc().rstrip()}"
+    def log(
+        self,
+        level: str | int,
+        message: object,
+        *args: object,
+        exc_info: object = None,
+        stack_info: bool = False,
+        stacklevel: int = 1,  # noqa: ARG002 - a Logger's parameter, meaningless here
+        extra: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> None:
+        """One line at `level` (debug, info, warning, error, critical, or a logging level number): `message % args`,
+        with `fields` (JSON values) beside it. Lines at RUN_LOG_PROCESS_LEVEL or above go to the process log too."""
+        name = _level_name(level)
+        if name is None:
+            raise ValueError(f"log level must be one of {', '.join(LEVELS)} or a logging level number, got {level!r}")
+        text = str(message)
+        if args:
+            try:
+                text = text % args
+            except (TypeError, ValueError, KeyError) as exc:
+                text = f"{text} {args!r} (the arguments did not fit the message: {exc})"
+        if (exception := _exception_text(exc_info)) is not None:
+            text = f"{text}\n{exception}"
+        if stack_info:
+            text = f"{text}\nStack (most recent call last):\n{''.join(traceback.format_stack()[:-1]).rstrip()}"
+        if extra:
+            fields = {**extra, **fields}
+        number = LEVELS[name]
         if number >= self._process_level:
             self._process_log.log(number, "%s", text, extra={"run_fields": fields} if fields else None)
-        fields_json = json.dumps(fields, default=str, separators=(",", ":")) if fields else None
-        line = (self._rt.now(), level, text, fields_json)
+        line = (self._rt.now(), name, storable(text), json_text(fields) if fields else None)
         if threading.get_ident() == self._loop_thread:
             self._keep(*line)
-        else:
+            return
+        try:
             self._loop.call_soon_threadsafe(self._keep, *line)
+        except RuntimeError:
+            metrics.RUN_LOG_LINES.labels("dropped").inc()  # a thread left behind, logging after its loop closed
 
     def progress(self, done: float, total: float | None = None, note: str | None = None) -> None:
         """How far the run is: `done` of `total` (None: unknown), with an optional note. Only the latest report
@@ -178,12 +263,13 @@ class RunLog:
         report = (
             _number("done", done),
             None if total is None else _number("total", total),
-            None if note is None else str(note)[:500],
+            None if note is None else storable(str(note)[:500]),
             self._rt.now(),
         )
         if threading.get_ident() == self._loop_thread:
             self._report(report)
-        else:
+            return
+        with contextlib.suppress(RuntimeError):  # its loop has closed: the run is long over
             self._loop.call_soon_threadsafe(self._report, report)
 
     @property
@@ -193,7 +279,8 @@ class RunLog:
 
     def _keep(self, at: datetime, level: str, text: str, fields_json: str | None) -> None:
         if self._closed:
-            return  # a thread the handler left behind, still logging after its run ended
+            metrics.RUN_LOG_LINES.labels("dropped").inc()  # a thread the handler left behind, logging after its run
+            return
         size = len(text.encode()) + (len(fields_json) if fields_json else 0)
         if self._dropped_lines or self._seq >= self._max_lines or self._kept_bytes + size > self._max_bytes:
             # Once one line is dropped, every later one is: the log kept is the run's beginning, without holes.
@@ -219,41 +306,52 @@ class RunLog:
     async def _flush_later(self, delay: float) -> None:
         await asyncio.sleep(delay)
         self._flusher = None
-        if not await self._flush():
+        async with self._writing:
+            flushed = await self._flush()
+        if not flushed and not self._closed:
             self._schedule(RETRY_SECONDS)
 
     async def _flush(self) -> bool:
-        """Write and publish what is pending; False (and everything kept for the next try) when it cannot."""
+        """Write and publish what is pending; False (and everything kept for the next try) when it cannot. After
+        FLUSH_ATTEMPTS failures in a row what is pending is given up: the run's lines are worth less than its
+        worker's memory and its outcome."""
         lines, progress = self._pending, self._progress
         if not lines and progress is None:
-            await self._announce(None)
             return True
         self._pending, self._progress = [], None
-        metrics.RUN_LOG_LINES.labels("kept").inc(len(lines))
         try:
             await _writes().submit(_Batch(self.run_id, lines, progress))
         except Exception:
+            self._failures += 1
+            if self._failures >= FLUSH_ATTEMPTS:
+                log.error("gave up writing %d log lines of run %s", len(lines), self.run_id, exc_info=True)
+                metrics.RUN_LOG_LINES.labels("dropped").inc(len(lines))
+                self._failures = 0
+                return True
             log.warning("could not write %d log lines of run %s; trying again", len(lines), self.run_id, exc_info=True)
             self._pending = lines + self._pending
             if self._progress is None:
                 self._progress = progress
             return False
+        self._failures = 0
+        metrics.RUN_LOG_LINES.labels("kept").inc(len(lines))
         await _publish(self._rt, self.run_id, lines)
-        await self._announce(progress)
+        if progress is not None:
+            self._unannounced = progress
+            await self._announce()
         return True
 
-    async def _announce(self, progress: Progress | None) -> None:
-        """The `run.progress` event of the latest report, at most once per PROGRESS_EVENT_SECONDS: every status
-        subscriber of the job gets a frame per event. A report held back goes with a later flush. A closed run
-        announces nothing (its `run.finished` event follows)."""
-        report = progress or self._unannounced
+    async def _announce(self) -> None:
+        """The `run.progress` event of the latest written report, at most once per PROGRESS_EVENT_SECONDS: every
+        status subscriber of the job gets a frame per event. A report held back is announced by its own timer (the
+        lines' flushes keep their pace). A closed run announces nothing: its `run.finished` event follows."""
+        report = self._unannounced
         if report is None or self._closed:
-            self._unannounced = None
             return
         wait = self._announced_at + PROGRESS_EVENT_SECONDS - time.monotonic()
         if wait > 0:
-            self._unannounced = report
-            self._schedule(wait)
+            if self._announcer is None:
+                self._announcer = self._loop.create_task(self._announce_later(wait))
             return
         self._unannounced = None
         self._announced_at = time.monotonic()
@@ -261,32 +359,41 @@ class RunLog:
             self._rt.redis, events.RUN_PROGRESS, self.job_id, runId=self.run_id, progress=progress_wire(report)
         )
 
+    async def _announce_later(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._announcer = None
+        await self._announce()
+
     async def close(self) -> None:
         """The last flush, with the line saying what was dropped: called once the handler has ended, before the
-        run record is closed. A log that cannot be written after a few tries is given up (the run's outcome
-        matters more than its lines)."""
-        if self._closed:
+        run record is closed, and again by a shutdown that interrupted it (which finishes what it left). Waits for
+        a flush under way: once it returns, every line the run kept is stored (or given up after a few tries)."""
+        for timer in (self._flusher, self._announcer):
+            if timer is not None:
+                timer.cancel()
+        self._flusher = self._announcer = None
+        async with self._writing:
+            if not self._closed:
+                self._closed = True
+                self._mark_truncation()
+            for attempt in range(1, FLUSH_ATTEMPTS + 1):
+                if await self._flush():
+                    return
+                if attempt < FLUSH_ATTEMPTS:
+                    await asyncio.sleep(RETRY_SECONDS * attempt)
+
+    def _mark_truncation(self) -> None:
+        if not self._dropped_lines:
             return
-        if self._flusher is not None:
-            self._flusher.cancel()
-            self._flusher = None
-        if self._dropped_lines:
-            self._seq += 1
-            text = (
-                f"log truncated: {self._dropped_lines} more lines ({self._dropped_bytes} bytes) were dropped; a run "
-                f"keeps its first {self._max_lines} lines and {self._max_bytes} bytes (RUN_LOG_MAX_LINES, "
-                "RUN_LOG_MAX_BYTES)"
-            )
-            fields = json.dumps({"droppedLines": self._dropped_lines, "droppedBytes": self._dropped_bytes})
-            self._pending.append(_Kept(self._seq, self._rt.now(), "warning", text, fields))
-            metrics.RUN_LOG_LINES.labels("dropped").inc(self._dropped_lines)
-        self._closed = True
-        for attempt in range(1, CLOSE_ATTEMPTS + 1):
-            if await self._flush():
-                return
-            if attempt < CLOSE_ATTEMPTS:
-                await asyncio.sleep(RETRY_SECONDS * attempt)
-        log.error("gave up writing the last %d log lines of run %s", len(self._pending), self.run_id)
+        self._seq += 1
+        text = (
+            f"log truncated: {self._dropped_lines} more lines ({self._dropped_bytes} bytes) were dropped; a run "
+            f"keeps its first {self._max_lines} lines and {self._max_bytes} bytes (RUN_LOG_MAX_LINES, "
+            "RUN_LOG_MAX_BYTES)"
+        )
+        fields = json_text({"droppedLines": self._dropped_lines, "droppedBytes": self._dropped_bytes})
+        self._pending.append(_Kept(self._seq, self._rt.now(), "warning", text, fields))
+        metrics.RUN_LOG_LINES.labels("dropped").inc(self._dropped_lines)
 
 
 @dataclass(frozen=True, slots=True)

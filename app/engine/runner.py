@@ -104,6 +104,7 @@ async def execute(
     keeper = asyncio.create_task(_keep_lease(rt, run, watch, lost, confirming))
     if launched is not None and not launched.done():
         launched.set_result(None)
+    outcome: Outcome | None = None
     try:
         try:
             outcome = await _outcome(rt, handler, timeout, run, lost, watch)
@@ -112,8 +113,9 @@ async def execute(
             await run_log.close()
         except asyncio.CancelledError:
             # Shutting down: stop the handler and record the run before the cancellation goes on, whatever further
-            # cancellations arrive meanwhile (a shutdown repeats them); the lease is renewed until then.
-            await run_to_the_end(_shut_down(rt, watch, calls_in_threads, run, run_log, started))
+            # cancellations arrive meanwhile (a shutdown repeats them); the lease is renewed until then. An outcome
+            # known already (the handler had ended) is the one recorded.
+            await run_to_the_end(_shut_down(rt, watch, calls_in_threads, run, run_log, started, outcome))
             raise
     finally:
         keeper.cancel()
@@ -129,12 +131,15 @@ async def _shut_down(
     run: Run,
     run_log: RunLog,
     started: asyncio.Task[None] | None,
+    outcome: Outcome | None,
 ) -> None:
     await _stop(watch.handler, run, rt.settings.heartbeat_seconds)
     await _threads_ended(calls, run)
     await run_log.close()
     await _settle(started)
-    if watch.details is not None:
+    if outcome is not None:
+        await _complete(rt, run, outcome, final=watch.details is not None)
+    elif watch.details is not None:
         await _complete(rt, run, Outcome(runs.ERROR, watch.details), final=True)
     else:
         await _complete(rt, run, Outcome(runs.ERROR, runs.WORKER_SHUT_DOWN))

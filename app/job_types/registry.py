@@ -31,8 +31,9 @@ class Payload(BaseModel):
 @dataclass(frozen=True)
 class RunContext:
     """What a handler is called with. `log` keeps lines with the run (`ctx.log.info("fetched %d", n, page=3)`:
-    the message, then its fields), also written to the process log; `progress(done, total, note)` reports how far
-    it is. Both are read live by the dashboard, the `runLog` subscription and `jobs-gateway jobs logs -f`."""
+    the message, then its fields; those at RUN_LOG_PROCESS_LEVEL or above reach the process log too);
+    `progress(done, total, note)` reports how far it is. Both are read live: the `runLog` subscription, `jobStatus`,
+    `jobs-gateway jobs logs -f`."""
 
     job_id: str
     run_id: int
