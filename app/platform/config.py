@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     run_retention_days: int = Field(default=30, ge=1)
     # What a run says (app.engine.runlog): each run keeps its first RUN_LOG_MAX_LINES lines and RUN_LOG_MAX_BYTES
     # of them, then one line saying how much it dropped. Lines are written in batches, every
-    # RUN_LOG_FLUSH_SECONDS while the run goes (live subscribers see them that much later, at most).
+    # RUN_LOG_FLUSH_SECONDS while the run goes (live subscribers see them that much later, plus the write).
     run_log_max_lines: int = Field(default=1000, ge=1, le=100_000)
     run_log_max_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
     run_log_flush_seconds: float = Field(default=0.05, gt=0, le=10)
