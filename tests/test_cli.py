@@ -9,7 +9,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -147,6 +149,19 @@ async def follower_of(api: ApiProcess, settings: Settings, token: str, *args: st
     return follower
 
 
+@asynccontextmanager
+async def following(api: ApiProcess, settings: Settings, token: str, *args: str) -> AsyncIterator[Process]:
+    """`jobs logs … --follow`, stopped with Ctrl-C at the end of the block (exit 130), killed if it is still there."""
+    follower = await follower_of(api, settings, token, *args)
+    try:
+        yield follower
+        await stop(follower)
+    finally:
+        if follower.returncode is None:
+            follower.kill()
+            await follower.wait()
+
+
 async def read_until(follower: asyncio.subprocess.Process, ending: str) -> list[str]:
     """The follower's lines up to and including the first one that ends with `ending`."""
     assert follower.stdout is not None
@@ -167,8 +182,7 @@ async def test_logs_follow_prints_the_running_runs_lines_then_the_run_as_it_fini
 ) -> None:
     await make_job(id="followed", type="test_chatty", schedule="0 0 1 1 *", payload={"lines": 3, "pause": 0.2})
     token = make_token(settings)
-    follower = await follower_of(api, settings, token, "followed")
-    try:
+    async with following(api, settings, token, "followed") as follower:
         for n in range(2):
             done = await asyncio.to_thread(cli, settings, "jobs", "trigger", "followed", "--url", api.url, token=token)
             assert done.returncode == 0, done.stderr
@@ -181,11 +195,6 @@ async def test_logs_follow_prints_the_running_runs_lines_then_the_run_as_it_fini
             ], lines
             assert all(line.startswith(f"  #{run_id} ") for line in logged)
             assert f"#{run_id}" in finished and "success" in finished, lines
-        await stop(follower)
-    finally:
-        if follower.returncode is None:
-            follower.kill()
-            await follower.wait()
 
 
 async def test_logs_follow_started_mid_run_tails_that_run_and_prints_its_end_once(
@@ -204,8 +213,7 @@ async def test_logs_follow_started_mid_run_tails_that_run_and_prints_its_end_onc
         while await lines_written() < 2:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
-    follower = await follower_of(api, settings, token, "midway")
-    try:
+    async with following(api, settings, token, "midway") as follower:
         lines = await read_until(follower, "logged 8 lines")
         listed, *logged, finished = lines
         assert "running" in listed, lines  # the listing shows it running, once
@@ -215,11 +223,6 @@ async def test_logs_follow_started_mid_run_tails_that_run_and_prints_its_end_onc
             f"line {i} of 8" for i in range(1, 9)
         ], lines
         assert f"#{run_id}" in finished and "success" in finished, lines
-        await stop(follower)
-    finally:
-        if follower.returncode is None:
-            follower.kill()
-            await follower.wait()
 
 
 async def test_logs_follow_with_a_limit_prints_only_runs_newer_than_those_listed(
@@ -233,19 +236,13 @@ async def test_logs_follow_with_a_limit_prints_only_runs_newer_than_those_listed
         while (await _idle(api, token, "older")) is False:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
-    follower = await follower_of(api, settings, token, "older", "--limit", "2")
-    try:
+    async with following(api, settings, token, "older", "--limit", "2") as follower:
         first = [await read_until(follower, "tick") for _ in range(2)]  # the listing: runs #3 and #4
         assert ["#3 " in first[0][0], "#4 " in first[1][0]] == [True, True], first
         assert cli(settings, "jobs", "trigger", "older", "--url", api.url, token=token).returncode == 0
         listed = await read_until(follower, "tick")
         assert len(listed) == 1 or "running" in listed[0], listed  # the new run only: #5, never #1 or #2 again
         assert "#5 " in listed[-1] and "success" in listed[-1], listed
-        await stop(follower)
-    finally:
-        if follower.returncode is None:
-            follower.kill()
-            await follower.wait()
 
 
 async def _idle(api: ApiProcess, token: str, job_id: str) -> bool:

@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app.api.backlog import Backlog
 from app.engine import EVENTS_CHANNEL as CHANNEL
 from app.engine import JOB_DELETED
 from app.platform import metrics
-from app.platform.aio import cancel_and_wait
+from app.platform.aio import cancel_and_wait, keep_listening
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +118,9 @@ class Hub:
             metrics.LIVE_SUBSCRIPTIONS.dec()
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self._listen()
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError):
-                self.connected.clear()
-                log.warning("live events: Redis subscription lost; retrying in %s s", self._retry_delay)
-                await asyncio.sleep(self._retry_delay)
+        await keep_listening(
+            self._listen, what="live events", retry_delay=self._retry_delay, on_lost=self.connected.clear
+        )
 
     async def _listen(self) -> None:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app.engine.runlog import LOG_CHANNEL
-from app.platform.aio import cancel_and_wait
+from app.platform.aio import cancel_and_wait, keep_listening
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +102,11 @@ class LogFeed:
                 del self._inboxes[inbox.run_id]
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self._listen()
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError):
-                self.connected.clear()
-                self._all_stale()
-                log.warning("run logs: Redis subscription lost; retrying in %s s", self._retry_delay)
-                await asyncio.sleep(self._retry_delay)
+        await keep_listening(self._listen, what="run logs", retry_delay=self._retry_delay, on_lost=self._lost)
+
+    def _lost(self) -> None:
+        self.connected.clear()
+        self._all_stale()
 
     async def _listen(self) -> None:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)

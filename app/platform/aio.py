@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TypeVar
+
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,3 +44,19 @@ async def run_to_the_end(work: Coroutine[object, object, T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return task.result()
+
+
+async def keep_listening(
+    listen: Callable[[], Awaitable[None]], *, what: str, retry_delay: float, on_lost: Callable[[], None]
+) -> None:
+    """Run `listen` (a Redis pub/sub loop) until cancelled, again after each loss of Redis, `retry_delay` later;
+    `on_lost` runs at once after each loss (what was published meanwhile will never arrive)."""
+    while True:
+        try:
+            await listen()
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError):
+            on_lost()
+            log.warning("%s: Redis subscription lost; retrying in %s s", what, retry_delay)
+            await asyncio.sleep(retry_delay)
