@@ -16,10 +16,12 @@ import asyncpg
 import pytest
 
 from app.data.runs import Run, RunLogLine
-from app.engine import RunLog
+from app.engine import LOG_CHANNEL, LogFeed, RunLog
 from app.engine.outcomes import ERROR_TYPE_CHARS, of_error, of_return
+from app.engine.runlog import end_message
 from app.platform.runtime import Runtime
 from app.platform.timefmt import utcnow
+from app.runs import service as runs_service
 
 pytestmark = pytest.mark.postgres
 
@@ -157,3 +159,40 @@ async def test_lines_from_a_thread_after_the_run_closed_are_dropped_quietly(orm:
     await asyncio.sleep(orm.settings.run_log_flush_seconds * 3)
     assert [line[2] for line in await lines_of(4)] == ["before"]
     assert json.loads(json.dumps(log.dropped)) == [0, 0]  # not past the bounds: gone with the run
+
+
+async def test_a_follower_misses_nothing_when_the_feed_loses_redis(orm: Runtime) -> None:
+    """Lines published while the feed's subscription is down never reach it: the follower reads them from the
+    database once the feed is back, each once and in order, and stops when the run ends."""
+    run = await Run.create(job_id="j", token="t", triggered_by="user:1", started_at=utcnow())
+    feed = LogFeed(orm.redis)
+    feed.start()
+    log = RunLog(orm, job_id="j", run_id=run.id)
+    follow = runs_service.follow_log(feed, run_id=run.id, after=0)
+    try:
+        await asyncio.wait_for(feed.connected.wait(), 5)
+        seen: list[int] = []
+
+        async def until(count: int) -> None:
+            while len(seen) < count:
+                seen.extend(line.seq for line in await anext(follow))
+
+        for i in range(1, 4):
+            log.info("before %d", i)
+        await asyncio.wait_for(until(3), 5)
+        await orm.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # the feed's subscription goes
+        for i in range(4, 7):
+            log.info("while the feed is down %d", i)
+        # Within the feed's retry delay (1 s) and a bit: the feed says it lost messages, not the follower's 5 s poll.
+        await asyncio.wait_for(until(6), 3.5)
+        log.info("after")
+        await asyncio.wait_for(until(7), 5)
+        assert seen == [1, 2, 3, 4, 5, 6, 7]
+        await log.close()
+        await Run.filter(id=run.id).update(completed_at=utcnow(), result="success")
+        await orm.redis.publish(LOG_CHANNEL, end_message(run.id))
+        with pytest.raises(StopAsyncIteration):  # the run ended: the stream ends
+            await asyncio.wait_for(anext(follow), 5)
+    finally:
+        await follow.aclose()
+        await feed.stop()
