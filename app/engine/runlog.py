@@ -1,7 +1,7 @@
 """What a run says while it goes: `ctx.log` lines and `ctx.progress` reports, kept with the run and streamed live.
 
 A handler's lines are numbered from 1 (`seq`) and buffered; every RUN_LOG_FLUSH_SECONDS the buffer is written in one
-INSERT (the buffers of every run flushing at that moment in one transaction: app.engine.groupcommit) and then
+INSERT (the buffers of every run flushing at that moment together: app.engine.groupcommit) and then
 published on LOG_CHANNEL, where each API instance's LogFeed (app.engine.logfeed) hands them to its followers. A
 run that logs nothing and reports no progress writes nothing here.
 
@@ -131,10 +131,14 @@ def _clean(value: Any) -> Any:
     return value
 
 
+# One encoder for every line: json.dumps builds a new one per call when given options.
+_encode = json.JSONEncoder(default=str, separators=(",", ":"), allow_nan=False).encode
+
+
 def json_text(value: Any) -> str:
     """`value` as JSON both databases store (a value JSON cannot say is kept as its str())."""
     try:
-        text = json.dumps(value, default=str, separators=(",", ":"), allow_nan=False)
+        text = _encode(value)
     except ValueError:
         text = json.dumps(_clean(json.loads(json.dumps(value, default=str))), separators=(",", ":"))
     if "\\u0000" in text:
@@ -230,7 +234,7 @@ class RunLog:
     ) -> None:
         """One line at `level` (debug, info, warning, error, critical, or a logging level number): `message % args`,
         with `fields` (JSON values) beside it. Lines at RUN_LOG_PROCESS_LEVEL or above go to the process log too."""
-        name = _level_name(level)
+        name = level if isinstance(level, str) and level in LEVELS else _level_name(level)
         if name is None:
             raise ValueError(f"log level must be one of {', '.join(LEVELS)} or a logging level number, got {level!r}")
         text = str(message)
@@ -239,7 +243,7 @@ class RunLog:
                 text = text % args
             except (TypeError, ValueError, KeyError) as exc:
                 text = f"{text} {args!r} (the arguments did not fit the message: {exc})"
-        if (exception := _exception_text(exc_info)) is not None:
+        if exc_info is not None and exc_info is not False and (exception := _exception_text(exc_info)) is not None:
             text = f"{text}\n{exception}"
         if stack_info:
             text = f"{text}\nStack (most recent call last):\n{''.join(traceback.format_stack()[:-1]).rstrip()}"
@@ -404,33 +408,36 @@ class _Batch:
 
 
 async def _write_many(batches: list[_Batch]) -> list[None]:
-    """Every batch's lines in as few INSERTs as their number allows, and each last progress report, in one
-    transaction. A line already written (a retried flush whose commit went through) is left as it is."""
+    """Every batch's lines in as few INSERTs as their number allows, then each last progress report. Each INSERT
+    is atomic on its own and needs no transaction around it: a line already written (a retried flush whose
+    INSERT went through) is left as it is. Outside a transaction, SQLite's INSERT takes the inline autocommit
+    writer (app.adapters.tortoise.sqlite: no thread hop) and PostgreSQL's is one round trip, not three."""
     conn = connections.get("default")
     postgres = conn.capabilities.dialect == "postgres"
     rows = [(b.run_id, line) for b in batches for line in b.lines]
-    async with in_transaction() as tx:
-        for start in range(0, len(rows), INSERT_BATCH):
-            chunk = rows[start : start + INSERT_BATCH]
-            values: list[object] = []
-            marks: list[str] = []
-            for run_id, line in chunk:
-                first = len(values) + 1
-                marks.append("(" + ", ".join(f"${first + i}" if postgres else "?" for i in range(6)) + ")")
-                values += [run_id, line.seq, line.at, line.level, line.message, line.fields_json]
-            await tx.execute_query(
-                "INSERT INTO run_log (run_id, seq, at, level, message, extra) "
-                f"VALUES {', '.join(marks)} ON CONFLICT DO NOTHING",
-                values,
-            )
+    for start in range(0, len(rows), INSERT_BATCH):
+        chunk = rows[start : start + INSERT_BATCH]
+        values: list[object] = []
+        marks: list[str] = []
+        for run_id, line in chunk:
+            first = len(values) + 1
+            marks.append("(" + ", ".join(f"${first + i}" if postgres else "?" for i in range(6)) + ")")
+            values += [run_id, line.seq, line.at, line.level, line.message, line.fields_json]
+        await conn.execute_query_dict(
+            "INSERT INTO run_log (run_id, seq, at, level, message, extra) "
+            f"VALUES {', '.join(marks)} ON CONFLICT DO NOTHING",
+            values,
+        )
+    reports = [(b.run_id, b.progress) for b in batches if b.progress is not None]
+    if reports:
         sql = (
             "UPDATE job_run SET progress = $1 WHERE id = $2 AND completed_at IS NULL"
             if postgres
             else "UPDATE job_run SET progress = ? WHERE id = ? AND completed_at IS NULL"
         )
-        for b in batches:
-            if b.progress is not None:
-                await tx.execute_query(sql, [json.dumps(progress_wire(b.progress), separators=(",", ":")), b.run_id])
+        async with in_transaction() as tx:
+            for run_id, progress in reports:
+                await tx.execute_query(sql, [json.dumps(progress_wire(progress), separators=(",", ":")), run_id])
     metrics.RUN_LOG_WRITES.inc()
     return [None] * len(batches)
 

@@ -100,7 +100,7 @@ RUN_LOG_LINES = Counter(
 )
 RUN_LOG_WRITES = Counter(
     "jobs_gateway_run_log_writes_total",
-    "Transactions that wrote run log lines or progress (each carries the batches of every run flushing then).",
+    "Writes of run log lines or progress: each carries the batches of every run flushing at that moment.",
 )
 
 SCHEDULER = "scheduler"
