@@ -83,7 +83,7 @@ def figures_of(backend: str, durations: dict[str, list[float]]) -> list[dict[str
         out.append(figure(f"{backend}: the same run, {name}", "ms", durations[name]))
         ratios = [d / silent for d in durations[name]]
         met = statistics.median(ratios) <= TARGET_RATIO
-        out.append(figure(f"{backend}: {name} ÷ no log", "×", ratios, target=f"≤ {TARGET_RATIO:g}×", met=met))
+        out.append(figure(f"{backend}: {name} ÷ no log", "×", ratios, target=f"≤ {TARGET_RATIO:g}", met=met))
         # What one call costs the run: each repetition's extra time over the silent median, per call.
         calls = STEPS // max(VARIANTS[name].values())
         per_call = [max(0.0, d - silent) * 1000 / calls for d in durations[name]]
