@@ -141,6 +141,28 @@ async def test_auth_matrix(
             assert (runs, triggers) == (0, 0)
 
 
+@pytest.mark.parametrize("crit", [["€"], ['a", error_description="forged'], ["x\r\nSet-Cookie: a=b"]])
+async def test_nothing_of_a_refused_token_reaches_a_header(client: httpx.AsyncClient, crit: list[str]) -> None:
+    """Its header's text (`crit` names an extension PyJWT refuses, quoting it in its message) neither breaks the
+    response's encoding (a 500) nor its header's syntax."""
+    token = hs256(claims(), header={"alg": "HS256", "typ": "JWT", "crit": crit})
+    response = await client.get("/api/jobs", headers=bearer(token))
+    assert_error(response, 401, "invalid_token")
+    assert response.headers["www-authenticate"] == (
+        'Bearer realm="jobs-gateway", error="invalid_token", error_description="The token is invalid"'
+    )
+    graphql = await client.post("/graphql", json={"query": "{ jobs { id } }"}, headers=bearer(token))
+    assert graphql.status_code == 200
+    assert [e["extensions"]["code"] for e in graphql.json()["errors"]] == ["UNAUTHENTICATED"]
+
+
+async def test_an_expired_token_is_told_so_in_the_challenge(client: httpx.AsyncClient, settings: Settings) -> None:
+    expired = hs256(claims(exp=int(time.time()) - 3600))
+    response = await client.get("/api/jobs", headers=bearer(expired))
+    assert_error(response, 401, "token_expired")
+    assert response.headers["www-authenticate"].endswith('error_description="The token has expired"')
+
+
 async def test_expiry_within_leeway_is_accepted(client: httpx.AsyncClient, settings: Settings) -> None:
     assert settings.jwt_leeway_seconds == 30
     response = await client.get("/api/jobs", headers=bearer(hs256(claims(exp=int(time.time()) - 10))))

@@ -54,6 +54,19 @@ def test_placeholder_secret_is_refused(secret: str) -> None:
         get_settings(_env_file=None, app_env="production", jwt_secret=secret)
 
 
+@pytest.mark.parametrize(("algorithm", "size"), [("HS256", 32), ("HS384", 48), ("HS512", 64)])
+def test_an_hs_secret_is_at_least_its_hash_size(algorithm: str, size: int) -> None:
+    assert get_settings(_env_file=None, jwt_algorithm=algorithm, jwt_secret="s" * size).jwt_algorithm == algorithm
+    with pytest.raises(ValueError, match=rf"JWT_SECRET.*at least {size} bytes for {algorithm}"):
+        get_settings(_env_file=None, jwt_algorithm=algorithm, jwt_secret="s" * (size - 1))
+
+
+def test_leeway_is_capped() -> None:
+    assert get_settings(_env_file=None, jwt_secret="s" * 32, jwt_leeway_seconds=300).jwt_leeway_seconds == 300
+    with pytest.raises(ValueError, match="jwt_leeway_seconds"):
+        get_settings(_env_file=None, jwt_secret="s" * 32, jwt_leeway_seconds=301)
+
+
 def test_secret_length_is_counted_in_bytes() -> None:
     assert get_settings(_env_file=None, jwt_secret="s" * 32).jwt_secret == "s" * 32
     assert get_settings(_env_file=None, jwt_secret="é" * 16).jwt_secret == "é" * 16  # 16 characters, 32 bytes

@@ -37,11 +37,17 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=headers)
 
 
+# The challenge's description is one of these fixed texts: nothing of a refused token (its header may carry any
+# text, `crit: ["€"]` or quotes) ever reaches a response header, where it could break the encoding or the syntax.
+_DESCRIPTIONS = {"token_expired": "The token has expired"}
+
+
 def _challenge(exc: AppError) -> str:
     # RFC 6750: no error code when no token was sent, `invalid_token` for any token we refuse.
     if exc.code == "missing_token":
         return 'Bearer realm="jobs-gateway"'
-    return f'Bearer realm="jobs-gateway", error="invalid_token", error_description="{exc.message}"'
+    description = _DESCRIPTIONS.get(exc.code, "The token is invalid")
+    return f'Bearer realm="jobs-gateway", error="invalid_token", error_description="{description}"'
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

@@ -13,6 +13,9 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
+# An HMAC key shorter than its hash's output weakens it (RFC 7518 3.2): HS384 needs 48 bytes, HS512 64.
+SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+MAX_LEEWAY_SECONDS = 300
 PLACEHOLDER_SECRETS = {"changethis", "secret", "change-me", "changeme"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -39,7 +42,7 @@ class Settings(BaseSettings):
     jwt_private_key: str | None = None  # only for `jobs-gateway token` with RS256/ES256
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
-    jwt_leeway_seconds: int = Field(default=30, ge=0)
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=MAX_LEEWAY_SECONDS)
     # Set when development made up a random JWT_SECRET: tokens signed with it verify in no other process.
     _throwaway_secret: bool = PrivateAttr(default=False)
 
@@ -162,8 +165,12 @@ class Settings(BaseSettings):
                 f"{MIN_SECRET_BYTES} bytes (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`), "
                 "or APP_ENV=development for a throwaway secret."
             )
-        if len(secret.encode()) < MIN_SECRET_BYTES or secret.lower() in PLACEHOLDER_SECRETS:
-            raise ConfigError(f"JWT_SECRET must be a random string of at least {MIN_SECRET_BYTES} bytes.")
+        needed = SECRET_BYTES.get(self.jwt_algorithm, MIN_SECRET_BYTES)
+        if len(secret.encode()) < needed or secret.lower() in PLACEHOLDER_SECRETS:
+            raise ConfigError(
+                f"JWT_SECRET must be a random string of at least {needed} bytes for {self.jwt_algorithm} "
+                "(the size of its hash)."
+            )
 
     @property
     def throwaway_secret(self) -> bool:
