@@ -88,6 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Manage background jobs and scheduled tasks.",
         version="0.1.0",
         lifespan=lifespan,
+        # Served by app.api.openapi_docs.explorers, which asks the settings (API_DOCS) on each request.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     rest_errors.install(app)
     openapi_docs.without_422(app)
@@ -96,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # with the server's own send it hands on, past every middleware below it (app.api.middleware.server_send).
     app.add_middleware(RequestContext)
     app.include_router(ops_routes.router)
+    app.include_router(openapi_docs.explorers())
     app.include_router(runs_router)
     app.include_router(run_router)
     app.include_router(jobs_router)

@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 
 from graphql import GraphQLError
 from graphql.validation import NoSchemaIntrospectionCustomRule
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import HTMLResponse
 from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketState
 from strawberry import Schema
@@ -27,7 +28,7 @@ from app.api.graphql_context import Context, connection_token
 from app.api.graphql_errors import AppErrors, is_unexpected
 from app.api.middleware import server_send
 from app.platform import permissions
-from app.platform.errors import AppError
+from app.platform.errors import AppError, NotFound
 
 MAX_DEPTH = 10
 MAX_ALIASES = 15
@@ -48,7 +49,7 @@ class RequestLimits(SchemaExtension):
                 f"Query is larger than {settings.graphql_max_query_bytes} bytes",
                 extensions={"code": "BAD_USER_INPUT"},
             )
-        if not settings.graphql_introspection:
+        if not settings.introspection_on:
             context.validation_rules = (*context.validation_rules, NoSchemaIntrospectionCustomRule)
         yield
 
@@ -129,6 +130,13 @@ class Router(StrawberryRouter):
         finally:
             stream.leave(member)
         return True
+
+    async def render_graphql_ide(self, request: Request) -> HTMLResponse:
+        # GraphiQL is an API explorer: off in production unless API_DOCS says otherwise (the settings are read at
+        # start-up, after the router is built).
+        if not request.app.state.runtime.settings.api_docs_on:
+            raise NotFound("GraphiQL is off (API_DOCS; off by default in production)")
+        return await super().render_graphql_ide(request)
 
     async def on_ws_connect(self, context: Context) -> None:
         header = context.request.headers.get("authorization") if context.request is not None else None

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from app.api.outages import DATABASE_DOWN, REDIS_DOWN
+from app.platform.errors import NotFound
 
 
 class ErrorBody(BaseModel):
@@ -220,3 +223,30 @@ def without_422(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def explorers() -> APIRouter:
+    """/openapi.json, /docs and /redoc, answered only while API_DOCS is on (by default outside production): the
+    settings are read at start-up, after the app is built, so each request asks."""
+    router = APIRouter(include_in_schema=False)
+
+    def guard(request: Request) -> None:
+        if not request.app.state.runtime.settings.api_docs_on:
+            raise NotFound("The API docs are off (API_DOCS; off by default in production)")
+
+    @router.get("/openapi.json")
+    async def openapi_json(request: Request) -> JSONResponse:
+        guard(request)
+        return JSONResponse(request.app.openapi())
+
+    @router.get("/docs")
+    async def swagger(request: Request) -> HTMLResponse:
+        guard(request)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{request.app.title} - Swagger UI")
+
+    @router.get("/redoc")
+    async def redoc(request: Request) -> HTMLResponse:
+        guard(request)
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{request.app.title} - ReDoc")
+
+    return router

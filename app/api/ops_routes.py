@@ -1,10 +1,12 @@
 """`/healthz`, `/readyz` and `/metrics`: unauthenticated (probes and Prometheus send no token) and cheap.
 
 They are infrastructure, not API, and stay out of /docs, whose every operation needs the bearer token;
-the README documents them. /metrics names job ids and reads Redis on each scrape: the README tells
-operators to keep it off the public network (or turn it off with METRICS_ENABLED=false)."""
+the README documents them. /metrics names job ids and reads Redis on each scrape: in production it answers
+only a scraper holding METRICS_TOKEN (or turn it off with METRICS_ENABLED=false)."""
 
 from __future__ import annotations
+
+import hmac
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -13,7 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from app import engine
 from app.api import health
 from app.platform import metrics
-from app.platform.errors import NotFound
+from app.platform.config import Settings
+from app.platform.errors import NotFound, Unauthenticated
 from app.platform.runtime import Runtime
 
 # The queue depth read at scrape time may take this long; Prometheus' own scrape timeout is 10 s.
@@ -73,5 +76,20 @@ async def prometheus_metrics(request: Request) -> Response:
     if rt is not None:
         if not rt.settings.metrics_enabled:
             raise NotFound("Metrics are turned off (METRICS_ENABLED=false)")
+        _check_scraper(request, rt.settings)
         metrics.QUEUE_DEPTH.set(await health.queue_depth(rt.redis, QUEUE_DEPTH_TIMEOUT_SECONDS))
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def _check_scraper(request: Request, settings: Settings) -> None:
+    """With METRICS_TOKEN set, only a scraper sending it as its bearer token; without, only outside production (the
+    series name every job and how it fares: nothing a stranger on the API port should read)."""
+    token = settings.metrics_token
+    if token is None:
+        if settings.app_env == "production":
+            raise NotFound("Metrics are served to a scraper with METRICS_TOKEN in production")
+        return
+    sent = request.headers.get("authorization", "")
+    expected = f"Bearer {token.get_secret_value()}"
+    if not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise Unauthenticated("Scraping /metrics needs METRICS_TOKEN as a bearer token", code="invalid_token")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
@@ -102,7 +102,13 @@ class Settings(BaseSettings):
     notifications_log: Path = Path("data/notifications.log")
     # Largest request body accepted (413 above it).
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    graphql_introspection: bool = True
+    # What the API port tells a stranger about itself: GraphQL introspection, and the API explorers (/openapi.json,
+    # /docs, /redoc, GraphiQL). Unset: on outside production, off in production.
+    graphql_introspection: bool | None = None
+    api_docs: bool | None = None
+    # In production /metrics on the API port answers only a scraper sending this as its bearer token (unset: 404
+    # there; outside production, unset leaves it open).
+    metrics_token: SecretStr | None = None
     graphql_max_query_bytes: int = Field(default=20_000, ge=100)
     # Largest websocket message (a GraphQL subscribe with its variables) a client may send; a larger
     # one closes the socket with 1009.
@@ -171,6 +177,14 @@ class Settings(BaseSettings):
                 f"JWT_SECRET must be a random string of at least {needed} bytes for {self.jwt_algorithm} "
                 "(the size of its hash)."
             )
+
+    @property
+    def introspection_on(self) -> bool:
+        return self.graphql_introspection if self.graphql_introspection is not None else self.app_env != "production"
+
+    @property
+    def api_docs_on(self) -> bool:
+        return self.api_docs if self.api_docs is not None else self.app_env != "production"
 
     @property
     def throwaway_secret(self) -> bool:
