@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 # A development .env the first time: a random JWT secret that survives restarts.
+# Readable by its owner only (umask 077): it holds the secret that signs every token.
 .env:
-	@printf 'APP_ENV=development\nJWT_SECRET=%s\nMIGRATE_ON_START=true\n' \
+	@umask 077; printf 'APP_ENV=development\nJWT_SECRET=%s\nMIGRATE_ON_START=true\n' \
 		"$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))')" > .env
 	@echo "wrote .env with a random development JWT_SECRET"
 

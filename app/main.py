@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log_feed = engine.LogFeed(redis)
             log_feed.start()
             app.state.log_feed = log_feed
+            app.state.graphql_router.configure(s)
             run_handler = await worker_definition.prepare(rt)
             jobs_engine = await engine.start(rt, run_handler=run_handler, embedded_worker=s.embedded_worker)
             app.state.engine = jobs_engine  # /readyz checks its worker
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(job_types_router)
     graphql_router = graphql.router(schema)
     app.state.fanout = graphql_router.fanout  # this process's shared subscription streams
+    app.state.graphql_router = graphql_router
     app.include_router(graphql_router, prefix="/graphql", include_in_schema=False)
     app.include_router(dashboard_routes.router())
     return app

@@ -237,6 +237,11 @@ def bench_settings(*, database_url: str, redis_url: str, **overrides: Any) -> Se
         "job_type_modules": [BENCH_JOB_TYPES],
         # INFO as in production; the process helpers also wait for uvicorn's INFO "Uvicorn running on" line.
         "log_level": "INFO",
+        # Tens of thousands of subscribers from this one address and token (B2): past the per-process caps, which
+        # bound what one client may open, not what the benchmark measures.
+        "ws_max_sockets_per_address": 1_000_000,
+        "ws_max_sockets_per_subject": 1_000_000,
+        "http_max_concurrency": 1_000_000,
     }
     base.update(overrides)
     return get_settings(_env_file=None, database_url=database_url, redis_url=redis_url, **base)

@@ -90,6 +90,33 @@ async def test_jobs_trigger_of_a_running_job_exits_1_with_the_conflict(api: ApiP
     assert (again.returncode, again.stderr.strip()) == (1, "jobs-gateway: 409 Job is already running")
 
 
+async def test_the_token_comes_from_a_file_or_the_environment_never_the_command_line(
+    api: ApiProcess, settings: Settings, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(make_token(settings) + "\n")
+    listed = cli(settings, "jobs", "list", "--url", api.url, "--token-file", str(token_file))
+    assert listed.returncode == 0 and "metadata-sync" in listed.stdout, listed.stderr
+    on_the_line = cli(settings, "jobs", "list", "--url", api.url, "--token", make_token(settings))
+    assert on_the_line.returncode == 2 and "unrecognized arguments: --token" in on_the_line.stderr
+    missing = cli(settings, "jobs", "list", "--url", api.url, "--token-file", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and "cannot read the token file" in missing.stderr
+
+
+def test_make_writes_the_development_env_for_its_owner_only(tmp_path: Path) -> None:
+    made = subprocess.run(
+        ["make", "--no-print-directory", "-f", str(BIN.parents[1] / "Makefile"), ".env"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    env = tmp_path / ".env"
+    assert env.stat().st_mode & 0o777 == 0o600
+    assert "JWT_SECRET=" in env.read_text()
+
+
 async def test_errors_exit_1_with_the_apis_message(api: ApiProcess, settings: Settings) -> None:
     missing = cli(settings, "jobs", "trigger", "no-such-job", "--url", api.url, token=make_token(settings))
     assert (missing.returncode, missing.stderr.strip()) == (1, "jobs-gateway: 404 Job 'no-such-job' not found")

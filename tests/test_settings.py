@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
-from app.platform.config import Settings, get_settings
+from app.platform.config import Settings, get_settings, redacted
 from tests.conftest import SECRET
 
 pytestmark = pytest.mark.sqlite_only  # settings parsing: no database involved
@@ -67,9 +68,29 @@ def test_leeway_is_capped() -> None:
         get_settings(_env_file=None, jwt_secret="s" * 32, jwt_leeway_seconds=301)
 
 
+def test_secrets_and_passwords_stay_out_of_reprs_errors_and_outputs() -> None:
+    settings = get_settings(
+        _env_file=None,
+        jwt_secret="t" * 40,
+        database_url="postgres://jobs:db-password@db:5432/jobs",
+        redis_url="redis://:redis-password@redis:6379/0",
+    )
+    shown = repr(settings) + str(settings)
+    for secret in ("t" * 40, "db-password", "redis-password"):
+        assert secret not in shown
+    assert redacted(settings.database_url) == "postgres://jobs:***@db:5432/jobs"
+    assert redacted(settings.redis_url) == "redis://:***@redis:6379/0"
+    assert redacted("sqlite://data/x.sqlite3") == "sqlite://data/x.sqlite3"
+    with pytest.raises(ValueError) as refused:
+        get_settings(_env_file=None, jwt_secret="short-secret-value", jwt_algorithm="HS256")
+    assert "short-secret-value" not in str(refused.value)
+
+
 def test_secret_length_is_counted_in_bytes() -> None:
-    assert get_settings(_env_file=None, jwt_secret="s" * 32).jwt_secret == "s" * 32
-    assert get_settings(_env_file=None, jwt_secret="é" * 16).jwt_secret == "é" * 16  # 16 characters, 32 bytes
+    assert get_settings(_env_file=None, jwt_secret="s" * 32).jwt_secret == SecretStr("s" * 32)
+    assert get_settings(_env_file=None, jwt_secret="é" * 16).jwt_secret == SecretStr(
+        "é" * 16
+    )  # 16 characters, 32 bytes
     with pytest.raises(ValueError, match="JWT_SECRET"):
         get_settings(_env_file=None, jwt_secret="é" * 15 + "s")  # 31 bytes
 
@@ -79,7 +100,7 @@ def test_development_without_secret_warns_and_uses_a_random_one() -> None:
         first = get_settings(_env_file=None, app_env="development")
     with pytest.warns(UserWarning, match="JWT_SECRET"):
         second = get_settings(_env_file=None, app_env="development")
-    assert first.jwt_secret and len(first.jwt_secret.encode()) >= 32
+    assert first.jwt_secret and len(first.jwt_secret.get_secret_value().encode()) >= 32
     assert first.jwt_secret != second.jwt_secret
 
 
@@ -92,7 +113,8 @@ def test_environment_overrides_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path:
     settings = get_settings()
     assert settings.redis_url == "redis://from-env:6379/0"
     # The .env file was read: what only it sets is there.
-    assert (settings.app_env, settings.jwt_secret, settings.log_level) == ("test", SECRET, "DEBUG")
+    assert settings.jwt_secret is not None
+    assert (settings.app_env, settings.jwt_secret.get_secret_value(), settings.log_level) == ("test", SECRET, "DEBUG")
 
 
 def test_job_type_modules_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

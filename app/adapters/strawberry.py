@@ -6,6 +6,9 @@
   - `TransportWSHandler` (graphql-transport-ws) offers each subscription to the router's `serve_shared` hook
     first (`SharedOperation`: what the hook needs of strawberry's operation, socket and schema), so that identical
     subscriptions can share one stream (app.api.fanout); what the hook declines runs as strawberry runs it.
+  Both report each socket's start and end to the router (`socket_opened`, `socket_closed`: caps per address and
+  subject), and the legacy handler closes a socket that has not sent `connection_init` within the router's
+  `connection_init_wait_timeout`, as strawberry does for graphql-transport-ws only.
 - `Router.run`: strawberry raises cross-web's HTTPException for a request it cannot take (a batch, bad JSON).
 - `ExecutionResult` and `PreExecutionError`: what `Schema.subscribe` yields, from `strawberry.types.execution`.
 
@@ -15,6 +18,8 @@ that a completed operation leaves the socket's `operations`, and the close codes
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -35,10 +40,38 @@ from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMe
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 from strawberry.types.unset import UNSET
 
-__all__ = ["ExecutionResult", "LegacyWSHandler", "PreExecutionError", "Router", "SharedOperation"]
+__all__ = [
+    "INIT_TIMEOUT_CLOSE",
+    "TOO_MANY_CLOSE",
+    "ExecutionResult",
+    "LegacyWSHandler",
+    "PreExecutionError",
+    "Router",
+    "SharedOperation",
+]
 
 # graphql-transport-ws closes a refused connection with 4403 "Forbidden"; the legacy protocol gets the same.
 REFUSED_CLOSE = (4403, "Forbidden")
+# graphql-transport-ws's close for a socket silent past its initialisation timeout; the legacy protocol gets it too.
+INIT_TIMEOUT_CLOSE = (4408, "Connection initialisation timeout")
+TOO_MANY_CLOSE = 4429  # graphql-transport-ws's code for too many initialisation requests; here for too many sockets
+
+
+async def _counted(handler: Any, handle: Any) -> None:
+    """Run a protocol handler's `handle` between the router's `socket_opened` and `socket_closed`."""
+    router, websocket = handler.view, handler.websocket
+    ws = websocket.ws if isinstance(websocket, ASGIWebSocketAdapter) else None
+    if not isinstance(router, Router) or ws is None:
+        await handle()
+        return
+    refusal = router.socket_opened(ws)
+    if refusal is not None:
+        await websocket.close(code=TOO_MANY_CLOSE, reason=refusal)
+        return
+    try:
+        await handle()
+    finally:
+        router.socket_closed(ws, handler.context)
 
 
 class LegacyWSHandler(BaseGraphQLWSHandler[Any, None]):
@@ -48,6 +81,10 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Any, None]):
     """
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        if self.connection_acknowledged:
+            # graphql-transport-ws's rule, which strawberry's legacy handler lacks: one initialisation per socket.
+            await self.websocket.close(code=TOO_MANY_CLOSE, reason="Too many initialisation requests")
+            return
         websocket = self.websocket
         close = websocket.close
 
@@ -61,6 +98,22 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Any, None]):
             await super().handle_connection_init(message)
         finally:
             websocket.close = close  # type: ignore[method-assign]
+
+    async def handle(self) -> None:
+        timer = asyncio.create_task(self._close_if_silent())
+        try:
+            await _counted(self, super().handle)
+        finally:
+            timer.cancel()
+
+    async def _close_if_silent(self) -> None:
+        timeout = getattr(self.view, "connection_init_wait_timeout", None)
+        if timeout is None:
+            return
+        await asyncio.sleep(timeout.total_seconds())
+        if not self.connection_acknowledged:
+            with contextlib.suppress(Exception):  # the socket may be gone already
+                await self.websocket.close(*INIT_TIMEOUT_CLOSE)
 
 
 @dataclass(eq=False)
@@ -100,6 +153,9 @@ class SharedOperation:
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
     """graphql-transport-ws; each subscription goes to the router's `serve_shared` first."""
 
+    async def handle(self) -> None:
+        await _counted(self, super().handle)
+
     async def run_operation(self, operation: Operation[Any, None]) -> None:
         router = self.view
         if not isinstance(router, Router) or not isinstance(self.websocket, ASGIWebSocketAdapter):
@@ -131,6 +187,13 @@ class Router(GraphQLRouter[Any, None]):
     async def serve_shared(self, operation: SharedOperation) -> bool:  # noqa: ARG002 - a hook: subclasses serve
         """Serve a subscription and return True once it has ended; False to leave it to strawberry."""
         return False
+
+    def socket_opened(self, websocket: WebSocket) -> str | None:  # noqa: ARG002 - a hook
+        """A websocket was accepted: None to serve it, or why it is refused (closed with 4429)."""
+        return None
+
+    def socket_closed(self, websocket: WebSocket, context: Any) -> None:
+        """A websocket `socket_opened` admitted has ended."""
 
     async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
         """strawberry answers a request it cannot take (a batch, no query, bad JSON) in plain text;

@@ -28,9 +28,11 @@ class Principal:
 
 
 def _verification_key(settings: Settings) -> str:
-    key = settings.jwt_secret if settings.jwt_algorithm.startswith("HS") else settings.jwt_public_key
-    assert key is not None  # Settings refuses to build without one
-    return key
+    if settings.jwt_algorithm.startswith("HS"):
+        assert settings.jwt_secret is not None  # Settings refuses to build without one
+        return settings.jwt_secret.get_secret_value()
+    assert settings.jwt_public_key is not None
+    return settings.jwt_public_key
 
 
 def decode_token(token: str, settings: Settings) -> Principal:
@@ -60,12 +62,10 @@ def decode_token(token: str, settings: Settings) -> Principal:
 
 def issue_token(settings: Settings, *, sub: str, permissions: list[str], ttl: timedelta) -> str:
     """Sign a token with the configured key (HS secret, or JWT_PRIVATE_KEY for RS/ES)."""
-    if settings.jwt_algorithm.startswith("HS"):
-        key = settings.jwt_secret
-    else:
-        key = settings.jwt_private_key
-        if not key:
-            raise ValueError(f"JWT_PRIVATE_KEY is needed to sign {settings.jwt_algorithm} tokens")
+    secret = settings.jwt_secret if settings.jwt_algorithm.startswith("HS") else settings.jwt_private_key
+    key = None if secret is None else secret.get_secret_value()
+    if not key:
+        raise ValueError(f"JWT_PRIVATE_KEY is needed to sign {settings.jwt_algorithm} tokens")
     now = datetime.now(UTC)
     claims: dict[str, object] = {"sub": sub, "permissions": permissions, "iat": now, "exp": now + ttl}
     if settings.jwt_audience:

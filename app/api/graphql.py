@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import inspect
 import time
+from collections import Counter
 from collections.abc import Coroutine, Iterator
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from graphql import GraphQLError
@@ -25,9 +27,11 @@ from app.adapters.strawberry import Router as StrawberryRouter
 from app.adapters.uvicorn import wire_writer
 from app.api.fanout import Fanout, Member, Sender, share_key
 from app.api.graphql_context import Context, connection_token
+from app.api.graphql_cost import CostLimit
 from app.api.graphql_errors import AppErrors, is_unexpected
 from app.api.middleware import server_send
 from app.platform import permissions
+from app.platform.config import Settings
 from app.platform.errors import AppError, NotFound
 
 MAX_DEPTH = 10
@@ -74,6 +78,7 @@ def build_schema(query: type, mutation: type, subscription: type) -> JobsSchema:
             lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
             lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
             lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+            CostLimit,
             AppErrors,
         ],
     )
@@ -103,6 +108,32 @@ class Router(StrawberryRouter):
 
     fanout: Fanout
     _expiries: ClassVar[set[asyncio.Task[None]]] = set()
+    # Open websockets of this process, by client address and by token subject (the caps of app.platform.config).
+    by_address: Counter[str]
+    by_subject: Counter[str]
+
+    def configure(self, settings: Settings) -> None:
+        """The websocket limits of the settings, read at start-up (after the router is built)."""
+        self.settings = settings
+        self.connection_init_wait_timeout = timedelta(seconds=settings.ws_init_timeout_seconds)
+        self.max_subscriptions_per_connection = settings.ws_max_operations_per_socket
+
+    def socket_opened(self, websocket: WebSocket) -> str | None:
+        address = websocket.client.host if websocket.client is not None else "unknown"
+        cap = self.settings.ws_max_sockets_per_address
+        if self.by_address[address] >= cap:
+            return f"Too many websockets from this address (WS_MAX_SOCKETS_PER_ADDRESS={cap})"
+        self.by_address[address] += 1
+        websocket.state.counted_address = address
+        return None
+
+    def socket_closed(self, websocket: WebSocket, context: Any) -> None:
+        address = getattr(websocket.state, "counted_address", None)
+        if address is not None:
+            _release(self.by_address, address)
+        subject = getattr(context, "counted_subject", None)
+        if subject is not None:
+            _release(self.by_subject, subject)
 
     async def serve_shared(self, operation: SharedOperation) -> bool:
         key = share_key(operation.query, operation.variables, operation.operation_name)
@@ -144,6 +175,13 @@ class Router(StrawberryRouter):
             principal = context.authenticate(connection_token(context.connection_params, header), connection=True)
         except AppError as exc:
             raise ConnectionRejectionError({"reason": exc.message}) from exc
+        cap = self.settings.ws_max_sockets_per_subject
+        if self.by_subject[principal.sub] >= cap:
+            raise ConnectionRejectionError(
+                {"reason": f"Too many websockets for this subject (WS_MAX_SOCKETS_PER_SUBJECT={cap})"}
+            )
+        self.by_subject[principal.sub] += 1
+        context.counted_subject = principal.sub
         if isinstance(context.request, WebSocket):
             task = asyncio.create_task(_close_at(context.request, principal.expires_at))
             self._expiries.add(task)
@@ -162,7 +200,14 @@ async def _close_at(websocket: WebSocket, expires_at: float) -> None:
         await websocket.close(EXPIRED_CLOSE_CODE, "Token expired")
 
 
+def _release(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
+
+
 def router(schema: Schema) -> Router:
     graphql_router = Router(schema, context_getter=get_context, graphql_ide="graphiql")
     graphql_router.fanout = Fanout()
+    graphql_router.by_address, graphql_router.by_subject = Counter(), Counter()
     return graphql_router

@@ -31,6 +31,8 @@ class Context(BaseContext):
         # The job the last result of a subscription stream was about: a shared stream bounds a slow
         # socket's backlog per job with it.
         self.stream_job_id: str | None = None
+        # The subject this socket counts against (WS_MAX_SOCKETS_PER_SUBJECT), once admitted.
+        self.counted_subject: str | None = None
 
     def for_shared_stream(self) -> Context:
         """A context for one subscription stream shared by many sockets (app.api.fanout).

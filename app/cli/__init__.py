@@ -20,7 +20,7 @@ from app import engine
 from app.api.auth import ADMIN_PERMISSION, issue_token
 from app.cli import client as cli_client
 from app.platform import db
-from app.platform.config import Settings, get_settings
+from app.platform.config import Settings, get_settings, redacted
 from app.platform.logs import configure_logging
 from app.platform.schedule import ScheduleError, parse_go_duration
 
@@ -49,13 +49,11 @@ def cmd_token(args: argparse.Namespace) -> None:
 def cmd_migrate(_: argparse.Namespace) -> None:
     settings = _settings()
     asyncio.run(db.migrate(settings))
-    print(f"migrations applied to {settings.database_url}")
+    print(f"migrations applied to {redacted(settings.database_url)}")
 
 
 def cmd_run(_: argparse.Namespace) -> None:
     """Make sure Redis answers, migrate, print a token and the URLs, then serve in the foreground."""
-    import uvicorn
-
     settings = _settings()
     env = {**os.environ, "REDIS_URL": settings.redis_url}
     data_dir = (settings.sqlite_path() or Path("data/x")).parent
@@ -71,6 +69,17 @@ def cmd_run(_: argparse.Namespace) -> None:
         f'  Try:     curl -H "Authorization: Bearer $TOKEN" {base}/api/jobs\n',
         flush=True,
     )
+    _serve(settings)
+
+
+def cmd_serve(_: argparse.Namespace) -> None:
+    """An API instance as production runs it: the server's limits from the settings, nothing else started."""
+    _serve(_settings())
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
     configure_logging(settings)  # uvicorn's own lines too, from the first one (log_config=None keeps ours)
     uvicorn.run(
         "app.main:app",
@@ -81,6 +90,11 @@ def cmd_run(_: argparse.Namespace) -> None:
         # Without permessage-deflate a jobStatus event is one prepared frame written to every socket
         # (app.adapters.uvicorn); with it each socket compresses its own copy, for frames of a few hundred bytes.
         ws_per_message_deflate=False,
+        # The websocket library refuses a frame whose header announces more than this, before reading it (1009):
+        # the app's own check of WS_MAX_MESSAGE_BYTES (app.api.body_limit) sees a message only once it is whole.
+        ws_max_size=settings.ws_max_message_bytes,
+        limit_concurrency=settings.http_max_concurrency,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
     )
 
 
@@ -112,7 +126,7 @@ def _die(message: str) -> NoReturn:
 
 
 def _api(args: argparse.Namespace) -> cli_client.Api:
-    return cli_client.Api(cli_client.resolve_url(args.url), cli_client.resolve_token(args.token))
+    return cli_client.Api(cli_client.resolve_url(args.url), cli_client.resolve_token(args.token_file))
 
 
 def _drive(args: argparse.Namespace) -> None:
@@ -164,8 +178,10 @@ def _add_jobs_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help=f"the API's base URL (default ${cli_client.URL_ENV} or {cli_client.DEFAULT_URL})")
     common.add_argument(
-        "--token",
-        help=f"bearer token (default ${cli_client.TOKEN_ENV}, else one signed with the configured JWT key)",
+        "--token-file",
+        metavar="PATH",
+        help=f"a file holding the bearer token (default ${cli_client.TOKEN_ENV}, else one signed with the configured "
+        "JWT key); never the token itself on the command line, where `ps` shows it",
     )
     jobs = sub.add_parser("jobs", help="list, trigger and follow jobs on a running API")
     actions = jobs.add_subparsers(dest="action_name", required=True)
@@ -202,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     token.set_defaults(func=cmd_token)
     sub.add_parser("migrate", help="apply pending database migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("run", help="ensure Redis, migrate and serve (make run)").set_defaults(func=cmd_run)
+    sub.add_parser("serve", help="serve the API (an instance in production)").set_defaults(func=cmd_serve)
     sub.add_parser("worker", help="run a standalone worker (woken on new work)").set_defaults(func=cmd_worker)
     _add_jobs_commands(sub)
     args = parser.parse_args(argv)

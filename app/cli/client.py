@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -47,22 +48,32 @@ def resolve_url(url: str | None) -> str:
     return (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
 
 
-def resolve_token(token: str | None) -> str:
-    """--token, else JOBS_GATEWAY_TOKEN, else one minted from the configured signing key (sub `cli`)."""
-    if token or os.environ.get(TOKEN_ENV):
-        return token or os.environ[TOKEN_ENV]
+def resolve_token(token_file: str | None) -> str:
+    """The token in --token-file, else JOBS_GATEWAY_TOKEN, else one minted from the configured signing key (sub
+    `cli`). Never from the command line, where every user of the machine reads it (`ps`)."""
+    if token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise CliError(f"cannot read the token file: {exc}") from exc
+        if not token:
+            raise CliError(f"the token file {token_file} is empty")
+        return token
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    how = f"pass --token-file or set {TOKEN_ENV}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the throwaway-secret warning: the error below says it better
         try:
             settings = get_settings()
         except (ValidationError, ValueError) as exc:
-            raise CliError(f"no token: pass --token or set {TOKEN_ENV} (settings cannot sign one: {exc})") from exc
+            raise CliError(f"no token: {how} (settings cannot sign one: {exc})") from exc
     if settings.throwaway_secret:  # a token signed with it would verify in no other process
-        raise CliError(f"no token: pass --token or set {TOKEN_ENV}, or set JWT_SECRET to the API's secret")
+        raise CliError(f"no token: {how}, or set JWT_SECRET to the API's secret")
     try:
         return issue_token(settings, sub=CLI_SUB, permissions=[ADMIN_PERMISSION], ttl=timedelta(hours=1))
     except ValueError as exc:
-        raise CliError(f"no token: pass --token or set {TOKEN_ENV} ({exc})") from exc
+        raise CliError(f"no token: {how} ({exc})") from exc
 
 
 @dataclass

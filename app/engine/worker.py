@@ -31,7 +31,7 @@ from app.platform import db, gc_tuning
 from app.platform.aio import cancel_and_wait
 from app.platform.config import Settings
 from app.platform.logs import configure_logging
-from app.platform.redis_pool import bound, connect_redis, worker_redis_settings
+from app.platform.redis_pool import bound, connect_redis, job_deserializer, job_serializer, worker_redis_settings
 from app.platform.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ def options(settings: Settings) -> dict[str, Any]:
         "job_timeout": ARQ_TIMEOUT_SECONDS,
         "job_completion_wait": settings.shutdown_grace_seconds,
         "health_check_interval": 30,
+        "job_serializer": job_serializer,
+        "job_deserializer": job_deserializer,
     }
 
 

@@ -7,6 +7,7 @@ import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -28,18 +29,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     app_env: Literal["development", "test", "production"] = "production"
-    database_url: str = "sqlite://data/jobs-gateway.sqlite3"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Kept out of reprs (they may hold passwords); every output names them through `redacted`.
+    database_url: str = Field(default="sqlite://data/jobs-gateway.sqlite3", repr=False)
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     # Connections each process's Redis pool may open, and how long a command waits for a free one
     # before it fails (503 `unavailable` in the API). The event subscription holds one for good; a
     # worker runs up to WORKER_MAX_JOBS handlers at once, each of which may be in a command.
     redis_pool_size: int = Field(default=200, ge=2)
     redis_pool_timeout_seconds: float = Field(default=2.0, gt=0)
 
-    jwt_secret: str | None = None
+    jwt_secret: SecretStr | None = None
     jwt_algorithm: Literal["HS256", "HS384", "HS512", "RS256", "ES256"] = "HS256"
     jwt_public_key: str | None = None
-    jwt_private_key: str | None = None  # only for `jobs-gateway token` with RS256/ES256
+    jwt_private_key: SecretStr | None = None  # only for `jobs-gateway token` with RS256/ES256
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=MAX_LEEWAY_SECONDS)
@@ -110,9 +112,23 @@ class Settings(BaseSettings):
     # there; outside production, unset leaves it open).
     metrics_token: SecretStr | None = None
     graphql_max_query_bytes: int = Field(default=20_000, ge=100)
+    # A document's estimated cost (app.api.graphql_cost: lists multiply what they hold) above this is refused.
+    graphql_max_cost: int = Field(default=20_000, ge=100)
     # Largest websocket message (a GraphQL subscribe with its variables) a client may send; a larger
     # one closes the socket with 1009.
     ws_max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    # A websocket that has not sent `connection_init` within this is closed (4408), on both protocols.
+    ws_init_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    # Per API process: websockets from one client address (before authentication) and of one token subject, and
+    # subscriptions on one socket. Behind a reverse proxy every client has the proxy's address unless uvicorn is told
+    # to trust its forwarded headers (FORWARDED_ALLOW_IPS).
+    ws_max_sockets_per_address: int = Field(default=1000, ge=1)
+    ws_max_sockets_per_subject: int = Field(default=1000, ge=1)
+    ws_max_operations_per_socket: int = Field(default=100, ge=1)
+    # The server (`jobs-gateway serve` and `run`): connections and tasks at once before new ones get 503, and how long
+    # an idle keep-alive connection stays open.
+    http_max_concurrency: int = Field(default=20_000, ge=10)
+    http_keep_alive_seconds: int = Field(default=5, ge=1, le=300)
     # `metadata-sync` reads this JSON catalogue: an http(s) URL or a file path.
     metadata_source_url: str = str(Path(__file__).parents[1] / "data" / "sample_catalogue.json")
     # `cleanup-orphaned-files` deletes files here that no stored_file row references.
@@ -157,11 +173,11 @@ class Settings(BaseSettings):
         return self
 
     def _check_secret(self) -> None:
-        secret = self.jwt_secret
+        secret = None if self.jwt_secret is None else self.jwt_secret.get_secret_value()
         if secret is None and self.app_env != "production":
             # Development without a secret: tokens from another process will not verify,
             # which is safe; `make run` writes a persistent secret into .env instead.
-            self.jwt_secret = secrets.token_urlsafe(48)
+            self.jwt_secret = SecretStr(secrets.token_urlsafe(48))
             self._throwaway_secret = True
             warnings.warn("JWT_SECRET is unset: using a random secret for this process", stacklevel=2)
             return
@@ -202,6 +218,16 @@ class Settings(BaseSettings):
             return None
         rest = self.database_url[len(prefix) :]
         return None if rest.startswith(":memory:") else Path(rest)
+
+
+def redacted(url: str) -> str:
+    """A database or Redis URL as it may be shown: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -10,7 +10,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.migrations.api import migrate as tortoise_migrate
 
 from app.adapters.tortoise import setup
-from app.platform.config import Settings
+from app.platform.config import Settings, redacted
 
 MODEL_MODULES = ["app.data.jobs", "app.data.runs", "app.data.skipped_fires", "app.data.activity", "app.data.app_tables"]
 APP_LABEL = "models"
@@ -94,6 +94,6 @@ async def ensure_current(settings: Settings) -> None:
     pending = await pending_migrations(settings)
     if pending:
         raise SchemaBehind(
-            f"The database at {settings.database_url} is behind: {', '.join(pending)} not applied. "
+            f"The database at {redacted(settings.database_url)} is behind: {', '.join(pending)} not applied. "
             "Run `make migrate` (or `jobs-gateway migrate`), or set MIGRATE_ON_START=true."
         )

@@ -1,6 +1,10 @@
-"""Redis connections for every API process and worker: bounded pools, timeouts, and a worker's retries."""
+"""Redis connections for every API process and worker: bounded pools, timeouts, a worker's retries, and the JSON
+that arq's job records are written in."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.backoff import ExponentialBackoff
@@ -9,6 +13,23 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.adapters.redis import DeadlineRetry, pool_like, use_pool
 from app.platform.config import Settings
+
+
+def job_serializer(record: dict[str, Any]) -> bytes:
+    """arq's job records as JSON (arq's `job_serializer`): every argument the engine enqueues is a string, a number,
+    null or a JSON object. arq's default, pickle, would run whatever code a record held in every worker that reads
+    it: anyone able to write to Redis could."""
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def job_deserializer(data: bytes) -> dict[str, Any]:
+    """A record as `job_serializer` wrote it; anything else raises, and arq then fails that job without running
+    it."""
+    record = json.loads(data)
+    if not isinstance(record, dict):
+        raise ValueError("an arq job record is a JSON object")
+    return record
+
 
 # arq's create_pool sets no read timeout: a Redis that accepts but never answers (paused, partitioned)
 # would hang every caller. Requests fail fast instead, and workers retry within their budget.
@@ -41,7 +62,11 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
 
 
 async def connect_redis(settings: Settings, *, for_worker: bool = False) -> ArqRedis:
-    pool = await create_pool(worker_redis_settings(settings) if for_worker else redis_settings(settings))
+    pool = await create_pool(
+        worker_redis_settings(settings) if for_worker else redis_settings(settings),
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+    )
     await bound(pool, settings)
     return pool
 

@@ -8,7 +8,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from app.platform.config import Settings
-from app.platform.redis_pool import connect_redis
+from app.platform.redis_pool import connect_redis, job_deserializer, job_serializer
 from tests.support.servers import RedisServer
 
 
@@ -20,3 +20,7 @@ async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
             yield pool
         finally:
             await pool.aclose()
+
+
+# What every worker of ours reads arq's records with (app.engine.worker.options), as the `redis` pool writes them.
+SERIALIZERS = {"job_serializer": job_serializer, "job_deserializer": job_deserializer}

@@ -12,6 +12,7 @@ from arq.worker import func
 
 from app.adapters import arq as queue
 from app.engine.waking import WakingWorker
+from tests.adapters.conftest import SERIALIZERS
 
 IN_PROGRESS_MS = 60_000
 
@@ -112,7 +113,9 @@ async def _every_slot_free(worker: WakingWorker) -> None:
 
 
 async def test_the_worker_claims_no_more_than_its_free_slots_and_gives_back_the_unused(redis: ArqRedis) -> None:
-    worker = WakingWorker(functions=[func(_slow, name="slow")], redis_pool=redis, max_jobs=3, handle_signals=False)
+    worker = WakingWorker(
+        functions=[func(_slow, name="slow")], redis_pool=redis, max_jobs=3, handle_signals=False, **SERIALIZERS
+    )
     try:
         for job_id in ("s0", "s1", "s2", "s3", "s4", "s5"):
             await redis.enqueue_job("slow", _job_id=job_id)

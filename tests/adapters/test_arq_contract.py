@@ -19,6 +19,7 @@ from arq.worker import func
 
 from app.adapters import arq as adapter
 from app.engine.waking import WakingWorker
+from tests.adapters.conftest import SERIALIZERS
 from tests.adapters.pins import Sources, check_source, check_version
 
 pytestmark = pytest.mark.sqlite_only  # Redis only: nothing more to learn on PostgreSQL
@@ -65,7 +66,9 @@ async def _noted(ctx: dict[str, Any], value: str) -> str:
 def _stock(redis: ArqRedis, **options: Any) -> Worker:
     """A stock arq Worker in burst mode, noting each value it runs `noted` with in ctx["noted"]."""
     functions = [func(_noted, name="noted")]
-    return Worker(functions=functions, redis_pool=redis, burst=True, poll_delay=0, ctx={"noted": []}, **options)
+    return Worker(
+        functions=functions, redis_pool=redis, burst=True, poll_delay=0, ctx={"noted": []}, **SERIALIZERS, **options
+    )
 
 
 async def test_a_worker_instance_has_the_attributes_the_adapter_reads(redis: ArqRedis) -> None:
@@ -98,7 +101,12 @@ async def test_an_arq_worker_puts_itself_in_its_ctx_and_runs_the_hooks_around_it
 
     await redis.enqueue_job("noted", "x", _job_id="one")
     worker = Probe(
-        functions=[func(_noted, name="noted")], redis_pool=redis, on_startup=on_startup, burst=True, ctx={"noted": []}
+        functions=[func(_noted, name="noted")],
+        redis_pool=redis,
+        on_startup=on_startup,
+        burst=True,
+        ctx={"noted": []},
+        **SERIALIZERS,
     )
     try:
         await asyncio.wait_for(worker.async_run(), 10)
@@ -109,7 +117,9 @@ async def test_an_arq_worker_puts_itself_in_its_ctx_and_runs_the_hooks_around_it
 
 
 async def test_one_slot_taken_and_released_leaves_the_worker_as_it_was(redis: ArqRedis) -> None:
-    worker = adapter.ArqWorker(functions=[func(_noted, name="noted")], redis_pool=redis, max_jobs=2, ctx={})
+    worker = adapter.ArqWorker(
+        functions=[func(_noted, name="noted")], redis_pool=redis, max_jobs=2, ctx={}, **SERIALIZERS
+    )
     try:
         assert await worker.try_take_slot() and worker.job_counter == 1
         assert await worker.try_take_slot() and worker.full()
@@ -219,7 +229,7 @@ OUR_ATTRIBUTES = {
 async def test_our_worker_classes_add_no_attribute_arq_has(redis: ArqRedis) -> None:
     """None of our names may be one arq uses: an upgrade that adds one would silently share it."""
     stock = _stock(redis)
-    ours = WakingWorker(functions=[func(_noted, name="noted")], redis_pool=redis, ctx={})
+    ours = WakingWorker(functions=[func(_noted, name="noted")], redis_pool=redis, ctx={}, **SERIALIZERS)
     try:
         assert set(vars(ours)) - set(vars(stock)) == OUR_ATTRIBUTES  # a new attribute of ours: add it above
         clashes = OUR_ATTRIBUTES & (set(vars(stock)) | set(dir(Worker)))

@@ -349,3 +349,21 @@ async def _statements_per_list(client: httpx.AsyncClient, auth: dict[str, str]) 
         assert all(entry["jobId"] == j["id"] for j in jobs for entry in j["logs"]["logs"])
         counts[n] = counter.statements
     return counts
+
+
+async def test_a_document_over_the_cost_limit_is_refused_before_it_runs(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """Lists inside lists multiply: 100 jobs with 100 runs each with their fields is over GRAPHQL_MAX_COST (20,000);
+    the same with 5 runs each, and what the dashboard asks, are not."""
+    nested = "{ jobs { id logs(limit: %d) { ... on JobLogPage { logs { id result details payload } } } } }"
+    refused = await gql(client, auth, nested % 100)
+    assert codes(refused) == ["BAD_USER_INPUT"] and refused.get("data") is None
+    assert "more than GRAPHQL_MAX_COST (20000)" in refused["errors"][0]["message"]
+    assert "errors" not in await gql(client, auth, nested % 5)
+    by_variable = "query($n: Int) { jobs { id logs(limit: $n) { ... on JobLogPage { logs { id result } } } } }"
+    assert codes(await gql(client, auth, by_variable, n=100)) == ["BAD_USER_INPUT"]
+    assert "errors" not in await gql(client, auth, by_variable, n=10)
+    # Fragments count as what they select.
+    spread = "{ jobs { ...J } } fragment J on Job { logs(limit: 100) { ... on JobLogPage { logs { id result } } } }"
+    assert codes(await gql(client, auth, spread)) == ["BAD_USER_INPUT"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from app.platform.config import Settings
 
@@ -22,7 +23,9 @@ BIN = Path(sys.executable).parent
 _FIELDS = (
     "app_env database_url redis_url jwt_secret heartbeat_seconds lease_ttl_seconds queued_lease_ttl_seconds "
     "worker_poll_delay reconcile_interval_seconds misfire_grace_seconds shutdown_grace_seconds job_timeout_seconds "
-    "scheduler_timezone log_level embedded_worker worker_max_jobs worker_idle_poll_seconds"
+    "scheduler_timezone log_level embedded_worker worker_max_jobs worker_idle_poll_seconds "
+    "ws_max_message_bytes ws_init_timeout_seconds ws_max_sockets_per_address ws_max_sockets_per_subject "
+    "ws_max_operations_per_socket http_max_concurrency http_keep_alive_seconds"
 ).split()
 
 
@@ -30,6 +33,8 @@ def env_for(settings: Settings, **extra: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "JWT_"))}
     for name in _FIELDS:
         value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         if value is not None:
             env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
     env["JOB_TYPE_MODULES"] = ",".join(settings.job_type_modules)
@@ -98,15 +103,14 @@ class WorkerProcess(_Process):
 
 
 class ApiProcess(_Process):
-    """`uvicorn app.main:app` on a loopback port, as the README runs an API instance."""
+    """`jobs-gateway serve` on a loopback port, as the README runs an API instance."""
 
     # Logged once the socket is bound; "Application startup complete" comes a moment before that.
     ready_text = "Uvicorn running on"
 
     def __init__(self, settings: Settings, workdir: Path, port: int, name: str = "api", **extra: Any) -> None:
-        argv = [str(BIN / "uvicorn"), "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--ws-per-message-deflate", "false"]
-        super().__init__(argv, env_for(settings, **extra), workdir, name)
+        env = env_for(settings, host="127.0.0.1", port=port, **extra)
+        super().__init__([str(BIN / "jobs-gateway"), "serve"], env, workdir, name)
         self.url = f"http://127.0.0.1:{port}"
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:

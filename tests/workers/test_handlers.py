@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from app.job_types import registry
 from app.job_types.registry import RunContext
 from app.platform.runtime import Runtime
 from app.platform.timefmt import utcnow
+from workers.handlers import metadata_sync
+from workers.handlers.cleanup_orphaned_files import _delete, _orphans
 
 pytestmark = pytest.mark.postgres
 
@@ -77,6 +80,29 @@ async def test_cleanup_job_logs_prunes_completed_runs_and_skipped_fires_past_ret
     }
     assert sorted(await Run.all().values_list("token", flat=True)) == ["t2", "t3"]
     assert await SkippedFire.all().values_list("recorded_at", flat=True) == [recent]
+
+
+def test_a_folder_swapped_for_a_symlink_after_the_scan_sends_no_delete_outside(tmp_path: Path) -> None:
+    """The scan finds files/covers/orphan.png; before the delete, covers/ becomes a link to a folder outside
+    FILES_DIR holding a file of the same name. The delete must not follow it."""
+    root, outside = tmp_path / "files", tmp_path / "precious"
+    (root / "covers").mkdir(parents=True)
+    outside.mkdir()
+    (root / "covers" / "orphan.png").write_bytes(b"1234")
+    (outside / "orphan.png").write_bytes(b"keep me")
+    old = time.time() - 7200
+    os.utime(root / "covers" / "orphan.png", (old, old))
+    found = _orphans(root, set(), 3600)
+    assert found == [root / "covers" / "orphan.png"]
+    shutil.rmtree(root / "covers")
+    (root / "covers").symlink_to(outside, target_is_directory=True)
+    assert _delete(root, found) == 0
+    assert (outside / "orphan.png").read_bytes() == b"keep me"
+    # Without the swap the same call deletes it.
+    (root / "covers").unlink()
+    (root / "covers").mkdir()
+    (root / "covers" / "orphan.png").write_bytes(b"1234")
+    assert _delete(root, found) == 4 and not (root / "covers" / "orphan.png").exists()
 
 
 async def test_cleanup_orphaned_files_keeps_referenced_young_and_outside_files(orm: Runtime, tmp_path: Path) -> None:
@@ -173,6 +199,23 @@ async def test_metadata_sync_over_http_updates_changed_games(
     state["body"] = {"games": [{"id": "a", "title": "Alpha Remastered"}]}
     assert await run("metadata_sync", context(orm, metadata_source_url=url)) == "Synced 1 games (0 new)"
     assert (await Game.get(external_id="a")).title == "Alpha Remastered"
+
+
+async def test_metadata_sync_refuses_a_catalogue_over_its_size_cap_and_ignores_proxies(
+    orm: Runtime, catalogue_server: tuple[str, dict[str, object]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    url, state = catalogue_server
+    monkeypatch.setattr(metadata_sync, "MAX_CATALOGUE_BYTES", 10_000)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # would refuse the connection, were it used
+    state["body"] = {"games": [{"id": f"g{i}", "title": "x" * 100} for i in range(200)]}
+    with pytest.raises(ValueError, match="larger than 10000 bytes"):
+        await run("metadata_sync", context(orm, metadata_source_url=url))
+    big = tmp_path / "catalogue.json"
+    big.write_text(json.dumps(state["body"]))
+    with pytest.raises(ValueError, match="larger than 10000 bytes"):
+        await run("metadata_sync", context(orm, metadata_source_url=str(big)))
+    state["body"] = {"games": [{"id": "a", "title": "Alpha"}]}
+    assert await run("metadata_sync", context(orm, metadata_source_url=url)) == "Synced 1 games (1 new)"
 
 
 async def test_metadata_sync_fails_clearly_on_a_bad_catalogue_or_http_error(

@@ -3,6 +3,7 @@ and a real loopback HTTP server."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import socket
@@ -23,7 +24,7 @@ from app.job_types.registry import RunContext
 from app.platform.runtime import Runtime
 from app.platform.timefmt import utcnow
 from workers.handlers import update_search_index
-from workers.handlers.http_request import check_allowed
+from workers.handlers.http_request import _internal, check_allowed
 
 pytestmark = pytest.mark.postgres
 
@@ -364,7 +365,7 @@ async def test_http_request_success_sends_method_headers_and_body(orm: Runtime, 
 
 
 async def test_http_request_head_and_a_list_of_expected_statuses(orm: Runtime, server: Server) -> None:
-    allowed = {"http_request_allowed_hosts": ["127.0.0.1"]}
+    allowed = {"http_request_allowed_hosts": [server.base]}
     summary = await run("http_request", orm, {"url": f"{server.base}/ok", "method": "HEAD"}, **allowed)
     assert summary.startswith(f"HTTP 200 from HEAD {server.base}/ok in ")
     payload: dict[str, Any] = {"url": f"{server.base}/status/201", "method": "PUT", "expectStatus": [200, 201]}
@@ -425,18 +426,74 @@ async def test_http_request_refuses_hosts_not_allowed(
     assert server.requests == []
 
 
+@pytest.mark.parametrize(
+    ("allowed", "refused"),
+    [
+        (["http://localhost:{port}"], "'localhost' resolves to 127.0.0.1, an internal address"),  # by name only
+        (["http://localhost:{port}", "http://127.0.0.1:1"], "resolves to 127.0.0.1"),  # the address, another port
+    ],
+)
+async def test_http_request_refuses_a_name_resolving_to_an_internal_address(
+    orm: Runtime, server: Server, allowed: list[str], refused: str
+) -> None:
+    """A name the allow-list names is still refused when it resolves to loopback, private, link-local (cloud
+    metadata) or other internal addresses that the allow-list does not name themselves."""
+    hosts = [a.format(port=server.port) for a in allowed]
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        await run("http_request", orm, {"url": f"http://localhost:{server.port}/ok"}, http_request_allowed_hosts=hosts)
+    assert server.requests == []
+
+
+async def test_http_request_connects_to_the_address_it_checked_with_the_name_as_host(
+    orm: Runtime, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both the name and the address it resolves to are allowed: the connection goes to the address resolved at
+    the check, with the name in Host; proxy variables of the environment are ignored."""
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # a proxy that would refuse the connection
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
+    hosts = [f"http://localhost:{server.port}", server.base]
+    summary = await run(
+        "http_request", orm, {"url": f"http://localhost:{server.port}/ok"}, http_request_allowed_hosts=hosts
+    )
+    assert summary.startswith(f"HTTP 200 from GET http://localhost:{server.port}/ok")
+    [(_, path, headers, _)] = server.requests
+    assert (path, headers["Host"]) == ("/ok", f"localhost:{server.port}")
+
+
+def test_internal_addresses_are_the_ones_refused() -> None:
+    for address in (
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "::1",
+        "fe80::1",
+        "fd00::1",
+        "0.0.0.0",
+        "::ffff:127.0.0.1",
+        "224.0.0.1",
+        "100.64.0.1",
+    ):
+        assert _internal(ipaddress.ip_address(address)), address
+    for address in ("8.8.8.8", "93.184.216.34", "2606:4700:4700::1111"):
+        assert not _internal(ipaddress.ip_address(address)), address
+
+
 async def test_http_request_connection_refused_is_a_clear_error(orm: Runtime) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/"
     with pytest.raises(ValueError, match=rf"^GET {re.escape(url)} failed: "):
-        await run("http_request", orm, {"url": url, "timeout": 5}, http_request_allowed_hosts=["127.0.0.1"])
+        await run(
+            "http_request", orm, {"url": url, "timeout": 5}, http_request_allowed_hosts=[f"http://127.0.0.1:{port}"]
+        )
 
 
 async def test_http_request_summary_hides_credentials_in_the_url(orm: Runtime, server: Server) -> None:
     url = f"http://user:secret@127.0.0.1:{server.port}/ok"
-    summary = await run("http_request", orm, {"url": url}, http_request_allowed_hosts=["127.0.0.1"])
+    summary = await run("http_request", orm, {"url": url}, http_request_allowed_hosts=[server.base])
     assert "secret" not in summary and summary.startswith(f"HTTP 200 from GET {server.base}/ok in ")
     assert server.requests[0][2]["Authorization"].startswith("Basic ")
 
@@ -487,9 +544,12 @@ CASES: list[tuple[str, list[str], bool]] = [
     ("http://127.0.0.1:8080/hook", ["http://127.0.0.1:8080"], True),
     ("http://127.0.0.1:8081/hook", ["http://127.0.0.1:8080"], False),
     ("http://127.0.0.1/hook", ["http://127.0.0.1:8080"], False),
-    # a bare host: http or https, any port
-    ("http://api.example.com:8080/", ["api.example.com"], True),
+    # a bare host: http on 80 or https on 443, not every port
+    ("http://api.example.com:8080/", ["api.example.com"], False),
+    ("https://api.example.com:8443/", ["api.example.com"], False),
+    ("http://api.example.com/", ["api.example.com"], True),
     ("https://api.example.com/", ["api.example.com"], True),
+    ("https://api.example.com:443/", ["api.example.com"], True),
     ("ftp://api.example.com/", ["api.example.com"], False),
     # case-insensitive, no wildcards, no subdomains, no suffix tricks
     ("https://API.Example.COM/x", ["https://api.example.com"], True),
@@ -505,11 +565,12 @@ CASES: list[tuple[str, list[str], bool]] = [
     ("https://user:pw@api.example.com/", ["api.example.com"], True),
     ("http://api.example.com#@evil.net/", ["api.example.com"], True),
     # IPv6 and internationalised names
-    ("http://[::1]:8080/", ["[::1]"], True),
-    ("http://[::1]:8080/", ["::1"], True),
+    ("http://[::1]/", ["[::1]"], True),
+    ("http://[::1]/", ["::1"], True),
+    ("http://[::1]:8080/", ["::1"], False),
     ("http://[::1]:8080/", ["http://[::1]:8080"], True),
     ("http://[::1]:8080/", ["http://[::1]:8081"], False),
-    ("http://[0:0:0:0:0:0:0:1]:8080/", ["::1"], True),
+    ("http://[0:0:0:0:0:0:0:1]:8080/", ["http://[::1]:8080"], True),
     ("https://bücher.de/", ["BÜCHER.de"], True),
     ("https://xn--bcher-kva.de/", ["https://bücher.de"], True),
     # several entries, empty ones ignored; an empty list allows nothing

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ async def cleanup_orphaned_files(ctx: RunContext) -> dict[str, Any]:
     orphans = await asyncio.to_thread(_orphans, root, referenced, ctx.settings.orphan_min_age_seconds)
     ctx.log.info("found %d orphaned files under %s", len(orphans), root, referenced=len(referenced))
     # File system work stays off the event loop: a long scan must not starve the lease heartbeat.
-    freed = await asyncio.to_thread(_delete, orphans)
+    freed = await asyncio.to_thread(_delete, root, orphans)
     return {
         "summary": f"Deleted {len(orphans)} orphaned files ({freed} bytes)",
         "filesDeleted": len(orphans),
@@ -38,9 +40,31 @@ async def cleanup_orphaned_files(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def _delete(paths: list[Path]) -> int:
+def _delete(root: Path, paths: list[Path]) -> int:
+    """Unlink each path under `root`, walking down from a descriptor of `root` one directory at a time without
+    following links: a directory swapped for a symlink after the scan (to send the delete elsewhere) stops that
+    path's deletion instead. Bytes freed."""
+    if not paths:
+        return 0
     freed = 0
-    for path in paths:
-        freed += path.stat().st_size
-        path.unlink(missing_ok=True)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    root_fd = os.open(root, flags)
+    try:
+        for path in paths:
+            *folders, name = path.relative_to(root).parts
+            fds = [root_fd]
+            try:
+                for folder in folders:
+                    fds.append(os.open(folder, flags, dir_fd=fds[-1]))
+                info = os.stat(name, dir_fd=fds[-1], follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode):
+                    os.unlink(name, dir_fd=fds[-1])
+                    freed += info.st_size
+            except OSError:
+                continue  # gone, or no longer a plain file in a plain folder under root: left alone
+            finally:
+                for fd in fds[1:]:
+                    os.close(fd)
+    finally:
+        os.close(root_fd)
     return freed

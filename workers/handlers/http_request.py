@@ -1,12 +1,17 @@
 """`http_request`: one HTTP request to a host in HTTP_REQUEST_ALLOWED_HOSTS, checked for its status.
 
 An allow-list entry is either "scheme://host[:port]" (that scheme, host and port exactly, the port
-defaulting to the scheme's) or a bare "host" (http or https, any port). Hosts compare
+defaulting to the scheme's) or a bare "host" (http on 80 or https on 443). Hosts compare
 case-insensitively (internationalised names in their IDNA form), without wildcards. An empty list
 allows nothing. Redirects are not followed: the next hop could be anywhere.
 
 The URL is parsed once, by httpx, and the object that passed the check is the one requested, so the
-check and the request cannot disagree about the host.
+check and the request cannot disagree about the host. Its name is then resolved once: an address that is not
+globally reachable (loopback, private, link-local with the cloud metadata services, shared, reserved,
+unspecified) or multicast is refused unless that very address is allow-listed, and the request connects to
+the address that was checked (the name still goes in `Host` and in TLS's SNI and certificate check), so a
+name whose DNS answer changes between the check and the connection (rebinding) cannot lead it elsewhere. Proxy
+variables of the environment are ignored: the request goes where it was checked to go.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -108,14 +114,53 @@ def _parse_entry(entry: str) -> _Entry:
     return _Entry(host=_host(url))
 
 
+def _matches(entry: _Entry, host: str, scheme: str, port: int) -> bool:
+    if entry.host != host:
+        return False
+    if entry.scheme is None:
+        return port == DEFAULT_PORTS[scheme]  # a bare host: its scheme's own port, not every port
+    return (entry.scheme, entry.port) == (scheme, port)
+
+
 def _check(url: httpx.URL, allowed: list[str]) -> None:
     host, scheme, port = _host(url), url.scheme, _port(url)
     entries = [_parse_entry(e) for e in allowed if e.strip()]
-    for entry in entries:
-        if entry.host == host and (entry.scheme is None or (entry.scheme, entry.port) == (scheme, port)):
-            return
+    if any(_matches(entry, host, scheme, port) for entry in entries):
+        return
     hint = ", which is empty" if not entries else ""
     raise ValueError(f"host '{_origin(url)}' is not in {SETTING}{hint}")
+
+
+def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    # Not globally reachable (loopback, private, link-local, shared, documentation, reserved, unspecified…), or
+    # multicast (which Python counts as global).
+    return not address.is_global or address.is_multicast
+
+
+async def resolve_checked(url: httpx.URL, allowed: list[str]) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address to connect to for `url` (already allowed by name): resolved once, and refused when it is an
+    internal one that the allow-list does not name as such."""
+    host = _host(url)
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+    except ValueError:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, _port(url), type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ValueError(f"cannot resolve {host!r}: {exc}") from None
+        address = ipaddress.ip_address(infos[0][4][0])
+    if _internal(address):
+        literal = address.compressed
+        entries = [_parse_entry(e) for e in allowed if e.strip()]
+        if not any(_matches(entry, literal, url.scheme, _port(url)) for entry in entries):
+            raise ValueError(
+                f"host {host!r} resolves to {literal}, an internal address; {SETTING} must name that address "
+                "itself to allow it"
+            )
+    return address
 
 
 def check_allowed(url: str, allowed: list[str]) -> None:
@@ -165,11 +210,17 @@ async def _snippet(response: httpx.Response) -> str:
     return " ".join(data.decode("utf-8", errors="replace").split())[:SNIPPET_CHARS]
 
 
-async def _send(payload: HttpRequestPayload, url: httpx.URL) -> tuple[httpx.Response, str]:
+async def _send(
+    payload: HttpRequestPayload, url: httpx.URL, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> tuple[httpx.Response, str]:
     expected = payload.expected()
+    # To the address that was checked; the name in Host and in TLS (SNI, certificate check).
+    target = url.copy_with(host=address.compressed)
+    headers = {**payload.headers, "Host": url.netloc.decode("ascii")}
+    extensions = {"sni_hostname": _host(url)} if url.scheme == "https" else {}
     async with (
-        httpx.AsyncClient(timeout=payload.timeout, follow_redirects=False) as client,
-        client.stream(payload.method, url, headers=payload.headers, content=payload.body) as response,
+        httpx.AsyncClient(timeout=payload.timeout, follow_redirects=False, trust_env=False) as client,
+        client.stream(payload.method, target, headers=headers, content=payload.body, extensions=extensions) as response,
     ):
         snippet = "" if response.status_code in expected else await _snippet(response)
     return response, snippet
@@ -194,7 +245,8 @@ async def http_request(ctx: RunContext) -> dict[str, Any]:
     started = time.monotonic()
     try:
         async with asyncio.timeout(payload.timeout):
-            response, snippet = await _send(payload, url)
+            address = await resolve_checked(url, ctx.settings.http_request_allowed_hosts)
+            response, snippet = await _send(payload, url, address)
     except (TimeoutError, httpx.TimeoutException):
         raise TimeoutError(f"no answer from {what} within {payload.timeout:g} s") from None
     except httpx.HTTPError as exc:

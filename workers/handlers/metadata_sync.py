@@ -26,13 +26,31 @@ class Catalogue(BaseModel):
     games: list[CatalogueGame]
 
 
+# The catalogue is read whole into memory: a source larger than this is refused rather than read.
+MAX_CATALOGUE_BYTES = 32 * 1024 * 1024
+FETCH_TIMEOUT_SECONDS = 30.0
+
+
 async def _fetch(source: str) -> Any:
     if source.startswith(("http://", "https://")):
-        async with httpx.AsyncClient(timeout=30) as client:
-            response = await client.get(source)
+        # Proxy variables of the environment are ignored: the catalogue comes from where the setting says.
+        async with (
+            asyncio.timeout(FETCH_TIMEOUT_SECONDS),
+            httpx.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS, trust_env=False) as client,
+            client.stream("GET", source) as response,
+        ):
             response.raise_for_status()
-            return response.json()
-    text = await asyncio.to_thread(Path(source).read_text, encoding="utf-8")
+            data = bytearray()
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > MAX_CATALOGUE_BYTES:
+                    raise ValueError(f"the catalogue at {source} is larger than {MAX_CATALOGUE_BYTES} bytes")
+            return json.loads(bytes(data))
+    path = Path(source)
+    size = await asyncio.to_thread(lambda: path.stat().st_size)
+    if size > MAX_CATALOGUE_BYTES:
+        raise ValueError(f"the catalogue {source} is larger than {MAX_CATALOGUE_BYTES} bytes")
+    text = await asyncio.to_thread(path.read_text, encoding="utf-8")
     return json.loads(text)
 
 
