@@ -3,16 +3,28 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+DEV_STAMP := $(VENV)/.installed-dev-stamp
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: install run migrate test test-reliability test-load test-fast lint format system-deps bench-deps clean schema bench
+.PHONY: install install-dev run migrate test test-reliability test-load test-fast lint format system-deps bench-deps clean schema bench
 
+# The service's own dependencies (requirements.lock), every file checked against the lock's hashes; then the
+# project itself. `make run` needs no more. Both locks: `uv pip compile pyproject.toml [--extra dev]
+# --generate-hashes -o <lock>` (docs/security.md).
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PIP) --require-hashes -r requirements.lock
+	$(PIP) --no-deps -e .
 	touch $(STAMP)
 
+# The tools of tests, lint and benchmarks on top (requirements-dev.lock, hashed too).
+$(DEV_STAMP): $(STAMP) requirements-dev.lock
+	$(PIP) --require-hashes -r requirements-dev.lock
+	touch $(DEV_STAMP)
+
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
 
 # A development .env the first time: a random JWT secret that survives restarts.
 # Readable by its owner only (umask 077): it holds the secret that signs every token.
@@ -40,36 +52,36 @@ system-deps:
 	fi
 
 # ruff, ruff's formatter, mypy, and the import contracts of pyproject.toml (the layout's arrows).
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-format: install
+format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 # Lint, and the whole suite on SQLite and again on a throwaway PostgreSQL cluster (initdb/pg_ctl); the browser
 # tests drive the page through the GraphQL API, whose own tests run on both, so they run once. The two passes
 # run side by side, then the tests marked `serial` (latency bounds) run alone: tests/support/run_suite.sh.
-test: install system-deps
+test: install-dev system-deps
 	tests/support/run_suite.sh $(BIN) "$(MAKE)"
 
 # Faults, load and hostile input against real processes, on SQLite then PostgreSQL (docs/reliability.md).
 # The load scenarios (8-10) run last in each pass, once the fault scenarios' processes are gone.
-test-reliability: install system-deps
+test-reliability: install-dev system-deps
 	$(BIN)/pytest tests/reliability -s -m "not load"
 	$(BIN)/pytest tests/reliability -s -m "not load" --backend postgres
 	$(BIN)/pytest tests/reliability -s -m load
 	$(BIN)/pytest tests/reliability -s -m load --backend postgres
 
 # Only scenarios 8-10 (200 jobs every second watched by 1,000 subscribers), on both backends.
-test-load: install system-deps
+test-load: install-dev system-deps
 	$(BIN)/pytest tests/reliability/test_load.py -s
 	$(BIN)/pytest tests/reliability/test_load.py -s --backend postgres
 
-test-fast: install
+test-fast: install-dev
 	$(BIN)/pytest -x -q
 
 # B3 drives the REST API with Debian's wrk; only the benchmarks need it. After system-deps: one apt-get at a time.
@@ -80,7 +92,7 @@ bench-deps: system-deps
 	fi
 
 # Every bench/b*.py in quick mode (BENCH_FULL=1: full sizes, BENCH_SMOKE=1: seconds, CI), then BENCHMARKS.md.
-bench: install bench-deps
+bench: install-dev bench-deps
 	@set -e; for script in bench/b[0-9]*.py; do \
 		name=$$(basename $$script .py); echo "=== bench $$name"; $(BIN)/python -m bench.$$name; \
 	done
@@ -90,5 +102,5 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 # The checked-in SDL; tests/graphql/test_schema_file.py fails when it is out of date.
-schema: install
+schema: install-dev
 	$(BIN)/python -m app.schema_export > schema.graphql
