@@ -167,3 +167,22 @@ async def test_operations_are_capped_per_socket_and_initialisation_happens_once(
             assert acked(await first_message(ws))
             await ws.send(json.dumps({"type": "connection_init", "payload": {"token": token}}))
             assert (await first_message(ws)) == (4429, "Too many initialisation requests"), protocol
+
+
+async def test_connections_past_the_servers_concurrency_get_503(api_factory: Any) -> None:
+    api, settings = api_factory(http_max_concurrency=10)
+    token = make_token(settings)
+    held = [await opened(api, token) for _ in range(10)]
+    try:
+        for ws in held:
+            assert acked(await first_message(ws))
+        async with api.client() as client:
+            assert (await client.get("/healthz")).status_code == 503
+        for ws in held[:3]:
+            await ws.close()
+        await asyncio.sleep(0.3)
+        async with api.client() as client:
+            assert (await client.get("/healthz")).status_code == 200
+    finally:
+        for ws in held:
+            await ws.close()
