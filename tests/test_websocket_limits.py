@@ -186,3 +186,20 @@ async def test_connections_past_the_servers_concurrency_get_503(api_factory: Any
     finally:
         for ws in held:
             await ws.close()
+
+
+def test_a_request_whose_headers_trickle_in_is_closed_after_the_header_timeout(api_factory: Any) -> None:
+    api, settings = api_factory()  # the default: HTTP_HEADER_TIMEOUT_SECONDS=10
+    assert settings.http_header_timeout_seconds == 10
+    port = int(api.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+        for _ in range(3):
+            time.sleep(2)
+            sock.sendall(b"X-Slow: 1\r\n")  # a byte now and then keeps no connection open
+        assert sock.recv(1024) == b""  # closed by the server, no answer
+        assert 9 <= time.monotonic() - started <= 13
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:  # a whole request is answered
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")

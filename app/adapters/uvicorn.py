@@ -1,6 +1,7 @@
 """uvicorn 0.54.0 and websockets 17.4: one prepared websocket frame written to many uvicorn sockets, a
-`transport.write` per socket (`wire_writer`), and a send stepped without a task while it does not wait
-(`send_now`). Pinned by tests/adapters/test_uvicorn_contract.py.
+`transport.write` per socket (`wire_writer`), a send stepped without a task while it does not wait
+(`send_now`), and uvicorn's HTTP protocol with a timeout on a request's headers (`HeaderTimeoutProtocol`).
+Pinned by tests/adapters/test_uvicorn_contract.py.
 
 A shared `jobStatus` event goes to up to thousands of sockets with the same bytes (app.api.fanout).
 Through the ASGI `send`, each socket costs a message dict (app.api.graphql) and, in uvicorn, an Event wait,
@@ -27,10 +28,12 @@ tests, which an upgrade must pass.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from starlette.types import Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 
@@ -110,3 +113,48 @@ def send_now(coro: Coroutine[Any, Any, None]) -> object | None:
 
 
 YIELDED = object()  # the coroutine yielded to the loop without a future (asyncio.sleep(0))
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol (httptools, its `auto` choice here), closing a connection whose request headers have
+    not arrived whole `header_timeout` seconds after the connection opened or the request's first byte: uvicorn
+    times out an idle keep-alive connection but not a request trickling in one byte at a time, which holds a
+    connection (and a `limit_concurrency` place) for as long as the client likes. `with_timeout` makes the class
+    `jobs-gateway serve` hands uvicorn as its `http` protocol."""
+
+    header_timeout: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def with_timeout(cls, seconds: float) -> type[HeaderTimeoutProtocol]:
+        return type("HeaderTimeoutProtocol", (cls,), {"header_timeout": seconds})
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from app import engine
 from app.api.auth import ADMIN_PERMISSION, issue_token
+from app.api.server import uvicorn_options
 from app.cli import client as cli_client
 from app.platform import db
 from app.platform.config import Settings, get_settings, redacted
@@ -81,21 +82,7 @@ def _serve(settings: Settings) -> None:
     import uvicorn
 
     configure_logging(settings)  # uvicorn's own lines too, from the first one (log_config=None keeps ours)
-    uvicorn.run(
-        "app.main:app",
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        log_config=None,
-        # Without permessage-deflate a jobStatus event is one prepared frame written to every socket
-        # (app.adapters.uvicorn); with it each socket compresses its own copy, for frames of a few hundred bytes.
-        ws_per_message_deflate=False,
-        # The websocket library refuses a frame whose header announces more than this, before reading it (1009):
-        # the app's own check of WS_MAX_MESSAGE_BYTES (app.api.body_limit) sees a message only once it is whole.
-        ws_max_size=settings.ws_max_message_bytes,
-        limit_concurrency=settings.http_max_concurrency,
-        timeout_keep_alive=settings.http_keep_alive_seconds,
-    )
+    uvicorn.run("app.main:app", **uvicorn_options(settings))
 
 
 def cmd_worker(_: argparse.Namespace) -> None:

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     # an idle keep-alive connection stays open.
     http_max_concurrency: int = Field(default=20_000, ge=10)
     http_keep_alive_seconds: int = Field(default=5, ge=1, le=300)
+    # A request's headers must arrive whole within this of its first byte (or of the connection): a client trickling
+    # them in would otherwise hold its connection for as long as it likes.
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # `metadata-sync` reads this JSON catalogue: an http(s) URL or a file path.
     metadata_source_url: str = str(Path(__file__).parents[1] / "data" / "sample_catalogue.json")
     # `cleanup-orphaned-files` deletes files here that no stored_file row references.

@@ -333,3 +333,19 @@ async def test_a_paused_transport_takes_the_asgi_send_and_gets_every_change_in_o
 async def _nothing_arrives(ws: ClientConnection) -> None:
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(ws.recv(), 0.3)
+
+
+def test_the_header_timeout_protocol_overrides_what_uvicorns_httptools_protocol_calls() -> None:
+    """HeaderTimeoutProtocol arms its timer where uvicorn's httptools protocol starts a connection and a request,
+    and disarms it where the headers are complete or the connection is lost: those methods must still be there,
+    and uvicorn must still choose that protocol for `http="auto"` (the default this replaces)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from app.adapters.uvicorn import HeaderTimeoutProtocol
+
+    assert AutoHTTPProtocol is HttpToolsProtocol
+    for name in ("connection_made", "on_message_begin", "on_headers_complete", "connection_lost"):
+        assert name in vars(HttpToolsProtocol), name
+        assert getattr(HeaderTimeoutProtocol, name) is not getattr(HttpToolsProtocol, name), name
+    assert HeaderTimeoutProtocol.with_timeout(3.0).header_timeout == 3.0
