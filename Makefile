@@ -34,6 +34,7 @@ install-dev: $(DEV_STAMP)
 	@echo "wrote .env with a random development JWT_SECRET"
 
 run: install .env
+	@chmod 600 .env  # also a .env from before it was written for its owner only
 	$(BIN)/jobs-gateway run
 
 migrate: install

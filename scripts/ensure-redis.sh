@@ -9,6 +9,8 @@
 set -euo pipefail
 
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
+# What messages show of it: without its password.
+shown_url="$(printf '%s' "$REDIS_URL" | sed -E 's#(://[^:/@]*:)[^@]*@#\1***@#')"
 DATA_DIR="${1:-./data}"
 say() { printf 'ensure-redis: %s\n' "$*"; }
 die() { printf 'ensure-redis: %s\n' "$*" >&2; exit 1; }
@@ -16,8 +18,8 @@ die() { printf 'ensure-redis: %s\n' "$*" >&2; exit 1; }
 # --- parse redis[s]://[user[:password]@]host[:port][/db] ---------------------------------------------------
 case "$REDIS_URL" in
     redis://* | rediss://*) ;;
-    unix://*) say "REDIS_URL is a unix socket ($REDIS_URL); not managed by this script"; exit 0 ;;
-    *) die "REDIS_URL must start with redis:// or rediss:// (got '$REDIS_URL')" ;;
+    unix://*) say "REDIS_URL is a unix socket ($shown_url); not managed by this script"; exit 0 ;;
+    *) die "REDIS_URL must start with redis:// or rediss:// (got '$shown_url')" ;;
 esac
 rest="${REDIS_URL#*://}"
 rest="${rest%%/*}"
@@ -35,7 +37,7 @@ else
 fi
 host="${host:-127.0.0.1}"
 port="${port:-6379}"
-[[ "$port" =~ ^[0-9]+$ ]] || die "cannot read a port from REDIS_URL '$REDIS_URL'"
+[[ "$port" =~ ^[0-9]+$ ]] || die "cannot read a port from REDIS_URL '$shown_url'"
 
 # --- does something answer? ---------------------------------------------------------------------------------
 with_timeout() {

@@ -97,8 +97,10 @@ async def test_the_token_comes_from_a_file_or_the_environment_never_the_command_
     token_file.write_text(make_token(settings) + "\n")
     listed = cli(settings, "jobs", "list", "--url", api.url, "--token-file", str(token_file))
     assert listed.returncode == 0 and "metadata-sync" in listed.stdout, listed.stderr
-    on_the_line = cli(settings, "jobs", "list", "--url", api.url, "--token", make_token(settings))
+    token = make_token(settings)
+    on_the_line = cli(settings, "jobs", "list", "--url", api.url, "--token", token)
     assert on_the_line.returncode == 2 and "unrecognized arguments: --token" in on_the_line.stderr
+    assert token not in on_the_line.stderr  # not taken for a --token-file path either, whose error would print it
     missing = cli(settings, "jobs", "list", "--url", api.url, "--token-file", str(tmp_path / "nope"))
     assert missing.returncode == 1 and "cannot read the token file" in missing.stderr
 

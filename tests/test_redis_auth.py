@@ -10,7 +10,7 @@ import pytest
 from redis.exceptions import AuthenticationError
 
 from app.platform.config import Settings
-from app.platform.redis_pool import connect_redis
+from app.platform.redis_pool import connect_redis, redis_settings, tls_options, worker_redis_settings
 from tests.conftest import make_token, running_app
 from tests.factories import make_job, wait_for_logs
 from tests.support.servers import RedisServer
@@ -44,3 +44,12 @@ async def test_the_service_runs_against_a_redis_that_requires_a_password(
         without = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{server.port}/0"})
         with pytest.raises(AuthenticationError):
             await connect_redis(without)
+
+
+def test_a_tls_url_checks_the_servers_name(settings: Settings) -> None:
+    """rediss://: the certificate must name the host; redis-py and arq only check the CA unless told."""
+    tls = settings.model_copy(update={"redis_url": "rediss://:pw@redis.internal:6380/0"})
+    for built in (redis_settings(tls), worker_redis_settings(tls)):
+        assert (built.ssl, built.ssl_check_hostname, built.host, built.password) == (True, True, "redis.internal", "pw")
+    assert tls_options(tls.redis_url) == {"ssl_check_hostname": True}
+    assert tls_options("redis://127.0.0.1:6379/0") == {}

@@ -25,7 +25,7 @@ from typing import Any
 from arq import Worker
 from arq.connections import ArqRedis, create_pool, log_redis_info
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
-from arq.jobs import deserialize_job, serialize_job
+from arq.jobs import DeserializationError, deserialize_job, serialize_job
 from arq.logs import default_log_config
 from arq.utils import timestamp_ms
 from arq.worker import logger as arq_logger
@@ -375,7 +375,11 @@ async def withdraw(redis: ArqRedis, job_id: str) -> tuple[Any, ...] | None:
     record = await redis.eval(_WITHDRAW, len(keys), *keys, job_id)  # type: ignore[misc]
     if not record:
         return None
-    return tuple(deserialize_job(record, deserializer=redis.job_deserializer).args)
+    try:
+        return tuple(deserialize_job(record, deserializer=redis.job_deserializer).args)
+    except DeserializationError:
+        # A record no worker of ours can read (planted, or from an unknown writer): withdrawn, and nothing to start.
+        return None
 
 
 async def allow_another_try(redis: Redis, job_id: str) -> None:

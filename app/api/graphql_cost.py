@@ -22,6 +22,7 @@ from graphql import (
     OperationDefinitionNode,
     SelectionSetNode,
     VariableNode,
+    value_from_ast_untyped,
 )
 from strawberry.extensions import SchemaExtension
 
@@ -52,12 +53,18 @@ class CostLimit(SchemaExtension):
             return
         settings = context.context.runtime.settings
         fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
-        variables = context.variables or {}
         for operation in document.definitions:
             if not isinstance(operation, OperationDefinitionNode):
                 continue
             if context.operation_name and operation.name and operation.name.value != context.operation_name:
                 continue
+            # A variable the request leaves out takes its default in the document.
+            defaults = {
+                d.variable.name.value: value_from_ast_untyped(d.default_value)
+                for d in operation.variable_definitions or ()
+                if d.default_value is not None
+            }
+            variables = {**defaults, **(context.variables or {})}
             cost = _selection_cost(operation.selection_set, fragments, variables)
             if cost > settings.graphql_max_cost:
                 raise GraphQLError(
@@ -108,6 +115,9 @@ def _items(field: FieldNode, variables: Mapping[str, Any]) -> int:
             return max(1, int(value.value))
         if isinstance(value, VariableNode):
             given = variables.get(value.name.value)
+            # An Int variable may arrive as an integral float (100.0): GraphQL's Int takes it as 100.
+            if isinstance(given, float) and given.is_integer():
+                given = int(given)
             if isinstance(given, int) and not isinstance(given, bool):
                 return max(1, given)
     return PAGED_DEFAULTS.get(name) or UNBOUNDED_GUESS.get(name) or 1

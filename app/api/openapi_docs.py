@@ -199,6 +199,7 @@ SKIPPED_PAGE = {
     "total": 1,
     "limit": 50,
     "offset": 0,
+    "nextBefore": None,
 }
 
 

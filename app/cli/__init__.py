@@ -162,7 +162,7 @@ async def _runs_show(api: cli_client.Api, args: argparse.Namespace) -> None:
 
 
 def _add_jobs_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--url", help=f"the API's base URL (default ${cli_client.URL_ENV} or {cli_client.DEFAULT_URL})")
     common.add_argument(
         "--token-file",
@@ -172,13 +172,13 @@ def _add_jobs_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     jobs = sub.add_parser("jobs", help="list, trigger and follow jobs on a running API")
     actions = jobs.add_subparsers(dest="action_name", required=True)
-    listing = actions.add_parser("list", parents=[common], help="every job with its status")
+    listing = actions.add_parser("list", parents=[common], allow_abbrev=False, help="every job with its status")
     listing.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
     listing.set_defaults(func=_drive, action=_jobs_list)
-    trigger = actions.add_parser("trigger", parents=[common], help="run a job now")
+    trigger = actions.add_parser("trigger", parents=[common], allow_abbrev=False, help="run a job now")
     trigger.add_argument("job_id", metavar="ID")
     trigger.set_defaults(func=_drive, action=_jobs_trigger)
-    logs = actions.add_parser("logs", parents=[common], help="a job's latest runs, oldest first")
+    logs = actions.add_parser("logs", parents=[common], allow_abbrev=False, help="a job's latest runs, oldest first")
     logs.add_argument("job_id", metavar="ID")
     logs.add_argument("--limit", type=int, default=20, help="how many past runs to print (default 20, max 100)")
     logs.add_argument(
@@ -187,8 +187,9 @@ def _add_jobs_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     logs.set_defaults(func=_drive, action=_jobs_logs)
     runs = sub.add_parser("runs", help="look at one run on a running API")
     run_actions = runs.add_subparsers(dest="action_name", required=True)
+    # No abbreviations (allow_abbrev=False): a token given as `--token <it>` must not pass for `--token-file`.
     show = run_actions.add_parser(
-        "show", parents=[common], help="a run with its output, progress, traceback and log lines"
+        "show", parents=[common], allow_abbrev=False, help="a run with its output, progress, traceback and log lines"
     )
     show.add_argument("run_id", metavar="RUN_ID")
     show.add_argument("--json", action="store_true", help="print the API's JSON (the run, with `log`: its lines)")
@@ -208,7 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("serve", help="serve the API (an instance in production)").set_defaults(func=cmd_serve)
     sub.add_parser("worker", help="run a standalone worker (woken on new work)").set_defaults(func=cmd_worker)
     _add_jobs_commands(sub)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Named, never shown: what follows an unknown option may be a secret (`--token <the token>`).
+        options = sorted({u.split("=", 1)[0] for u in unknown if u.startswith("-")}) or ["(a value)"]
+        parser.error(f"unrecognized arguments: {' '.join(options)} (values not shown)")
     args.func(args)
 
 

@@ -54,7 +54,7 @@ def resolve_token(token_file: str | None) -> str:
     if token_file:
         try:
             token = Path(token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8
             raise CliError(f"cannot read the token file: {exc}") from exc
         if not token:
             raise CliError(f"the token file {token_file} is empty")

@@ -20,6 +20,7 @@ from app.engine.depth import queue_depth_now
 from app.engine.events import CHANNEL, JOB_DELETED
 from app.platform import metrics
 from app.platform.config import Settings
+from app.platform.redis_pool import tls_options
 
 log = logging.getLogger(__name__)
 QUEUE_DEPTH_TIMEOUT_SECONDS = 0.5
@@ -54,7 +55,9 @@ class DeletionFollower:
                 self._stop.wait(FOLLOW_RETRY_SECONDS)
 
     def _follow(self) -> None:
-        client = redis.Redis.from_url(self._redis_url, socket_connect_timeout=QUEUE_DEPTH_TIMEOUT_SECONDS)
+        client = redis.Redis.from_url(
+            self._redis_url, socket_connect_timeout=QUEUE_DEPTH_TIMEOUT_SECONDS, **tls_options(self._redis_url)
+        )
         pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(CHANNEL)
@@ -91,6 +94,7 @@ class WorkerMetricsServer:
             settings.redis_url,
             socket_timeout=QUEUE_DEPTH_TIMEOUT_SECONDS,
             socket_connect_timeout=QUEUE_DEPTH_TIMEOUT_SECONDS,
+            **tls_options(settings.redis_url),
         )
 
         def depth() -> float:

@@ -34,7 +34,7 @@ from app.platform.timefmt import iso_ms
 from app.runs import service as runs_service
 from app.runs.graphql import JobLogPageType, LogPageResult, RunProgressType, SkippedFirePageType, SkippedFiresResult
 
-LogKey = tuple[str, int | None, int | None]
+LogKey = tuple[str, int | None, int | None, int | None]  # job, limit, offset, before
 
 
 @strawberry.type(name="RetryPolicy", description="How often, and how long apart, a failed run is attempted again.")
@@ -126,12 +126,14 @@ class JobType:
     @strawberry.field(
         description="This job's runs, newest first; batched across jobs. A bad argument: ValidationFailed."
     )
-    async def logs(self, info: strawberry.Info, limit: int | None = 50, offset: int | None = 0) -> LogPageResult:
+    async def logs(
+        self, info: strawberry.Info, limit: int | None = 50, offset: int | None = 0, before: int | None = None
+    ) -> LogPageResult:
         try:
             # A job reached from a mutation's answer is read by a caller who may only change it: runs need jobs.read.
             info.context.require("jobLogs")
             # Checked before the batch: one job's bad arguments must not fail the others'.
-            runs_service.page_request(limit=limit, offset=offset)
+            runs_service.page_request(limit=limit, offset=offset, before=before)
         except AppError as exc:
             return cast(LogPageResult, outcome(exc, (ValidationFailed, PermissionDenied)))
         # No cache: a websocket's context (and a shared stream's) outlives one execution, and every
@@ -140,7 +142,7 @@ class JobType:
         loader: DataLoader[LogKey, Page[Run]] | None = loaders.get("job_logs")
         if loader is None:
             loader = loaders["job_logs"] = DataLoader(_load_logs, cache=False)
-        return JobLogPageType.of(await loader.load((str(self.id), limit, offset)))
+        return JobLogPageType.of(await loader.load((str(self.id), limit, offset, before)))
 
     @strawberry.field(
         description="Its pending fire, then its schedule's next ones (count at most 100); empty while stopped."
@@ -157,11 +159,11 @@ class JobType:
 
     @strawberry.field(description="This job's scheduled fires that did not run, with the reason; newest first.")
     async def skipped_fires(
-        self, info: strawberry.Info, limit: int | None = 50, offset: int | None = 0
+        self, info: strawberry.Info, limit: int | None = 50, offset: int | None = 0, before: int | None = None
     ) -> SkippedFiresResult:
         try:
             info.context.require("skippedFires")
-            page = await runs_service.list_skipped(job_id=str(self.id), limit=limit, offset=offset)
+            page = await runs_service.list_skipped(job_id=str(self.id), limit=limit, offset=offset, before=before)
         except AppError as exc:
             return cast(SkippedFiresResult, outcome(exc, (ValidationFailed, PermissionDenied)))
         return SkippedFirePageType.of(page)
@@ -176,12 +178,12 @@ NextFiresResult = Annotated[NextFiresType | ValidationFailed | PermissionDenied,
 
 
 async def _load_logs(keys: list[LogKey]) -> list[Page[Run]]:
-    """One batch per distinct (limit, offset): a list of 100 jobs costs a constant number of queries."""
+    """One batch per distinct (limit, offset, before): a list of 100 jobs costs a constant number of queries."""
     found: dict[LogKey, Page[Run]] = {}
-    for limit, offset in {(k[1], k[2]) for k in keys}:
-        ids = [k[0] for k in keys if (k[1], k[2]) == (limit, offset)]
-        pages = await runs_service.pages_for_jobs(job_ids=ids, limit=limit, offset=offset)
-        found.update({(job_id, limit, offset): page for job_id, page in pages.items()})
+    for limit, offset, before in {k[1:] for k in keys}:
+        ids = [k[0] for k in keys if k[1:] == (limit, offset, before)]
+        pages = await runs_service.pages_for_jobs(job_ids=ids, limit=limit, offset=offset, before=before)
+        found.update({(job_id, limit, offset, before): page for job_id, page in pages.items()})
     return [found[k] for k in keys]
 
 

@@ -3,7 +3,9 @@ that arq's job records are written in."""
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -22,10 +24,27 @@ def job_serializer(record: dict[str, Any]) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """Pickle restricted to what it can say without naming a class or function (dicts, lists, tuples, strings,
+    numbers, None): nothing it reads can call anything."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name} is refused: an arq job record holds plain values only")
+
+
 def job_deserializer(data: bytes) -> dict[str, Any]:
-    """A record as `job_serializer` wrote it; anything else raises, and arq then fails that job without running
-    it."""
-    record = json.loads(data)
+    """A record as `job_serializer` wrote it. A record pickled by a release before the JSON one (a fire or retry
+    queued before an upgrade) is read as plain values only; anything else raises, and arq then fails that job
+    without running it."""
+    try:
+        record = json.loads(data)
+    except ValueError:
+        if not data.startswith(b"\x80"):
+            raise
+        try:
+            record = _PlainUnpickler(io.BytesIO(data)).load()
+        except Exception as exc:
+            raise ValueError(f"not an arq job record of plain values: {exc}") from exc
     if not isinstance(record, dict):
         raise ValueError("an arq job record is a JSON object")
     return record
@@ -36,9 +55,16 @@ def job_deserializer(data: bytes) -> dict[str, Any]:
 SOCKET_TIMEOUT_SECONDS = 2.0
 
 
+def tls_options(url: str) -> dict[str, Any]:
+    """redis-py's options for a `rediss://` URL: the certificate must name the host (redis-py checks only that a
+    trusted CA signed it unless told). None for a plain URL, whose connections take no TLS options."""
+    return {"ssl_check_hostname": True} if url.startswith("rediss://") else {}
+
+
 def redis_settings(settings: Settings) -> RedisSettings:
     # One quick attempt: a caller waiting on a dead Redis should get a 503, not a long retry loop.
     rs = RedisSettings.from_dsn(settings.redis_url)
+    rs.ssl_check_hostname = True  # rediss://: the certificate must name the host, not only come from a trusted CA
     rs.conn_timeout = 2
     rs.conn_retries = 1
     rs.conn_retry_delay = 0
@@ -49,6 +75,7 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
     """A worker waits out a Redis restart instead of dying: a command retries with backoff until
     WORKER_REDIS_RETRY_SECONDS have passed since it first failed, then gives up."""
     rs = RedisSettings.from_dsn(settings.redis_url)
+    rs.ssl_check_hostname = True  # rediss://: the certificate must name the host, not only come from a trusted CA
     rs.conn_timeout = 2
     # OSError too: a stopped Redis refuses the connection with a plain ConnectionRefusedError, which
     # redis-py's default (its own ConnectionError and TimeoutError) would not retry at all.

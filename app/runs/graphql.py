@@ -145,11 +145,14 @@ class SkippedFirePageType:
     total: int
     limit: int
     offset: int
+    next_before: int | None = strawberry.field(
+        description="`before` of the next page (keyset: the same cost at any depth); null on the last page."
+    )
 
     @classmethod
     def of(cls, page: Page[SkippedFire]) -> SkippedFirePageType:
         fires = [SkippedFireType.of(s) for s in page.items]
-        return cls(fires=fires, total=page.total, limit=page.limit, offset=page.offset)
+        return cls(fires=fires, total=page.total, limit=page.limit, offset=page.offset, next_before=page.next_before)
 
 
 JobLogsResult = Annotated[JobLogPageType | JobNotFound | ValidationFailed, strawberry.union("JobLogsResult")]

@@ -112,7 +112,8 @@ async def cancel_run(jobId: str, rt: RuntimeDep, user: Annotated[Principal, may(
     response_model=SkippedFirePage,
     summary="Get the job's skipped fires",
     description="Scheduled fires that did not run, newest first, with the reason: `overlap`, "
-    "`outside_catch_up_window`, `disabled` or `cancelled_by_policy`. `limit` default 50, max 100.",
+    "`outside_catch_up_window`, `disabled` or `cancelled_by_policy`. `limit` default 50, max 100; `before=<id>` "
+    "pages by keyset (each page's `nextBefore`) past the deepest offset.",
     responses=docs.example(docs.SKIPPED_PAGE, docs.errors(400, 404)),
 )
 async def skipped_fires(
@@ -120,8 +121,9 @@ async def skipped_fires(
     _: Annotated[Principal, may("skippedFires")],
     limit: str | None = None,
     offset: str | None = None,
+    before: str | None = None,
 ) -> SkippedFirePage:
-    page = await runs_service.list_skipped(job_id=jobId, limit=limit, offset=offset)
+    page = await runs_service.list_skipped(job_id=jobId, limit=limit, offset=offset, before=before)
     return SkippedFirePage.of(page)
 
 

@@ -87,11 +87,12 @@ class SkippedFirePage(CamelModel):
     total: int
     limit: int
     offset: int
+    next_before: int | None  # the `before` of the next page; null on the last one
 
     @classmethod
     def of(cls, page: Page[SkippedFire]) -> SkippedFirePage:
         fires = [SkippedFireOut(**skipped_fields(s)) for s in page.items]
-        return cls(fires=fires, total=page.total, limit=page.limit, offset=page.offset)
+        return cls(fires=fires, total=page.total, limit=page.limit, offset=page.offset, next_before=page.next_before)
 
 
 def detail_fields(run: Run) -> dict[str, Any]:

@@ -95,10 +95,12 @@ async def list_all(
     return await fetch_page(query, page, total=(lambda: run_totals(None)) if filters.empty else None)
 
 
-async def list_skipped(*, job_id: str, limit: int | str | None, offset: int | str | None) -> Page[SkippedFire]:
-    """The job's scheduled fires that did not run, with their reason, newest first."""
+async def list_skipped(
+    *, job_id: str, limit: int | str | None, offset: int | str | None, before: int | str | None = None
+) -> Page[SkippedFire]:
+    """The job's scheduled fires that did not run, with their reason, newest first; `before` an id (keyset)."""
     await jobs_table.get_or_raise(job_id=job_id)
-    page = PageRequest.build(limit, offset, default=SKIPPED_DEFAULT, maximum=SKIPPED_MAX)
+    page = PageRequest.build(limit, offset, default=SKIPPED_DEFAULT, maximum=SKIPPED_MAX, before=before)
     return await fetch_page(SkippedFire.filter(job_id=job_id), page)
 
 
@@ -110,35 +112,52 @@ async def run_totals(job_ids: list[str] | None) -> int:
     return int(totals or 0)  # type: ignore[arg-type]
 
 
-def page_request(*, limit: int | str | None, offset: int | str | None) -> PageRequest:
+def page_request(*, limit: int | str | None, offset: int | str | None, before: int | str | None = None) -> PageRequest:
     """A job's log page bounds, checked (Invalid) before any read."""
-    return PageRequest.build(limit, offset, default=JOB_LOGS_DEFAULT, maximum=JOB_LOGS_MAX)
+    return PageRequest.build(limit, offset, default=JOB_LOGS_DEFAULT, maximum=JOB_LOGS_MAX, before=before)
 
 
 async def pages_for_jobs(
-    *, job_ids: list[str], limit: int | str | None, offset: int | str | None
+    *, job_ids: list[str], limit: int | str | None, offset: int | str | None, before: int | str | None = None
 ) -> dict[str, Page[Run]]:
-    """The same page of runs for many jobs in a constant number of queries (GraphQL's `Job.logs`)."""
-    page = PageRequest.build(limit, offset, default=JOB_LOGS_DEFAULT, maximum=JOB_LOGS_MAX)
+    """The same page of runs for many jobs in a constant number of queries (GraphQL's `Job.logs`); `before` an id
+    (keyset), as the log endpoints'."""
+    page = page_request(limit=limit, offset=offset, before=before)
     if not job_ids:
         return {}
     conn = connections.get("default")
-    marks = [f"${i}" for i in range(1, len(job_ids) + 3)]
-    if conn.capabilities.dialect == "sqlite":
-        marks = ["?"] * len(marks)
+    values: list[object] = [*job_ids]
+    keyset = ""
+    if page.before is not None:
+        values.append(page.before)
+        keyset = " AND id < {}"
+    values += [page.offset, page.offset + page.limit + 1]  # one more than the page: is there a next one?
+    marks = ["?"] * len(values)
+    if conn.capabilities.dialect != "sqlite":
+        marks = [f"${i}" for i in range(1, len(values) + 1)]
+    where = f"job_id IN ({', '.join(marks[: len(job_ids)])})" + keyset.format(*marks[len(job_ids) : -2])
     # A window per job keeps each job's slice in the database, however many runs it has.
     sql = (
         "SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY job_id ORDER BY id DESC) AS rn "
-        f"FROM job_run WHERE job_id IN ({', '.join(marks[:-2])})) ranked WHERE rn > {marks[-2]} AND rn <= {marks[-1]}"
+        f"FROM job_run WHERE {where}) ranked WHERE rn > {marks[-2]} AND rn <= {marks[-1]}"
     )
-    rows = await conn.execute_query_dict(sql, [*job_ids, page.offset, page.offset + page.limit])
+    rows = await conn.execute_query_dict(sql, values)
     runs = await Run.filter(id__in=[r["id"] for r in rows]).order_by("-id")
     counts = await RunCount.filter(job_id__in=job_ids).values_list("job_id", "runs")
     totals = {str(job_id): int(n) for job_id, n in counts}
     grouped: dict[str, list[Run]] = {j: [] for j in job_ids}
     for run in runs:
         grouped[run.job_id].append(run)
-    return {j: Page(items=grouped[j], total=totals.get(j, 0), limit=page.limit, offset=page.offset) for j in job_ids}
+    return {
+        j: Page(
+            items=grouped[j][: page.limit],
+            total=totals.get(j, 0),
+            limit=page.limit,
+            offset=page.offset,
+            more=len(grouped[j]) > page.limit,
+        )
+        for j in job_ids
+    }
 
 
 async def trigger(rt: Runtime, *, job_id: str, actor: str, body: object = None) -> str:

@@ -55,6 +55,14 @@ def test_records_round_trip_as_json_and_anything_else_is_refused() -> None:
     record = {"t": 1, "f": "start_later", "a": ["job", "tok", "user:1", None, 2, {"k": [1, "x"]}], "k": {}, "et": 5}
     data = job_serializer(record)
     assert json.loads(data) == record and job_deserializer(data) == record
-    for bad in (pickle.dumps(record), b"[1, 2]", b"\x80\x04not json"):
+    for bad in (pickle.dumps({"f": _Planted(Path("/nonexistent/x"))}), b"[1, 2]", b"\x80\x04not json", b"{"):
         with pytest.raises(ValueError):
             job_deserializer(bad)
+
+
+def test_a_record_pickled_by_an_earlier_release_is_read_as_plain_values() -> None:
+    """A fire or retry queued before the upgrade to JSON records still runs: its pickle holds plain values only."""
+    record = {"t": 1, "f": "start_later", "a": ("job", "tok", "user:1", None, 2, {"k": [1]}), "k": {}, "et": 5}
+    assert job_deserializer(pickle.dumps(record)) == record
+    with pytest.raises(ValueError, match="refused"):
+        job_deserializer(pickle.dumps({**record, "a": (_Planted(Path("/nonexistent/x")),)}))

@@ -351,6 +351,23 @@ async def _statements_per_list(client: httpx.AsyncClient, auth: dict[str, str]) 
     return counts
 
 
+async def test_job_logs_pages_by_keyset_too(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    from app.data.runs import Run
+    from app.platform.timefmt import utcnow
+
+    await make_job(id="keyed")
+    made = [
+        await Run.create(job_id="keyed", token=f"k{i}", triggered_by="scheduler", started_at=utcnow()) for i in range(5)
+    ]
+    page = '{ job(id: "keyed") { logs(limit: 2%s) { ... on JobLogPage { nextBefore logs { id } } } } }'
+    first = (await gql(client, auth, page % ""))["data"]["job"]["logs"]
+    assert ([e["id"] for e in first["logs"]], first["nextBefore"]) == ([made[4].id, made[3].id], made[3].id)
+    second = (await gql(client, auth, page % f", before: {first['nextBefore']}"))["data"]["job"]["logs"]
+    assert ([e["id"] for e in second["logs"]], second["nextBefore"]) == ([made[2].id, made[1].id], made[1].id)
+    last = (await gql(client, auth, page % f", before: {second['nextBefore']}"))["data"]["job"]["logs"]
+    assert ([e["id"] for e in last["logs"]], last["nextBefore"]) == ([made[0].id], None)
+
+
 async def test_a_document_over_the_cost_limit_is_refused_before_it_runs(
     client: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:
@@ -363,6 +380,9 @@ async def test_a_document_over_the_cost_limit_is_refused_before_it_runs(
     assert "errors" not in await gql(client, auth, nested % 5)
     by_variable = "query($n: Int) { jobs { id logs(limit: $n) { ... on JobLogPage { logs { id result } } } } }"
     assert codes(await gql(client, auth, by_variable, n=100)) == ["BAD_USER_INPUT"]
+    assert codes(await gql(client, auth, by_variable, n=100.0)) == ["BAD_USER_INPUT"]  # an integral float is an Int
+    by_default = "query($n: Int = 100) { jobs { id logs(limit: $n) { ... on JobLogPage { logs { id result } } } } }"
+    assert codes(await gql(client, auth, by_default)) == ["BAD_USER_INPUT"]  # left out: its default counts
     assert "errors" not in await gql(client, auth, by_variable, n=10)
     # Fragments count as what they select.
     spread = "{ jobs { ...J } } fragment J on Job { logs(limit: 100) { ... on JobLogPage { logs { id result } } } }"

@@ -246,10 +246,16 @@ async def test_skipped_fires_page_newest_first_over_rest_and_graphql(
     fields = "id jobId fireAt lastFireAt count reason recordedAt"
     query = (
         f'{{ job(id: "ticker") {{ skippedFires(limit: 2, offset: 1) '
-        f"{{ ... on SkippedFirePage {{ total limit offset fires {{ {fields} }} }} }} }} }}"
+        f"{{ ... on SkippedFirePage {{ total limit offset fires {{ {fields} }} nextBefore }} }} }} }}"
     )
     graphql = await gql(client, auth, query)
     assert graphql["data"]["job"]["skippedFires"] == body
+    # Past the deepest offset, the keyset: each page's nextBefore starts the next one.
+    assert body["nextBefore"] == made[2].id
+    after = (
+        await client.get(f"/api/jobs/ticker/fires/skipped?limit=2&before={body['nextBefore']}", headers=auth)
+    ).json()
+    assert ([f["id"] for f in after["fires"]], after["nextBefore"]) == ([made[1].id, made[0].id], None)
 
 
 @pytest.mark.parametrize(

@@ -96,13 +96,13 @@ def test_a_folder_swapped_for_a_symlink_after_the_scan_sends_no_delete_outside(t
     assert found == [root / "covers" / "orphan.png"]
     shutil.rmtree(root / "covers")
     (root / "covers").symlink_to(outside, target_is_directory=True)
-    assert _delete(root, found) == 0
+    assert _delete(root, found) == (0, 0)
     assert (outside / "orphan.png").read_bytes() == b"keep me"
     # Without the swap the same call deletes it.
     (root / "covers").unlink()
     (root / "covers").mkdir()
     (root / "covers" / "orphan.png").write_bytes(b"1234")
-    assert _delete(root, found) == 4 and not (root / "covers" / "orphan.png").exists()
+    assert _delete(root, found) == (1, 4) and not (root / "covers" / "orphan.png").exists()
 
 
 async def test_cleanup_orphaned_files_keeps_referenced_young_and_outside_files(orm: Runtime, tmp_path: Path) -> None:

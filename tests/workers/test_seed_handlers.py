@@ -460,6 +460,30 @@ async def test_http_request_connects_to_the_address_it_checked_with_the_name_as_
     assert (path, headers["Host"]) == ("/ok", f"localhost:{server.port}")
 
 
+async def test_http_request_never_resolves_the_name_again_after_its_check(
+    orm: Runtime, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name answers an allowed address once, then an address that is not allowed (unreachable
+    here). The request goes to the address of the check: the name is resolved once."""
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "rebind.test":
+            lookups.append(host)
+            address = "127.0.0.1" if len(lookups) == 1 else "10.255.255.1"
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    hosts = [f"http://rebind.test:{server.port}", server.base]
+    url = f"http://rebind.test:{server.port}/ok"
+    summary = await run("http_request", orm, {"url": url, "timeout": 5}, http_request_allowed_hosts=hosts)
+    assert summary.startswith(f"HTTP 200 from GET {url}")
+    assert lookups == ["rebind.test"]
+    assert server.requests[0][2]["Host"] == f"rebind.test:{server.port}"
+
+
 def test_internal_addresses_are_the_ones_refused() -> None:
     for address in (
         "127.0.0.1",

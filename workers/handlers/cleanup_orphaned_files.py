@@ -32,21 +32,21 @@ async def cleanup_orphaned_files(ctx: RunContext) -> dict[str, Any]:
     orphans = await asyncio.to_thread(_orphans, root, referenced, ctx.settings.orphan_min_age_seconds)
     ctx.log.info("found %d orphaned files under %s", len(orphans), root, referenced=len(referenced))
     # File system work stays off the event loop: a long scan must not starve the lease heartbeat.
-    freed = await asyncio.to_thread(_delete, root, orphans)
+    deleted, freed = await asyncio.to_thread(_delete, root, orphans)
     return {
-        "summary": f"Deleted {len(orphans)} orphaned files ({freed} bytes)",
-        "filesDeleted": len(orphans),
+        "summary": f"Deleted {deleted} orphaned files ({freed} bytes)",
+        "filesDeleted": deleted,
         "bytesFreed": freed,
     }
 
 
-def _delete(root: Path, paths: list[Path]) -> int:
+def _delete(root: Path, paths: list[Path]) -> tuple[int, int]:
     """Unlink each path under `root`, walking down from a descriptor of `root` one directory at a time without
     following links: a directory swapped for a symlink after the scan (to send the delete elsewhere) stops that
-    path's deletion instead. Bytes freed."""
+    path's deletion instead. How many files it deleted, and their bytes."""
     if not paths:
-        return 0
-    freed = 0
+        return 0, 0
+    deleted = freed = 0
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
     root_fd = os.open(root, flags)
     try:
@@ -59,6 +59,7 @@ def _delete(root: Path, paths: list[Path]) -> int:
                 info = os.stat(name, dir_fd=fds[-1], follow_symlinks=False)
                 if stat.S_ISREG(info.st_mode):
                     os.unlink(name, dir_fd=fds[-1])
+                    deleted += 1
                     freed += info.st_size
             except OSError:
                 continue  # gone, or no longer a plain file in a plain folder under root: left alone
@@ -67,4 +68,4 @@ def _delete(root: Path, paths: list[Path]) -> int:
                     os.close(fd)
     finally:
         os.close(root_fd)
-    return freed
+    return deleted, freed

@@ -131,11 +131,25 @@ def _check(url: httpx.URL, allowed: list[str]) -> None:
     raise ValueError(f"host '{_origin(url)}' is not in {SETTING}{hint}")
 
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 one carries (mapped, NAT64, 6to4, Teredo, IPv4-compatible): what it may reach."""
+    found = [a for a in (address.ipv4_mapped, address.sixtofour) if a is not None]
+    if address.teredo is not None:
+        found += list(address.teredo)
+    if address in NAT64 or (address in IPV4_COMPATIBLE and int(address) > 1):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
 def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     # Not globally reachable (loopback, private, link-local, shared, documentation, reserved, unspecified…), or
-    # multicast (which Python counts as global).
+    # multicast (which Python counts as global); for IPv6, also whatever IPv4 address it carries.
+    if isinstance(address, ipaddress.IPv6Address) and any(_internal(a) for a in _embedded(address)):
+        return True
     return not address.is_global or address.is_multicast
 
 
@@ -219,7 +233,14 @@ async def _send(
     headers = {**payload.headers, "Host": url.netloc.decode("ascii")}
     extensions = {"sni_hostname": _host(url)} if url.scheme == "https" else {}
     async with (
-        httpx.AsyncClient(timeout=payload.timeout, follow_redirects=False, trust_env=False) as client,
+        # No proxy or .netrc from the environment (trust_env=False); its CA settings (SSL_CERT_FILE, SSL_CERT_DIR)
+        # still apply through the transport.
+        httpx.AsyncClient(
+            timeout=payload.timeout,
+            follow_redirects=False,
+            trust_env=False,
+            transport=httpx.AsyncHTTPTransport(trust_env=True),
+        ) as client,
         client.stream(payload.method, target, headers=headers, content=payload.body, extensions=extensions) as response,
     ):
         snippet = "" if response.status_code in expected else await _snippet(response)

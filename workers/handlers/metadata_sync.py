@@ -33,10 +33,13 @@ FETCH_TIMEOUT_SECONDS = 30.0
 
 async def _fetch(source: str) -> Any:
     if source.startswith(("http://", "https://")):
-        # Proxy variables of the environment are ignored: the catalogue comes from where the setting says.
+        # Proxy variables of the environment are ignored (its CA settings are not): the catalogue comes from where the
+        # setting says.
         async with (
             asyncio.timeout(FETCH_TIMEOUT_SECONDS),
-            httpx.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS, trust_env=False) as client,
+            httpx.AsyncClient(
+                timeout=FETCH_TIMEOUT_SECONDS, trust_env=False, transport=httpx.AsyncHTTPTransport(trust_env=True)
+            ) as client,
             client.stream("GET", source) as response,
         ):
             response.raise_for_status()
