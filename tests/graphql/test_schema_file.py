@@ -44,7 +44,7 @@ def test_the_run_lifecycle_is_in_the_sdl() -> None:
         "consecutiveFailures: Int!",
         "cancelling: Boolean!",
         "lastSkippedFire: SkippedFireRef",
-        "skippedFires(limit: Int = 50, offset: Int = 0): SkippedFiresResult!",
+        "skippedFires(limit: Int = 50, offset: Int = 0, before: Int = null): SkippedFiresResult!",
         "union SkippedFiresResult = SkippedFirePage | ValidationFailed",
         "cancelJobRun(id: ID!): CancelJobRunResult!",
         "union CancelJobRunResult = JobActionResult | JobNotFound | ValidationFailed | PermissionDenied | NotRunning",
