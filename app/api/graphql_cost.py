@@ -26,6 +26,8 @@ from graphql import (
 )
 from strawberry.extensions import SchemaExtension
 
+from app.platform.errors import AppError
+
 # How many items a field returns at most when its arguments do not say: the fields that page, their defaults.
 PAGED_DEFAULTS: dict[str, int] = {
     "jobLogs": 50,
@@ -51,6 +53,8 @@ class CostLimit(SchemaExtension):
         document = context.graphql_document
         if document is None or context.pre_execution_errors:
             return
+        if _unauthenticated(context.context):
+            return  # without a valid token nothing runs but the refusal (UNAUTHENTICATED), whatever the document
         settings = context.context.runtime.settings
         fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
         for operation in document.definitions:
@@ -72,6 +76,14 @@ class CostLimit(SchemaExtension):
                     "items per list (`limit`), or fewer nested lists",
                     extensions={"code": "BAD_USER_INPUT"},
                 )
+
+
+def _unauthenticated(ctx: Any) -> bool:
+    try:
+        ctx.user()
+    except AppError:
+        return True
+    return False
 
 
 def _selection_cost(

@@ -377,6 +377,8 @@ async def test_a_document_over_the_cost_limit_is_refused_before_it_runs(
     refused = await gql(client, auth, nested % 100)
     assert codes(refused) == ["BAD_USER_INPUT"] and refused.get("data") is None
     assert "more than GRAPHQL_MAX_COST (20000)" in refused["errors"][0]["message"]
+    # Without a token nothing runs whatever it costs: the answer is the refusal of the caller.
+    assert codes(await gql(client, {}, nested % 100)) == ["UNAUTHENTICATED"]
     assert "errors" not in await gql(client, auth, nested % 5)
     by_variable = "query($n: Int) { jobs { id logs(limit: $n) { ... on JobLogPage { logs { id result } } } } }"
     assert codes(await gql(client, auth, by_variable, n=100)) == ["BAD_USER_INPUT"]

@@ -56,6 +56,7 @@ def test_s11_openapi_fuzzing_with_and_without_a_token_finds_no_5xx_and_no_undocu
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json", timeout=10)
     failures: dict[str, set[str]] = {}
     statuses: Counter[int] = Counter()
+    over_cost = [0]
     operations = 0
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -79,6 +80,7 @@ def test_s11_openapi_fuzzing_with_and_without_a_token_finds_no_5xx_and_no_undocu
         requests=sum(statuses.values()),
         statuses=dict(sorted(statuses.items())),
         failing_operations=len(failures),
+        refused_over_cost=over_cost[0],
     )
     for label, problems in sorted(failures.items()):
         print(f"  {label}: {sorted(problems)}")
@@ -93,15 +95,43 @@ def _first_line(exc: BaseException, status: int) -> str:
     return f"{status}: {'; '.join(kinds) if kinds else (text[0] if text else type(exc).__name__)}"
 
 
+def _check_with_token(
+    case: Case, response: Any, body: dict[str, Any], failures: dict[str, set[str]], over_cost: list[int]
+) -> None:
+    """With a token, schemathesis's default checks: every schema-valid request is answered with data (expected
+    failures are union members), never a top-level error, but for a document whose estimated cost is over
+    GRAPHQL_MAX_COST (fuzzed limits reach millions): refused whole before anything runs."""
+    if _over_cost(body):
+        over_cost[0] += 1
+        return
+    try:
+        case.validate_response(response)
+    except (Exception, BaseExceptionGroup) as exc:  # a FailureGroup is a BaseExceptionGroup
+        failures.setdefault(case.operation.label, set()).add(_first_line(exc, response.status_code))
+
+
+def _over_cost(body: dict[str, Any]) -> bool:
+    errors = body.get("errors")
+    return (
+        isinstance(errors, list)
+        and len(errors) == 1
+        and errors[0]["extensions"]["code"] == "BAD_USER_INPUT"
+        and "more than GRAPHQL_MAX_COST" in errors[0]["message"]
+        and body.get("data") is None
+    )
+
+
 def test_s12_graphql_fuzzing_finds_no_internal_error(cluster: Cluster) -> None:
     """Schemathesis's default checks with a token (zero failures: every expected failure is data, a member of
-    the field's union), only UNAUTHENTICATED without one, and never an INTERNAL error."""
+    the field's union, but for the one document-level refusal, GRAPHQL_MAX_COST's), only UNAUTHENTICATED without
+    one, and never an INTERNAL error."""
     url = cluster.apis[0].url + "/graphql"
     schema = schemathesis.graphql.from_url(url, headers=cluster.auth, timeout=10)
     codes: Counter[str] = Counter()
     internal: list[str] = []
     failures: dict[str, set[str]] = {}
     statuses: Counter[int] = Counter()
+    over_cost = [0]
     operations = 0
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -113,12 +143,7 @@ def test_s12_graphql_fuzzing_finds_no_internal_error(cluster: Cluster) -> None:
                 statuses[response.status_code] += 1
                 body = response.json()
                 if headers:
-                    # With a token, schemathesis's default checks: every schema-valid request is answered with data
-                    # (expected failures are union members), never a top-level error.
-                    try:
-                        case.validate_response(response)
-                    except (Exception, BaseExceptionGroup) as exc:  # a FailureGroup is a BaseExceptionGroup
-                        failures.setdefault(case.operation.label, set()).add(_first_line(exc, response.status_code))
+                    _check_with_token(case, response, body, failures, over_cost)
                 else:
                     # Without one, nothing runs: each answer is the coded UNAUTHENTICATED error (which those checks
                     # count as a server error, as they do any error of a resolver).
@@ -138,6 +163,7 @@ def test_s12_graphql_fuzzing_finds_no_internal_error(cluster: Cluster) -> None:
         codes=dict(codes),
         internal=len(internal),
         failing_operations=len(failures),
+        refused_over_cost=over_cost[0],
     )
     for line in internal[:10]:
         print("  " + line)
